@@ -1,0 +1,430 @@
+#include "config/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace fm {
+namespace {
+
+using json = nlohmann::json;
+
+// A check returns an error message for a bad value, or nothing.
+template <class T>
+using Check = std::function<std::optional<std::string>(const T&)>;
+
+template <class T>
+Check<T> no_check() {
+  return [](const T&) -> std::optional<std::string> { return std::nullopt; };
+}
+template <class T>
+Check<T> at_least(T lo) {
+  return [lo](const T& v) -> std::optional<std::string> {
+    if (v >= lo) return std::nullopt;
+    std::ostringstream s;
+    s << "must be >= " << lo << " (got " << v << ")";
+    return s.str();
+  };
+}
+template <class T>
+Check<T> greater_than(T lo) {
+  return [lo](const T& v) -> std::optional<std::string> {
+    if (v > lo) return std::nullopt;
+    std::ostringstream s;
+    s << "must be > " << lo << " (got " << v << ")";
+    return s.str();
+  };
+}
+Check<double> in_range(double lo, double hi, bool hi_open = false) {
+  return [=](const double& v) -> std::optional<std::string> {
+    if (v >= lo && (hi_open ? v < hi : v <= hi)) return std::nullopt;
+    std::ostringstream s;
+    s << "must be in [" << lo << ", " << hi << (hi_open ? ")" : "]") << " (got " << v << ")";
+    return s.str();
+  };
+}
+Check<std::string> one_of(std::vector<std::string> allowed) {
+  return [allowed](const std::string& v) -> std::optional<std::string> {
+    if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return std::nullopt;
+    std::string s = "must be one of";
+    for (size_t i = 0; i < allowed.size(); ++i) s += (i ? ", " : " ") + allowed[i];
+    return s + " (got \"" + v + "\")";
+  };
+}
+template <class T>
+Check<std::vector<T>> each(Check<T> c, size_t min_len = 0, size_t max_len = SIZE_MAX) {
+  return [=](const std::vector<T>& v) -> std::optional<std::string> {
+    if (v.size() < min_len || v.size() > max_len) {
+      std::ostringstream s;
+      s << "must have " << min_len;
+      if (max_len != min_len) s << (max_len == SIZE_MAX ? " or more" : " to " + std::to_string(max_len));
+      s << " elements (got " << v.size() << ")";
+      return s.str();
+    }
+    for (size_t i = 0; i < v.size(); ++i)
+      if (auto e = c(v[i])) return "element " + std::to_string(i) + " " + *e;
+    return std::nullopt;
+  };
+}
+
+// --- the keys, listed once ---------------------------------------------------------------------------------------
+template <class V>
+void visit(V& v, DataConfig& c) {
+  v("format", c.format, one_of({"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"}));
+  v("path", c.path);
+  v("split", c.split, one_of({"train", "test"}));
+  v("resolution", c.resolution, at_least<int64_t>(0));
+  v("center_crop", c.center_crop);
+  v("hflip", c.hflip);
+  v("limit", c.limit, at_least<int64_t>(0));
+  v("size", c.size, greater_than<int64_t>(0));
+}
+template <class V>
+void visit(V& v, MlpConfig& c) {
+  v("hidden", c.hidden, greater_than<int64_t>(0));
+  v("depth", c.depth, greater_than<int64_t>(0));
+  v("time_features", c.time_features, at_least<int64_t>(2));
+}
+template <class V>
+void visit(V& v, UNetConfig& c) {
+  v("model_channels", c.model_channels, greater_than<int64_t>(0));
+  v("num_res_blocks", c.num_res_blocks, greater_than<int64_t>(0));
+  v("channel_mult", c.channel_mult, each(greater_than<int64_t>(0), 1));
+  v("attention_resolutions", c.attention_resolutions, each(greater_than<int64_t>(0)));
+  v("num_heads", c.num_heads, greater_than<int64_t>(0));
+  v("num_head_channels", c.num_head_channels, [](const int64_t& x) -> std::optional<std::string> {
+    if (x == -1 || x > 0) return std::nullopt;
+    return "must be -1 (use num_heads) or > 0 (got " + std::to_string(x) + ")";
+  });
+  v("dropout", c.dropout, in_range(0.0, 1.0, true));
+  v("use_scale_shift_norm", c.use_scale_shift_norm);
+  v("resblock_updown", c.resblock_updown);
+  v("conv_resample", c.conv_resample);
+  v("num_classes", c.num_classes, at_least<int64_t>(0));
+  v("class_dropout", c.class_dropout, in_range(0.0, 1.0, true));
+}
+template <class V>
+void visit(V& v, ModelConfig& c) {
+  v("type", c.type, one_of({"mlp", "unet"}));
+  v.section("mlp", c.mlp);
+  v.section("unet", c.unet);
+}
+template <class V>
+void visit(V& v, PathConfig& c) {
+  v("type", c.type, one_of({"cond_ot", "vp"}));
+  v("sigma_min", c.sigma_min, in_range(0.0, 1.0, true));
+  v("beta_min", c.beta_min, greater_than(0.0));
+  v("beta_max", c.beta_max, greater_than(0.0));
+}
+template <class V>
+void visit(V& v, TimeConfig& c) {
+  v("sampler", c.sampler, one_of({"uniform", "logit_normal"}));
+  v("loc", c.loc);
+  v("scale", c.scale, greater_than(0.0));
+}
+template <class V>
+void visit(V& v, TrainConfig& c) {
+  v("steps", c.steps, greater_than<int64_t>(0));
+  v("batch_size", c.batch_size, greater_than<int64_t>(0));
+  v("lr", c.lr, greater_than(0.0));
+  v("betas", c.betas, each(in_range(0.0, 1.0, true), 2, 2));
+  v("eps", c.eps, greater_than(0.0));
+  v("weight_decay", c.weight_decay, at_least(0.0));
+  v("warmup_steps", c.warmup_steps, at_least<int64_t>(0));
+  v("decay", c.decay, one_of({"constant", "linear", "cosine", "poly"}));
+  v("decay_power", c.decay_power, greater_than(0.0));
+  v("final_lr_scale", c.final_lr_scale, in_range(0.0, 1.0));
+  v("grad_clip", c.grad_clip, at_least(0.0));
+  v("ema_decay", c.ema_decay, in_range(0.0, 1.0));
+  v("log_every", c.log_every, greater_than<int64_t>(0));
+  v("ckpt_every", c.ckpt_every, greater_than<int64_t>(0));
+  v("keep_last", c.keep_last, greater_than<int64_t>(0));
+  v("sample_every", c.sample_every, at_least<int64_t>(0));
+  v("bf16", c.bf16);
+}
+template <class V>
+void visit(V& v, SampleConfig& c) {
+  v("solver", c.solver, one_of({"euler", "midpoint", "heun", "rk4", "dopri5"}));
+  v("steps", c.steps, greater_than<int64_t>(0));
+  v("atol", c.atol, greater_than(0.0));
+  v("rtol", c.rtol, greater_than(0.0));
+  v("time_grid", c.time_grid, one_of({"uniform", "edm"}));
+  v("n", c.n, greater_than<int64_t>(0));
+}
+template <class V>
+void visit(V& v, Config& c) {
+  v("comment", c.comment);
+  v("seed", c.seed, at_least<int64_t>(0));
+  v("device", c.device);
+  v.section("data", c.data);
+  v.section("model", c.model);
+  v.section("path", c.path);
+  v.section("time", c.time);
+  v.section("train", c.train);
+  v.section("sample", c.sample);
+}
+
+// --- visitors ----------------------------------------------------------------------------------------------------
+struct Writer {
+  json j = json::object();
+  template <class T, class C = Check<T>>
+  void operator()(const char* key, T& value, C = {}) {
+    j[key] = value;
+  }
+  template <class S>
+  void section(const char* key, S& s) {
+    Writer w;
+    visit(w, s);
+    j[key] = std::move(w.j);
+  }
+};
+
+const char* type_name(const bool*) { return "a boolean"; }
+const char* type_name(const int64_t*) { return "an integer"; }
+const char* type_name(const double*) { return "a number"; }
+const char* type_name(const std::string*) { return "a string"; }
+const char* type_name(const std::vector<int64_t>*) { return "a list of integers"; }
+const char* type_name(const std::vector<double>*) { return "a list of numbers"; }
+
+bool convert(const json& j, bool& out) {
+  if (!j.is_boolean()) return false;
+  out = j.get<bool>();
+  return true;
+}
+bool convert(const json& j, int64_t& out) {
+  if (j.is_number_integer()) {
+    out = j.get<int64_t>();
+    return true;
+  }
+  // 1e5 in a JSON file is a float; accept it where it is a whole number.
+  if (j.is_number_float()) {
+    double d = j.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e18) {
+      out = static_cast<int64_t>(d);
+      return true;
+    }
+  }
+  return false;
+}
+bool convert(const json& j, double& out) {
+  if (!j.is_number()) return false;
+  out = j.get<double>();
+  return true;
+}
+bool convert(const json& j, std::string& out) {
+  if (!j.is_string()) return false;
+  out = j.get<std::string>();
+  return true;
+}
+template <class T>
+bool convert(const json& j, std::vector<T>& out) {
+  if (!j.is_array()) return false;
+  std::vector<T> v(j.size());
+  for (size_t i = 0; i < j.size(); ++i)
+    if (!convert(j[i], v[i])) return false;
+  out = std::move(v);
+  return true;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest_key(const std::string& key) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& k : config_keys()) {
+    size_t d = edit_distance(key, k);
+    if (d < best_d) best_d = d, best = k;
+  }
+  return best;
+}
+
+InputError unknown_key(const std::string& source, const std::string& key) {
+  return InputError(source + ": unknown key '" + key + "' (did you mean '" + closest_key(key) + "'?)");
+}
+
+struct Reader {
+  const json& j;
+  std::string prefix;  // "train." etc.
+  const std::string& source;
+  std::set<std::string> seen{};
+
+  std::string path(const char* key) const { return prefix + key; }
+
+  template <class T, class C = Check<T>>
+  void operator()(const char* key, T& value, C check = no_check<T>()) {
+    seen.insert(key);
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!convert(*it, value))
+      throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + it->dump());
+    if (auto err = check(value)) throw InputError(source + ": " + path(key) + ": " + *err);
+  }
+  template <class S>
+  void section(const char* key, S& s) {
+    seen.insert(key);
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!it->is_object()) throw InputError(source + ": " + path(key) + ": expected an object, got " + it->dump());
+    Reader r{*it, path(key) + ".", source};
+    visit(r, s);
+    r.finish();
+  }
+  void finish() const {
+    for (auto it = j.begin(); it != j.end(); ++it)
+      if (!seen.count(it.key())) throw unknown_key(source, prefix + it.key());
+  }
+};
+
+void flatten(const json& j, const std::string& prefix, std::vector<std::string>& out) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::string k = prefix + it.key();
+    if (it->is_object())
+      flatten(*it, k + ".", out);
+    else
+      out.push_back(k);
+  }
+}
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// Parses an override's text with the type of the key's default value.
+json parse_override(const std::string& key, const std::string& text, const json& like) {
+  auto bad = [&](const char* what) {
+    return InputError("--set " + key + ": expected " + std::string(what) + ", got '" + text + "'");
+  };
+  std::string t = trim(text);
+  if (like.is_boolean()) {
+    if (t == "true" || t == "1") return true;
+    if (t == "false" || t == "0") return false;
+    throw bad("true or false");
+  }
+  if (like.is_number_integer() || like.is_number_float()) {
+    size_t used = 0;
+    try {
+      if (like.is_number_integer()) {
+        double d = std::stod(t, &used);
+        if (used == t.size() && d == std::floor(d) && std::fabs(d) < 9.0e18) return static_cast<int64_t>(d);
+        throw bad("an integer");
+      }
+      double d = std::stod(t, &used);
+      if (used == t.size()) return d;
+    } catch (const std::logic_error&) {
+    }
+    throw bad(like.is_number_integer() ? "an integer" : "a number");
+  }
+  if (like.is_array()) {
+    // "1,2,2,2" or "[1,2,2,2]"; an empty string is the empty list.
+    std::string body = t;
+    if (!body.empty() && body.front() == '[') {
+      if (body.back() != ']') throw bad("a list such as 1,2,2,2");
+      body = body.substr(1, body.size() - 2);
+    }
+    json arr = json::array();
+    std::stringstream ss(body);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      item = trim(item);
+      if (item.empty()) continue;
+      size_t used = 0;
+      try {
+        double d = std::stod(item, &used);
+        if (used != item.size()) throw bad("a list of numbers");
+        bool integral = like.empty() || like[0].is_number_integer();
+        if (integral) {
+          if (d != std::floor(d)) throw bad("a list of integers");
+          arr.push_back(static_cast<int64_t>(d));
+        } else {
+          arr.push_back(d);
+        }
+      } catch (const std::logic_error&) {
+        throw bad("a list of numbers");
+      }
+    }
+    return arr;
+  }
+  return t;  // strings
+}
+
+}  // namespace
+
+json to_json(const Config& c) {
+  Writer w;
+  visit(w, const_cast<Config&>(c));
+  return w.j;
+}
+
+Config config_from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) throw InputError(source + ": expected a JSON object at the top level");
+  Config c;
+  Reader r{j, "", source};
+  visit(r, c);
+  r.finish();
+  // A data.path of the form "format:path" sets both (the spec syntax the commands take).
+  auto colon = c.data.path.find(':');
+  if (colon != std::string::npos) {
+    std::string fmt = c.data.path.substr(0, colon);
+    for (const char* f : {"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"})
+      if (fmt == f) {
+        c.data.format = fmt;
+        c.data.path = c.data.path.substr(colon + 1);
+      }
+  }
+  return c;
+}
+
+std::vector<std::string> config_keys() {
+  std::vector<std::string> keys;
+  flatten(to_json(Config{}), "", keys);
+  return keys;
+}
+
+void apply_overrides(json& doc, const std::vector<std::string>& overrides) {
+  const json defaults = to_json(Config{});
+  for (const auto& ov : overrides) {
+    auto eq = ov.find('=');
+    if (eq == std::string::npos || eq == 0) throw InputError("--set '" + ov + "': expected KEY=VALUE");
+    std::string key = trim(ov.substr(0, eq));
+    json::json_pointer ptr("/" + [&] {
+      std::string p = key;
+      std::replace(p.begin(), p.end(), '.', '/');
+      return p;
+    }());
+    if (!defaults.contains(ptr) || defaults.at(ptr).is_object()) throw unknown_key("--set", key);
+    doc[ptr] = parse_override(key, ov.substr(eq + 1), defaults.at(ptr));
+  }
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream f(path);
+  if (!f) throw file_error(path, "cannot open config file");
+  json doc;
+  try {
+    doc = json::parse(f);
+  } catch (const json::parse_error& e) {
+    throw file_error(path, std::string("invalid JSON: ") + e.what());
+  }
+  if (!doc.is_object()) throw file_error(path, "expected a JSON object at the top level");
+  // Check the file's own keys before overrides so that an error names the file.
+  config_from_json(doc, path);
+  apply_overrides(doc, overrides);
+  return config_from_json(doc, overrides.empty() ? path : path + " (with --set)");
+}
+
+}  // namespace fm

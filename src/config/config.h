@@ -1,0 +1,123 @@
+#pragma once
+// The run configuration: typed structs with a default for every key. The JSON form mirrors the structs one to one;
+// `visit` below is the single place that lists the keys, so reading, writing, `--set` and validation cannot drift apart.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fm {
+
+struct DataConfig {
+  std::string format = "toy";        // toy | cifar10 | imagenet32 | folder | npz | shapes
+  std::string path = "checkerboard"; // directory or file; for toy the distribution; a "format:path" spec also works
+  std::string split = "train";       // train | test (cifar10, imagenet32)
+  int64_t resolution = 0;            // folder/shapes: image size (0 = keep the files' own size)
+  bool center_crop = false;          // folder: center-crop to square before resizing
+  bool hflip = true;                 // random horizontal flips of image batches
+  int64_t limit = 0;                 // use only the first N images (0 = all)
+  int64_t size = 10000;              // shapes: how many images to generate
+};
+
+struct MlpConfig {
+  int64_t hidden = 256;
+  int64_t depth = 4;  // hidden layers
+  int64_t time_features = 32;
+};
+
+struct UNetConfig {
+  int64_t model_channels = 128;
+  int64_t num_res_blocks = 2;
+  std::vector<int64_t> channel_mult = {1, 2, 2, 2};
+  std::vector<int64_t> attention_resolutions = {16};
+  int64_t num_heads = 4;
+  int64_t num_head_channels = 64;  // -1: use num_heads
+  double dropout = 0.0;
+  bool use_scale_shift_norm = false;
+  bool resblock_updown = false;
+  bool conv_resample = true;  // false: average-pool down, plain nearest up
+  int64_t num_classes = 0;    // >0: class-conditional, with a null label for classifier-free guidance
+  double class_dropout = 0.1; // probability of training with the null label
+};
+
+struct ModelConfig {
+  std::string type = "mlp";  // mlp | unet
+  MlpConfig mlp;
+  UNetConfig unet;
+};
+
+// Noise at t=0, data at t=1 (the paper's convention).
+struct PathConfig {
+  std::string type = "cond_ot";  // cond_ot | vp
+  double sigma_min = 0.0;
+  double beta_min = 0.1;
+  double beta_max = 20.0;
+};
+
+struct TimeConfig {
+  std::string sampler = "uniform";  // uniform | logit_normal
+  double loc = 0.0;
+  double scale = 1.0;
+};
+
+struct TrainConfig {
+  int64_t steps = 2000;
+  int64_t batch_size = 256;
+  double lr = 1e-3;
+  std::vector<double> betas = {0.9, 0.999};
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  int64_t warmup_steps = 0;
+  std::string decay = "constant";  // constant | linear | cosine | poly
+  double decay_power = 1.0;        // poly: lr scale (1 - progress)^power
+  double final_lr_scale = 0.0;     // lr at the last step as a fraction of lr (linear, cosine, poly)
+  double grad_clip = 0.0;          // max global gradient norm (0 = off)
+  double ema_decay = 0.999;
+  int64_t log_every = 100;
+  int64_t ckpt_every = 1000;
+  int64_t keep_last = 3;
+  int64_t sample_every = 0;  // images: a sample grid every N steps (0 = at the end only)
+  bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
+};
+
+struct SampleConfig {
+  std::string solver = "midpoint";  // euler | midpoint | heun | rk4 | dopri5
+  int64_t steps = 100;
+  double atol = 1e-5;
+  double rtol = 1e-5;
+  std::string time_grid = "uniform";  // uniform | edm
+  int64_t n = 4000;                   // samples drawn for the run's own figures
+};
+
+struct Config {
+  std::string comment;
+  int64_t seed = 0;
+  std::string device = "auto";
+  DataConfig data;
+  ModelConfig model;
+  PathConfig path;
+  TimeConfig time;
+  TrainConfig train;
+  SampleConfig sample;
+};
+
+// The JSON form of a config, every key present.
+nlohmann::json to_json(const Config& c);
+
+// Reads a config from JSON. `source` names where it came from (a file) for error messages; unknown keys, wrong types
+// and out-of-range values throw InputError naming "source: key.path: problem".
+Config config_from_json(const nlohmann::json& j, const std::string& source);
+
+// Applies `key.path=value` overrides (value parsed with the key's own type) to a config document.
+void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& overrides);
+
+// Reads `path`, applies overrides, validates.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// All valid dotted key paths, for suggestions and docs.
+std::vector<std::string> config_keys();
+
+}  // namespace fm

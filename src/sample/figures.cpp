@@ -1,0 +1,28 @@
+#include "sample/figures.h"
+
+#include <cmath>
+
+#include "data/toy2d.h"
+#include "io/image.h"
+
+namespace fm {
+
+torch::Tensor write_toy_figures(VelocityField& model, const std::string& toy, const SolveSettings& s, int64_t n,
+                                const std::string& dir, const torch::Device& device) {
+  auto opts = torch::TensorOptions().device(device);
+  auto data = sample_toy(toy, n, opts);
+  auto x0 = torch::randn({n, 2}, opts);
+  const int64_t shown = std::min<int64_t>(n, 200);
+  std::vector<torch::Tensor> traj{x0.narrow(0, 0, shown).cpu()};
+  auto r = generate(model, x0, {}, s, 0.0, [&](double, const torch::Tensor& x) { traj.push_back(x.narrow(0, 0, shown).cpu()); });
+  write_png(dir + "/samples.png", scatter_panels({data, r.x}, kToyPlotLimit));
+  write_png(dir + "/trajectories.png", trajectory_plot(torch::stack(traj), kToyPlotLimit));
+  return r.x;
+}
+
+void write_image_grid(const std::string& path, const torch::Tensor& images) {
+  auto u8 = to_uint8(images).permute({0, 2, 3, 1});
+  write_png(path, make_grid(u8, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(images.size(0)))))));
+}
+
+}  // namespace fm

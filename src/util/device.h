@@ -1,0 +1,20 @@
+#pragma once
+#include <string>
+
+#include <torch/torch.h>
+
+namespace fm {
+
+// "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"; throws InputError when the device is not there.
+torch::Device resolve_device(const std::string& spec);
+
+// On CUDA: TF32 matmuls and convolutions, cuDNN autotuning. No-op on CPU.
+void configure_backend(const torch::Device& device);
+
+// Peak memory in MiB: allocated device memory on CUDA, the process's peak resident set on CPU.
+double peak_memory_mib(const torch::Device& device);
+
+// The marketing name of CUDA device `index` ("NVIDIA H200"), or "" where unknown.
+std::string device_name(int64_t index);
+
+}  // namespace fm
