@@ -22,6 +22,7 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a flow matching model");
   struct Args {
     std::string config, out, resume, device;
+    int64_t stop_after = 0;
     std::vector<std::string> sets;
   };
   auto a = std::make_shared<Args>();
@@ -30,6 +31,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "run directory (default: runs/<config name>)");
   cmd->add_option("--resume", a->resume, "auto (newest checkpoint in --out, if any) or a checkpoint path");
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N (overrides the config's device)");
+  cmd->add_option("--stop-after", a->stop_after,
+                  "checkpoint and exit at this step (for job time limits); continue later with --resume auto")
+      ->check(CLI::PositiveNumber);
   cmd->callback([a] {
     auto sets = a->sets;
     if (!a->device.empty()) sets.push_back("device=" + a->device);
@@ -37,6 +41,7 @@ void add_train_command(CLI::App& app) {
     TrainOptions opts;
     opts.out_dir = a->out.empty() ? "runs/" + std::filesystem::path(a->config).stem().string() : a->out;
     opts.resume = a->resume;
+    opts.stop_after = a->stop_after;
     auto r = train(cfg, opts);
     spdlog::info("done: step {}, loss {:.5f}, checkpoint {}", r.step, r.last_loss, r.checkpoint);
   });

@@ -88,6 +88,7 @@ void visit(V& v, MlpConfig& c) {
   v("hidden", c.hidden, greater_than<int64_t>(0));
   v("depth", c.depth, greater_than<int64_t>(0));
   v("time_features", c.time_features, at_least<int64_t>(2));
+  v("x_frequencies", c.x_frequencies, at_least<int64_t>(0));
 }
 template <class V>
 void visit(V& v, UNetConfig& c) {

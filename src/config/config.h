@@ -13,7 +13,8 @@ namespace fm {
 
 struct DataConfig {
   std::string format = "toy";        // toy | cifar10 | imagenet32 | folder | npz | shapes
-  std::string path = "checkerboard"; // directory or file; for toy the distribution; a "format:path" spec also works
+  std::string path;                  // directory or file; toy: the distribution (default checkerboard); shapes: N;
+                                     // a "format:path" spec also works
   std::string split = "train";       // train | test (cifar10, imagenet32)
   int64_t resolution = 0;            // folder/shapes: image size (0 = keep the files' own size)
   bool center_crop = false;          // folder: center-crop to square before resizing
@@ -26,6 +27,7 @@ struct MlpConfig {
   int64_t hidden = 256;
   int64_t depth = 4;  // hidden layers
   int64_t time_features = 32;
+  int64_t x_frequencies = 0;  // > 0: also feed sin/cos of x at frequencies 0.5 * 2^k, k < x_frequencies
 };
 
 struct UNetConfig {

@@ -10,7 +10,7 @@ class MlpVelocity : public VelocityField {
   torch::Tensor forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) override;
 
  private:
-  int64_t time_features_;
+  int64_t time_features_, x_frequencies_;
   torch::nn::Sequential net_{nullptr};
 };
 

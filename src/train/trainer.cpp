@@ -141,7 +141,21 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     result.checkpoint = p;
   };
 
-  while (step < cfg.train.steps) {
+  const int64_t last_step = opts.stop_after > 0 ? std::min(opts.stop_after, cfg.train.steps) : cfg.train.steps;
+  // A grid of EMA samples from fixed noise (its own generator), so grids at different steps are comparable and the
+  // training RNG stream is untouched.
+  auto write_grid = [&](const std::string& file) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.seed) + 1);
+    auto shp = shape;
+    shp.insert(shp.begin(), 64);
+    auto x0 = torch::randn(shp, gen).to(device);
+    torch::Tensor lab;
+    if (model->num_classes() > 0)
+      lab = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device)) % model->num_classes();
+    write_image_grid(file, generate(*ema_model, x0, lab, solve_settings(cfg.sample)).x);
+  };
+
+  while (step < last_step) {
     const double lr = lr_at(cfg.train, step);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
@@ -191,22 +205,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       interval_steps = 0;
       interval_t0 = std::chrono::steady_clock::now();
     }
-    if (step % cfg.train.ckpt_every == 0 || step == cfg.train.steps) save(step);
+    if (step % cfg.train.ckpt_every == 0 || step == last_step) save(step);
     if (!data.is_toy() && cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 && step != cfg.train.steps) {
-      // Fixed noise from its own generator, so grids at different steps are comparable and training RNG is untouched.
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.seed) + 1);
-      auto shp = shape;
-      shp.insert(shp.begin(), 64);
-      auto x0g = torch::randn(shp, gen).to(device);
-      torch::Tensor lab;
-      if (model->num_classes() > 0) lab = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device)) % model->num_classes();
-      auto r = generate(*ema_model, x0g, lab, solve_settings(cfg.sample));
       char name[64];
       std::snprintf(name, sizeof name, "/grid_%09lld.png", static_cast<long long>(step));
-      write_image_grid(out + name, r.x);
+      write_grid(out + name);
     }
   }
   result.step = step;
+  if (step < cfg.train.steps) {
+    spdlog::info("stopped at step {} of {}; continue with --resume auto", step, cfg.train.steps);
+    return result;
+  }
 
   // Figures from the EMA weights, with their own generator so they do not depend on where training stopped.
   if (data.is_toy()) {
@@ -214,14 +224,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     write_toy_figures(*ema_model, data.toy, solve_settings(cfg.sample), cfg.sample.n, out, device);
     spdlog::info("wrote {0}/samples.png and {0}/trajectories.png", out);
   } else {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.seed) + 1);
-    auto shp = shape;
-    shp.insert(shp.begin(), 64);
-    auto x0g = torch::randn(shp, gen).to(device);
-    torch::Tensor lab;
-    if (model->num_classes() > 0) lab = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device)) % model->num_classes();
-    auto r = generate(*ema_model, x0g, lab, solve_settings(cfg.sample));
-    write_image_grid(out + "/samples.png", r.x);
+    write_grid(out + "/samples.png");
     spdlog::info("wrote {}/samples.png", out);
   }
   return result;

@@ -10,6 +10,7 @@ namespace fm {
 struct TrainOptions {
   std::string out_dir;  // the run directory: config.json, metrics.jsonl, checkpoints/, figures
   std::string resume;   // "" (fresh), "auto" (newest checkpoint in out_dir, if any) or a checkpoint path
+  int64_t stop_after = 0;  // > 0: checkpoint and return at this step, as a job with a time limit would
 };
 
 struct TrainResult {

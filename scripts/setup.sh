@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs everything fm needs on a fresh Debian 12 machine and builds it into build/.
+# Run as root (it uses apt-get) from anywhere: bash scripts/setup.sh
+# Re-running is safe and quick: installed packages and the venv are kept, the build is incremental.
+#
+# Environment:
+#   Torch_DIR=/path/to/libtorch/share/cmake/Torch   use your own LibTorch instead of the torch wheel
+#   FM_TORCH_VERSION=2.11.0                         the torch wheel to pin (default 2.11.0)
+#   FM_SKIP_APT=1                                   do not call apt-get (packages already present)
+#   FM_BUILD_TYPE=Release                           CMake build type
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TORCH_VERSION=${FM_TORCH_VERSION:-2.11.0}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. Debian packages: toolchain and the C++ libraries fm uses.
+PKGS=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip zlib1g-dev
+      libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev)
+if [ "${FM_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+# 2. The project venv: the torch wheel (LibTorch for CMake) and the Python references the tests compare against.
+PY=${FM_PYTHON_BOOTSTRAP:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+REQS=(numpy scipy torchdiffeq pytorch-fid)
+if [ -z "${Torch_DIR:-}" ]; then REQS=("torch==${TORCH_VERSION}" "${REQS[@]}"); fi
+if ! "$VPY" - "${REQS[@]}" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for req in sys.argv[1:]:
+    name, _, want = req.partition("==")
+    try:
+        have = version(name)
+    except PackageNotFoundError:
+        sys.exit(1)
+    if want and have.split("+")[0] != want:
+        sys.exit(1)
+PY
+then
+  log "pip install ${REQS[*]} (the torch wheel is large: this takes a few minutes the first time)"
+  "$VPY" -m pip install -q --upgrade pip
+  # torch is pinned first so that nothing else moves it.
+  if [ -z "${Torch_DIR:-}" ]; then "$VPY" -m pip install -q "torch==${TORCH_VERSION}"; fi
+  "$VPY" -m pip install -q "${REQS[@]}"
+fi
+
+# 3. Configure and build.
+CMAKE_ARGS=(-S . -B build -G Ninja -DCMAKE_BUILD_TYPE="${FM_BUILD_TYPE:-Release}")
+[ -n "${Torch_DIR:-}" ] && CMAKE_ARGS+=(-DTorch_DIR="$Torch_DIR")
+if [ ! -f build/build.ninja ]; then
+  log "configuring"
+  cmake "${CMAKE_ARGS[@]}" >/dev/null
+fi
+log "building (a clean build takes a few minutes on 2 cores)"
+start=$(date +%s)
+cmake --build build -j "$(nproc)"
+log "built in $(( $(date +%s) - start )) s: $ROOT/build/fm"

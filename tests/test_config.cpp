@@ -1,0 +1,117 @@
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "config/config.h"
+#include "test_util.h"
+#include "util/error.h"
+
+using fm::Config;
+using fm::InputError;
+using fm::test::TempDir;
+
+namespace {
+
+std::string write(const TempDir& d, const std::string& text) {
+  std::string p = d / "c.json";
+  std::ofstream(p) << text;
+  return p;
+}
+
+// The message of the InputError that `f` throws ("" when it throws none).
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Config, DefaultsRoundTripThroughJson) {
+  Config c;
+  c.train.lr = 3e-4;
+  c.model.unet.channel_mult = {1, 2};
+  auto j = fm::to_json(c);
+  Config back = fm::config_from_json(j, "x");
+  EXPECT_EQ(fm::to_json(back), j);
+  EXPECT_DOUBLE_EQ(back.train.lr, 3e-4);
+}
+
+TEST(Config, UnknownKeyNamesPathAndClosestKey) {
+  TempDir d;
+  auto p = write(d, R"({"train": {"learning_rate": 1e-3}})");
+  auto msg = error_of([&] { fm::load_config(p, {}); });
+  EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.learning_rate"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'train.lr"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"trian": {}})"), {}); });
+  EXPECT_NE(msg.find("'trian'"), std::string::npos) << msg;
+}
+
+TEST(Config, WrongTypeNamesPathAndExpectedType) {
+  TempDir d;
+  auto msg = error_of([&] { fm::load_config(write(d, R"({"train": {"steps": "many"}})"), {}); });
+  EXPECT_NE(msg.find("train.steps: expected an integer"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"model": {"unet": {"channel_mult": [1, "2"]}}})"), {}); });
+  EXPECT_NE(msg.find("model.unet.channel_mult: expected a list of integers"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"train": 3})"), {}); });
+  EXPECT_NE(msg.find("train: expected an object"), std::string::npos) << msg;
+}
+
+TEST(Config, OutOfRangeNamesPathAndRange) {
+  TempDir d;
+  auto msg = error_of([&] { fm::load_config(write(d, R"({"train": {"lr": -1}})"), {}); });
+  EXPECT_NE(msg.find("train.lr: must be > 0"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"train": {"ema_decay": 1.5}})"), {}); });
+  EXPECT_NE(msg.find("train.ema_decay: must be in [0, 1]"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"sample": {"solver": "rk45"}})"), {}); });
+  EXPECT_NE(msg.find("sample.solver: must be one of euler, midpoint, heun, rk4, dopri5"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"train": {"betas": [0.9]}})"), {}); });
+  EXPECT_NE(msg.find("train.betas: must have 2 elements"), std::string::npos) << msg;
+}
+
+TEST(Config, OverridesParseWithTheKeysOwnType) {
+  TempDir d;
+  auto p = write(d, R"({"train": {"steps": 10}})");
+  Config c = fm::load_config(p, {"train.lr=2e-4", "train.steps=1e3", "train.bf16=false",
+                                 "model.unet.channel_mult=1,2,4", "data.path=cifar10:/tmp/x", "path.type=vp"});
+  EXPECT_DOUBLE_EQ(c.train.lr, 2e-4);
+  EXPECT_EQ(c.train.steps, 1000);
+  EXPECT_FALSE(c.train.bf16);
+  EXPECT_EQ(c.model.unet.channel_mult, (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(c.data.format, "cifar10");  // a "format:path" spec sets both
+  EXPECT_EQ(c.data.path, "/tmp/x");
+  EXPECT_EQ(c.path.type, "vp");
+
+  EXPECT_NE(error_of([&] { fm::load_config(p, {"train.steps=1.5"}); }).find("--set train.steps: expected an integer"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { fm::load_config(p, {"train.lr=fast"}); }).find("--set train.lr: expected a number"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { fm::load_config(p, {"train.bf16=maybe"}); }).find("true or false"), std::string::npos);
+  auto msg = error_of([&] { fm::load_config(p, {"train.stpes=3"}); });
+  EXPECT_NE(msg.find("unknown key 'train.stpes' (did you mean 'train.steps'?)"), std::string::npos) << msg;
+  EXPECT_NE(error_of([&] { fm::load_config(p, {"train.lr=0"}); }).find("train.lr: must be > 0"), std::string::npos);
+  EXPECT_NE(error_of([&] { fm::load_config(p, {"noequals"}); }).find("expected KEY=VALUE"), std::string::npos);
+}
+
+TEST(Config, FileErrorsNameTheFile) {
+  TempDir d;
+  auto msg = error_of([&] { fm::load_config(d / "missing.json", {}); });
+  EXPECT_NE(msg.find("missing.json: cannot open"), std::string::npos) << msg;
+  auto p = write(d, "{ not json");
+  msg = error_of([&] { fm::load_config(p, {}); });
+  EXPECT_NE(msg.find(p + ": invalid JSON"), std::string::npos) << msg;
+}
+
+TEST(Config, ShippedConfigsLoad) {
+  for (const auto& e : std::filesystem::directory_iterator(fm::test::source_dir() + "/configs")) {
+    if (e.path().extension() != ".json") continue;
+    SCOPED_TRACE(e.path().string());
+    Config c = fm::load_config(e.path().string(), {});
+    EXPECT_FALSE(c.comment.empty()) << "every recipe says where its numbers come from";
+  }
+}
