@@ -102,10 +102,14 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), T = H * W;
   const int64_t d = C / heads_;
   // Channel order per head: q, k, v (guided-diffusion's default). These reshapes are views for both NCHW and
-  // channels-last activations; with channels-last, q/k/v come out with a unit stride along head_dim, as SDPA
-  // kernels like.
+  // channels-last activations. The fused CUDA kernels (flash, memory-efficient) need a unit stride along head_dim,
+  // else SDPA falls back to the slow math path: channels-last gives it for free, NCHW pays one copy here.
   auto qkv = qkv_(norm_(x)).reshape({B, heads_, 3, d, T}).transpose(-1, -2);  // [B, heads, 3, T, d]
-  auto a = at::scaled_dot_product_attention(qkv.select(2, 0), qkv.select(2, 1), qkv.select(2, 2));  // [B, h, T, d]
+  auto part = [&](int64_t i) {
+    auto p = qkv.select(2, i);
+    return p.stride(-1) == 1 ? p : p.contiguous();
+  };
+  auto a = at::scaled_dot_product_attention(part(0), part(1), part(2));  // [B, heads, T, d]
   // Back to [B, C, H, W] with channel = head * d + i, laid out as the input is.
   auto h = a.transpose(1, 2).reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous(x.suggest_memory_format());
   return x + proj_out_(h);
