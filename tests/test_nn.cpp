@@ -1,0 +1,293 @@
+// Tests of the ADM U-Net velocity field (src/nn/unet.*).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+#include <string>
+
+#include <ATen/autocast_mode.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "io/npy.h"
+#include "nn/unet.h"
+#include "util/error.h"
+
+namespace fm {
+namespace {
+
+namespace fs = std::filesystem;
+
+UNetConfig tiny_config() {
+  UNetConfig c;
+  c.model_channels = 32;
+  c.num_res_blocks = 1;
+  c.channel_mult = {1, 2};
+  c.attention_resolutions = {8};
+  c.num_heads = 2;
+  c.num_head_channels = -1;
+  c.dropout = 0.0;
+  return c;
+}
+
+// Every variant at once: scale-shift, residual up/down, classes, attention at both levels.
+UNetConfig full_config() {
+  auto c = tiny_config();
+  c.attention_resolutions = {16, 8};
+  c.use_scale_shift_norm = true;
+  c.resblock_updown = true;
+  c.num_classes = 10;
+  c.num_head_channels = 16;
+  return c;
+}
+
+// Gives the parameters ADM zero-initialises (and the zero GroupNorm biases) random values, so that every parameter
+// influences the output.
+void perturb_zeros(torch::nn::Module& m) {
+  torch::NoGradGuard g;
+  for (auto& p : m.parameters())
+    if (p.abs().max().item<float>() == 0.0f) p.normal_(0.0, 0.05);
+}
+
+TEST(UNetShape, TinyNetKeepsTheInputShape) {
+  torch::manual_seed(0);
+  for (int64_t res : {8, 16}) {
+    auto net = make_unet_velocity(tiny_config(), {3, res, res});
+    auto x = torch::randn({2, 3, res, res});
+    auto v = (*net)(torch::rand({2}), x);
+    EXPECT_EQ(v.sizes(), x.sizes()) << "resolution " << res;
+    EXPECT_EQ(net->num_classes(), 0);
+  }
+}
+
+TEST(UNetShape, ClassConditionalUsesLabelsAndTheNullLabel) {
+  torch::manual_seed(0);
+  auto cfg = tiny_config();
+  cfg.num_classes = 10;
+  auto net = make_unet_velocity(cfg, {3, 16, 16});
+  EXPECT_EQ(net->num_classes(), 10);
+  perturb_zeros(*net);
+  net->eval();
+  auto x = torch::randn({2, 3, 16, 16}).repeat({2, 1, 1, 1});
+  auto t = torch::rand({2}).repeat({2});
+  auto labels = torch::tensor({3, 10, 5, 10}, torch::kLong);
+  auto v = (*net)(t, x, labels);
+  ASSERT_EQ(v.sizes(), x.sizes());
+  // Samples 0 and 2 are the same (t, x) with different classes: the label must matter.
+  EXPECT_GT((v[0] - v[2]).abs().max().item<float>(), 1e-4);
+  // Undefined labels mean the null label.
+  auto v_null = (*net)(t, x, torch::Tensor());
+  EXPECT_TRUE(torch::allclose(v_null[1], v[1], 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(v_null[3], v[3], 1e-5, 1e-6));
+}
+
+TEST(UNetInit, OutputIsExactlyZero) {
+  torch::manual_seed(0);
+  for (const auto& cfg : {tiny_config(), full_config()}) {
+    auto net = make_unet_velocity(cfg, {3, 16, 16});
+    auto v = (*net)(torch::rand({2}), torch::randn({2, 3, 16, 16}), torch::tensor({1, 2}, torch::kLong));
+    EXPECT_EQ(v.abs().max().item<float>(), 0.0f);
+  }
+}
+
+TEST(UNetGrad, EveryParameterGetsAGradient) {
+  torch::manual_seed(0);
+  auto cfgs = {tiny_config(), full_config()};
+  for (auto cfg : cfgs) {
+    cfg.conv_resample = !cfg.resblock_updown;
+    cfg.dropout = 0.1;
+    auto net = make_unet_velocity(cfg, {3, 16, 16});
+    perturb_zeros(*net);
+    auto v = (*net)(torch::rand({2}), torch::randn({2, 3, 16, 16}), torch::tensor({1, 7}, torch::kLong));
+    (v - torch::randn_like(v)).pow(2).mean().backward();
+    for (const auto& p : net->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+      EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    }
+  }
+}
+
+TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
+  torch::manual_seed(0);
+  auto net = make_unet_velocity(full_config(), {3, 16, 16});
+  perturb_zeros(*net);
+  net->eval();
+  auto x = torch::randn({2, 3, 16, 16});
+  auto t = torch::rand({2});
+  auto y = torch::tensor({0, 9}, torch::kLong);
+  auto v = (*net)(t, x, y);
+  auto v_cl = (*net)(t, x.contiguous(torch::MemoryFormat::ChannelsLast), y);
+  EXPECT_LT((v - v_cl).abs().max().item<float>(), 1e-5);
+  // Each sample is computed on its own: attention must not mix the batch.
+  auto v0 = (*net)(t.narrow(0, 0, 1), x.narrow(0, 0, 1), y.narrow(0, 0, 1));
+  EXPECT_LT((v0[0] - v[0]).abs().max().item<float>(), 1e-5);
+}
+
+TEST(UNetLayout, RunsUnderBf16Autocast) {
+  torch::manual_seed(0);
+  auto net = make_unet_velocity(full_config(), {3, 16, 16});
+  perturb_zeros(*net);
+  net->eval();
+  auto x = torch::randn({2, 3, 16, 16});
+  auto t = torch::rand({2});
+  auto y = torch::tensor({4, 10}, torch::kLong);
+  auto ref = (*net)(t, x, y);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  torch::Tensor v;
+  try {
+    v = (*net)(t, x, y).to(torch::kFloat32);
+  } catch (...) {
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    throw;
+  }
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  at::autocast::clear_cache();
+  ASSERT_TRUE(torch::isfinite(v).all().item<bool>());
+  // bf16 keeps about 3 significant digits; the network is a few dozen layers deep.
+  EXPECT_LT((v - ref).norm().item<float>(), 0.05 * ref.norm().item<float>());
+}
+
+TEST(UNetParams, TorchcfmCifar10Count) {
+  UNetConfig c;  // torchcfm examples/images/cifar10/train_cifar10.py
+  c.model_channels = 128;
+  c.num_res_blocks = 2;
+  c.channel_mult = {1, 2, 2, 2};
+  c.attention_resolutions = {16};
+  c.num_heads = 4;
+  c.num_head_channels = 64;
+  c.dropout = 0.1;
+  EXPECT_EQ(parameter_count(*make_unet_velocity(c, {3, 32, 32})), 35746307);
+}
+
+TEST(UNetParams, FlowMatchingCifar10Count) {
+  UNetConfig c;  // facebookresearch/flow_matching examples/image/models/model_configs.py, "cifar10"
+  c.model_channels = 128;
+  c.num_res_blocks = 4;
+  c.channel_mult = {2, 2, 2};
+  c.attention_resolutions = {16};
+  c.num_heads = 1;
+  c.num_head_channels = -1;
+  c.dropout = 0.3;
+  c.use_scale_shift_norm = true;
+  c.conv_resample = false;
+  EXPECT_EQ(parameter_count(*make_unet_velocity(c, {3, 32, 32})), 55676419);
+}
+
+TEST(UNetConfigErrors, ShapesThatDoNotFitAreInputErrors) {
+  auto expect_error = [](UNetConfig c, std::vector<int64_t> shape, const std::string& key) {
+    try {
+      make_unet_velocity(c, shape);
+      ADD_FAILURE() << "no error for " << key;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    }
+  };
+  auto c = tiny_config();
+  c.model_channels = 48;
+  expect_error(c, {3, 16, 16}, "model.unet.channel_mult");
+  expect_error(tiny_config(), {3, 15, 16}, "model.unet.channel_mult");
+  c = tiny_config();
+  c.attention_resolutions = {4};
+  expect_error(c, {3, 16, 16}, "model.unet.attention_resolutions");
+  c = tiny_config();
+  c.num_heads = 3;
+  expect_error(c, {3, 16, 16}, "model.unet.num_heads");
+  c.num_head_channels = 24;
+  expect_error(c, {3, 16, 16}, "model.unet.num_head_channels");
+  expect_error(tiny_config(), {16, 16}, "model.type");
+}
+
+// Loads a state_dict exported (and renamed) by tests/ref/unet_torchcfm.py; every name must match exactly once.
+void load_params(torch::nn::Module& m, const std::string& path) {
+  auto arrays = read_npz(path);
+  std::set<std::string> used;
+  torch::NoGradGuard g;
+  for (auto& p : m.named_parameters()) {
+    auto it = arrays.find(p.key());
+    ASSERT_NE(it, arrays.end()) << "no reference value for " << p.key();
+    ASSERT_EQ(it->second.sizes(), p.value().sizes()) << p.key();
+    p.value().copy_(it->second);
+    used.insert(p.key());
+  }
+  for (const auto& a : arrays) EXPECT_TRUE(used.count(a.first)) << "reference parameter not in the net: " << a.first;
+}
+
+// A fresh temporary directory for the files the reference script writes, removed with them at the end.
+// (std::filesystem::remove_all is avoided: the libtorch wheel exports its own std::filesystem symbols and its
+// remove_all crashes when it binds to them.)
+struct RefDir {
+  fs::path path;
+  std::vector<std::string> files;
+  RefDir() {
+    std::string tmpl = (fs::temp_directory_path() / "fm_unet_ref_XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
+    path = tmpl;
+  }
+  ~RefDir() {
+    for (const auto& f : files) std::remove((path / f).c_str());
+    ::rmdir(path.c_str());
+  }
+};
+
+TEST(UNetReference, MatchesTorchcfm) {
+  RefDir dir;
+  for (const char* name : {"plain", "film", "updown"})
+    for (const char* kind : {"_params.npz", "_io.npz"}) dir.files.push_back(std::string(name) + kind);
+  std::string cmd =
+      std::string(FM_PYTHON_EXE) + " " + FM_SOURCE_DIR + "/tests/ref/unet_torchcfm.py " + dir.path.string();
+  int rc = std::system(cmd.c_str());
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77) GTEST_SKIP() << "torchcfm is not installed in the venv";
+  ASSERT_EQ(rc, 0) << cmd;
+
+  struct Case {
+    std::string name;
+    UNetConfig cfg;
+    std::vector<int64_t> shape;
+  };
+  std::vector<Case> cases;
+  {
+    auto c = tiny_config();  // conv resampling, 16 channels per head, dropout off in eval
+    c.num_heads = 4;
+    c.num_head_channels = 16;
+    c.dropout = 0.1;
+    cases.push_back({"plain", c, {3, 16, 16}});
+  }
+  {
+    auto c = tiny_config();
+    c.num_res_blocks = 2;
+    c.attention_resolutions = {16, 8};
+    c.conv_resample = false;
+    c.num_classes = 5;
+    c.use_scale_shift_norm = true;
+    cases.push_back({"film", c, {3, 16, 16}});
+  }
+  {
+    auto c = tiny_config();
+    c.channel_mult = {1, 1, 2};
+    c.attention_resolutions = {2};
+    c.num_heads = 1;
+    c.num_head_channels = 32;
+    c.resblock_updown = true;
+    cases.push_back({"updown", c, {2, 16, 8}});
+  }
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.name);
+    auto net = make_unet_velocity(k.cfg, k.shape);
+    load_params(*net, (dir.path / (k.name + "_params.npz")).string());
+    net->eval();
+    auto io = read_npz((dir.path / (k.name + "_io.npz")).string());
+    auto y = io.count("y") ? io.at("y") : torch::Tensor();
+    torch::NoGradGuard g;
+    auto v = (*net)(io.at("t"), io.at("x"), y);
+    const auto& ref = io.at("out");
+    ASSERT_EQ(v.sizes(), ref.sizes());
+    EXPECT_GT(ref.abs().max().item<float>(), 0.1f);  // a real signal, not the zero-init output
+    EXPECT_LT((v - ref).abs().max().item<float>(), 1e-4);
+  }
+}
+
+}  // namespace
+}  // namespace fm
