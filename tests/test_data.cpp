@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -286,6 +287,33 @@ TEST(DataImageFolder, ClassesChannelsAndOrder) {
   EXPECT_TRUE(torch::equal(hwc[3], rgb));                      // R, G, B planes in order
 }
 
+// Pillow (what torchvision's ImageFolder decodes with) as an independent reference: PNG and BMP agree exactly, grey
+// and RGBA converted alike; JPEG decoders differ in their IDCT and chroma upsampling by a few levels at most.
+TEST(DataImageFolder, MatchesPillow) {
+  TempDir tmp;
+  const std::string dir = tmp / "imgs";
+  const int64_t h = 16, w = 24;
+  auto y = torch::arange(h).view({h, 1, 1}), x = torch::arange(w).view({1, w, 1}), c = torch::arange(3).view({1, 1, 3});
+  auto smooth = (128 + 100 * torch::sin(0.3 * x + 0.2 * y + 2.0 * c)).round().to(torch::kUInt8).contiguous();
+  png(dir + "/a_rgb.png", pattern(h, w, 3, 7));
+  png(dir + "/b_grey.png", pattern(h, w, 1, 8));
+  png(dir + "/c_rgba.png", pattern(h, w, 4, 9));
+  ASSERT_TRUE(stbi_write_bmp((dir + "/d.bmp").c_str(), w, h, 3, pattern(h, w, 3, 10).data_ptr()));
+  ASSERT_TRUE(stbi_write_jpg((dir + "/e.jpg").c_str(), w, h, 3, smooth.data_ptr(), 90));
+
+  auto listing = list_image_folder(dir);
+  std::string cmd = std::string(FM_PYTHON_EXE) + " " + FM_SOURCE_DIR + "/tests/ref/pil_decode.py " + (tmp / "ref.npy");
+  for (const auto& f : listing.files) cmd += " " + f;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto ref = read_npy(tmp / "ref.npy").to(torch::kInt);
+  auto ours = read_image_folder(dir).images.to(torch::kInt);
+  ASSERT_EQ(ours.sizes(), ref.sizes());
+  EXPECT_TRUE(torch::equal(ours.narrow(0, 0, 4), ref.narrow(0, 0, 4)));
+  auto jpeg_diff = (ours[4] - ref[4]).abs();
+  EXPECT_LE(jpeg_diff.max().item<int>(), 4);
+  EXPECT_LT(jpeg_diff.to(torch::kFloat).mean().item<float>(), 1.0f);
+}
+
 TEST(DataImageFolder, UnlabelledSortedAndLimit) {
   TempDir tmp;
   png(tmp / "c.png", flat(4, 4, {3, 3, 3}));
@@ -325,6 +353,17 @@ TEST(DataImageFolder, ResolutionAndCenterCrop) {
   EXPECT_TRUE(torch::equal(ds.images[0].permute({1, 2, 0}), flat(4, 4, {255, 0, 0})));
   // Resampling a flat colour keeps it.
   EXPECT_LE((ds.images[1].permute({1, 2, 0}).to(torch::kInt) - flat(4, 4, {10, 120, 230}).to(torch::kInt)).abs().max().item<int>(), 1);
+
+  // The crop alone, without a resolution: the images keep their size, cropped to its centred square.
+  ImageFolderOptions crop_only;
+  crop_only.center_crop = true;
+  TempDir tmp2;
+  png(tmp2 / "a.png", wide);
+  png(tmp2 / "b.png", wide.flip({2}));  // channels reversed: a blue centre between red bands
+  auto only = read_image_folder(tmp2.path.string(), crop_only);
+  ASSERT_EQ(only.images.sizes(), (std::vector<int64_t>{2, 3, 4, 4}));
+  EXPECT_TRUE(torch::equal(only.images[0].permute({1, 2, 0}), flat(4, 4, {255, 0, 0})));
+  EXPECT_TRUE(torch::equal(only.images[1].permute({1, 2, 0}), flat(4, 4, {0, 0, 255})));
 
   crop.resolution = 2;
   EXPECT_LE((read_image_folder(tmp.path.string(), crop).images[0].permute({1, 2, 0}).to(torch::kInt) -

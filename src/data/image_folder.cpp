@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include <ATen/Parallel.h>
@@ -38,14 +40,20 @@ struct Decoded {
 
 Decoded decode(const std::string& path) {
   Decoded d;
-  std::ifstream f(path, std::ios::binary);
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) {
     d.error = "cannot open";
     return d;
   }
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (bytes.empty() || bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
-    d.error = bytes.empty() ? "empty file" : "file too large";
+  const std::streamoff size = f.tellg();
+  if (size <= 0 || size > std::numeric_limits<int>::max()) {
+    d.error = size == 0 ? "empty file" : size < 0 ? "cannot read" : "file too large";
+    return d;
+  }
+  std::string bytes(static_cast<size_t>(size), '\0');
+  f.seekg(0);
+  if (!f.read(bytes.data(), size)) {
+    d.error = "read error";
     return d;
   }
   int c = 0;
@@ -148,8 +156,10 @@ Dataset read_image_folder(const std::string& dir, const ImageFolderOptions& opts
   // The first image fixes the size when no resolution is given.
   const Decoded first = decode(listing.files[0]);
   if (!first.error.empty()) throw file_error(listing.files[0], first.error);
-  const int64_t out_h = opts.resolution > 0 ? opts.resolution : first.h;
-  const int64_t out_w = opts.resolution > 0 ? opts.resolution : first.w;
+  // Without a resolution every image keeps the first one's size (its centred square with center_crop).
+  const int64_t side = opts.resolution > 0 ? opts.resolution : opts.center_crop ? std::min(first.w, first.h) : 0;
+  const int64_t out_h = side > 0 ? side : first.h;
+  const int64_t out_w = side > 0 ? side : first.w;
   auto hwc = torch::empty({n, out_h, out_w, 3}, torch::kUInt8);
   const size_t image_bytes = static_cast<size_t>(out_h * out_w * 3);
   uint8_t* base = hwc.data_ptr<uint8_t>();
@@ -164,6 +174,8 @@ Dataset read_image_folder(const std::string& dir, const ImageFolderOptions& opts
     } else if (d.w != first.w || d.h != first.h) {
       errors[i] = "image is " + size_str(d.w, d.h) + " but " + listing.files[0] + " is " + size_str(first.w, first.h) +
                   " (all images must share one size; set data.resolution to resize them)";
+    } else if (opts.center_crop) {
+      errors[i] = fit(d, side, true, base + i * image_bytes);
     } else {
       std::memcpy(base + i * image_bytes, d.rgb.data(), image_bytes);
     }

@@ -11,7 +11,7 @@ namespace fm {
 
 struct ImageFolderOptions {
   int64_t resolution = 0;    // > 0: resize every image to resolution x resolution; 0: all must share one size
-  bool center_crop = false;  // before resizing, crop to the centred square of side min(width, height)
+  bool center_crop = false;  // crop to the centred square of side min(width, height) (before resizing, if any)
   int64_t limit = 0;         // > 0: decode only the first `limit` images in sorted order
 };
 
