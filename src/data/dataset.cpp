@@ -1,5 +1,12 @@
 #include "data/dataset.h"
 
+#include <cctype>
+
+#include "data/cifar10.h"
+#include "data/image_folder.h"
+#include "data/imagenet32.h"
+#include "data/npz_images.h"
+#include "data/shapes.h"
 #include "data/toy2d.h"
 #include "util/error.h"
 
@@ -33,7 +40,51 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
     ds.toy = cfg.path;
     return ds;
   }
-  throw InputError("data.format: '" + cfg.format + "' is not supported by this build yet");
+  // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.
+  Dataset cpu;
+  if (cfg.format == "cifar10" || cfg.format == "imagenet32") {
+    if (cfg.resolution > 0 && cfg.resolution != 32)
+      throw InputError("data.resolution: " + cfg.format + " images are 32x32; resizing (to " +
+                       std::to_string(cfg.resolution) + ") is only done for folder and shapes");
+    cpu = cfg.format == "cifar10" ? read_cifar10(cfg.path, cfg.split) : read_imagenet32(cfg.path, cfg.split);
+  } else if (cfg.format == "folder") {
+    ImageFolderOptions opts;
+    opts.resolution = cfg.resolution;
+    opts.center_crop = cfg.center_crop;
+    opts.limit = cfg.limit;
+    cpu = read_image_folder(cfg.path, opts);
+  } else if (cfg.format == "npz") {
+    cpu = read_npz_images(cfg.path);
+    if (cfg.resolution > 0 && (cpu.images.size(2) != cfg.resolution || cpu.images.size(3) != cfg.resolution))
+      throw file_error(cfg.path, "images are " + std::to_string(cpu.images.size(3)) + "x" +
+                                     std::to_string(cpu.images.size(2)) + " but data.resolution is " +
+                                     std::to_string(cfg.resolution) + " (npz images are not resized)");
+  } else if (cfg.format == "shapes") {
+    int64_t n = cfg.size;
+    if (!cfg.path.empty()) {
+      bool digits = cfg.path.size() <= 12;
+      for (char ch : cfg.path) digits = digits && std::isdigit(static_cast<unsigned char>(ch));
+      if (!digits || std::stoll(cfg.path) <= 0)
+        throw InputError("data.path: shapes takes an image count N > 0 (or an empty path to use data.size), got '" +
+                         cfg.path + "'");
+      n = std::stoll(cfg.path);
+    }
+    const int64_t res = cfg.resolution > 0 ? cfg.resolution : 32;
+    if (res < 8) throw InputError("data.resolution: shapes need images of side >= 8, got " + std::to_string(res));
+    cpu = shapes_dataset(make_shapes(n, res, /*seed=*/0));
+  } else {
+    throw InputError("data.format: '" + cfg.format + "' is not supported by this build");
+  }
+
+  if (cfg.limit > 0 && cfg.limit < cpu.images.size(0)) {
+    // Copies, so that the rest of the set is freed rather than kept alive by a view.
+    cpu.images = cpu.images.narrow(0, 0, cfg.limit).clone();
+    if (cpu.labels.defined()) cpu.labels = cpu.labels.narrow(0, 0, cfg.limit).clone();
+  }
+  ds.images = cpu.images.to(device);
+  if (cpu.labels.defined()) ds.labels = cpu.labels.to(device);
+  ds.num_classes = cpu.num_classes;
+  return ds;
 }
 
 }  // namespace fm

@@ -1,0 +1,53 @@
+#include "data/npz_images.h"
+
+#include <algorithm>
+
+#include "io/npy.h"
+#include "util/error.h"
+
+namespace fm {
+namespace {
+
+std::string shape_str(const torch::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+}  // namespace
+
+Dataset read_npz_images(const std::string& file) {
+  auto keys = npz_keys(file);
+  const bool has_labels = std::find(keys.begin(), keys.end(), "labels") != keys.end();
+  auto arrays = read_npz(file, has_labels ? std::vector<std::string>{"arr_0", "labels"} : std::vector<std::string>{"arr_0"});
+  auto x = arrays.at("arr_0");
+  if (x.scalar_type() != torch::kUInt8)
+    throw file_error(file, "array 'arr_0' has dtype " + std::string(c10::toString(x.scalar_type())) +
+                               ", expected uint8 (images as N x H x W x C)");
+  if (x.dim() != 4 || (x.size(3) != 1 && x.size(3) != 3))
+    throw file_error(file, "array 'arr_0' has shape " + shape_str(x) + ", expected [N, H, W, C] with C = 1 or 3");
+  if (x.size(0) == 0 || x.size(1) == 0 || x.size(2) == 0)
+    throw file_error(file, "array 'arr_0' has shape " + shape_str(x) + ": no pixels");
+  Dataset ds;
+  ds.images = x.permute({0, 3, 1, 2}).contiguous();
+  if (has_labels) {
+    auto lab = arrays.at("labels");
+    if (!c10::isIntegralType(lab.scalar_type(), /*includeBool=*/false))
+      throw file_error(file, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
+                                 ", expected integers");
+    if (lab.dim() != 1 || lab.size(0) != x.size(0))
+      throw file_error(file, "array 'labels' has shape " + shape_str(lab) + " but 'arr_0' holds " +
+                                 std::to_string(x.size(0)) + " images");
+    lab = lab.to(torch::kLong);
+    if (lab.min().item<int64_t>() < 0) {
+      int64_t i = (lab < 0).nonzero()[0].item<int64_t>();
+      throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " +
+                                 std::to_string(lab[i].item<int64_t>()) + ", expected >= 0");
+    }
+    ds.labels = lab;
+    ds.num_classes = lab.max().item<int64_t>() + 1;
+  }
+  return ds;
+}
+
+}  // namespace fm

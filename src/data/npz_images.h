@@ -1,0 +1,14 @@
+#pragma once
+// Images in the ADM/EDM sample format: an .npz whose `arr_0` is uint8 [N, H, W, C] (what `fm sample` writes), with
+// optional integer `labels` [N].
+#include <string>
+
+#include "data/dataset.h"
+
+namespace fm {
+
+// Reads `file` onto the CPU as images uint8 [N, C, H, W] (C = 1 or 3) and, when present, labels int64 [N] with
+// num_classes = max label + 1. Throws InputError naming the file and array for a wrong dtype, rank or label.
+Dataset read_npz_images(const std::string& file);
+
+}  // namespace fm
