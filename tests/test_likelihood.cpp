@@ -1,5 +1,6 @@
 // Likelihood against closed forms: a Gaussian target whose OT marginal velocity is known exactly, the zero field, a
 // short-trained checkerboard model (normalised density, NLL near the true entropy), and the CLI end to end.
+#include <ftw.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,9 +88,15 @@ Cmd run(const std::string& args, const fs::path& dir) {
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(errf), slurp(outf)};
 }
 
+// Not std::filesystem::remove_all: the torch wheel's libtorch.so exports its own copy, and calls that bind to it crash.
+void remove_tree(const fs::path& path) {
+  ::nftw(path.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+}
+
 fs::path temp_dir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("fm_test_likelihood_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  remove_tree(d);
   fs::create_directories(d);
   return d;
 }
@@ -230,47 +237,52 @@ TEST(LikelihoodBitsPerDim, UniformDensityCostsEightBits) {
 }
 
 TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
+  // A short version of configs/toy2d.json (smaller MLP, 1000 steps of 256) to keep the test well under a minute.
   auto dir = temp_dir("checkerboard");
   auto cfg = fm::load_config(std::string(FM_SOURCE_DIR) + "/configs/toy2d.json",
-                             {"device=cpu", "train.steps=1500", "train.log_every=500", "train.ckpt_every=1500",
-                              "sample.n=200", "sample.steps=4"});
+                             {"device=cpu", "model.mlp.hidden=128", "model.mlp.depth=3", "train.steps=1000",
+                              "train.batch_size=256", "train.log_every=500", "train.ckpt_every=1000", "sample.n=200",
+                              "sample.steps=4"});
   fm::TrainOptions topts;
   topts.out_dir = (dir / "run").string();
   auto ckpt = fm::train(cfg, topts).checkpoint;
 
-  // Density on a grid of cell midpoints over [-3, 3]^2 (exact divergence).
+  // The density at cell midpoints over [-3, 3]^2 (exact divergence) integrates to 1.
   fm::CheckpointReader ck(ckpt, torch::kCPU);
   auto model = fm::make_velocity_field(ck.config().model, ck.sample_shape());
   ck.load_module("ema", *model);
   model->eval();
   for (auto& p : model->parameters()) p.requires_grad_(false);
   fm::VelocityFn vf = [&](const torch::Tensor& t, const torch::Tensor& x) { return (*model)(t, x); };
-  const int64_t k = 60;
-  const double lim = 3.0, h = 2 * lim / k;
+  const int64_t k = 40;
+  const double lim = fm::kToyPlotLimit, h = 2 * lim / k;
   auto c = torch::linspace(-lim + h / 2, lim - h / 2, k);
   auto grid = torch::stack(torch::meshgrid({c, c}, "ij"), -1).reshape({-1, 2});
   fm::LikelihoodOptions o;
   o.divergence = "exact";
+  o.atol = o.rtol = 1e-4;  // ample for 2%: the tolerance moves log p by about 1e-3
   auto r = fm::log_likelihood(vf, grid, o);
   double mass = r.log_p.exp().sum().item<double>() * h * h;
   EXPECT_NEAR(mass, 1.0, 0.02);
 
-  // NLL of held-out points via the library function of `fm eval-nll`.
+  // NLL of held-out points via the library function of `fm eval-nll`, against the data's entropy log 8.
   fm::EvalNllOptions eo;
   eo.checkpoint = ckpt;
   eo.data = "toy:checkerboard";
-  eo.limit = 2000;
-  eo.batch = 2000;
+  eo.limit = 500;
+  eo.batch = 500;
   eo.divergence = "exact";
+  eo.atol = eo.rtol = 1e-4;
   eo.device = "cpu";
   eo.seed = 123;
   auto s = fm::run_eval_nll(eo);
   EXPECT_EQ(s.metric, "nll_nats");
-  EXPECT_EQ(s.n, 2000);
-  EXPECT_NEAR(s.mean, std::log(fm::kCheckerboardArea), 0.3) << "+- " << s.stderr_mean << ", mass " << mass;
-  // The cross-entropy of the data under the model is never below the data's entropy (by more than sampling error).
+  EXPECT_EQ(s.n, 500);
+  // The cross-entropy of the data under the model is never below the data's entropy (beyond sampling error)...
   EXPECT_GT(s.mean + 4 * s.stderr_mean, std::log(fm::kCheckerboardArea));
-  fs::remove_all(dir);
+  // ...and a trained model comes close to it.
+  EXPECT_NEAR(s.mean, std::log(fm::kCheckerboardArea), 0.3) << "+- " << s.stderr_mean << ", mass " << mass;
+  remove_tree(dir);
 }
 
 TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
@@ -290,7 +302,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
 
   auto json_path = dir / "nll.json", per_path = dir / "per.npy";
   auto re = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 16 " +
-                    "--device cpu --out " + json_path.string() + " --per-image " + per_path.string(), dir);
+                    "--atol 1e-7 --rtol 1e-7 --device cpu --out " + json_path.string() + " --per-image " + per_path.string(), dir);
   ASSERT_EQ(re.rc, 0) << re.err;
   std::ifstream in(json_path);
   auto j = nlohmann::json::parse(in);
@@ -302,7 +314,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   // numpy reads the per-point values, and their mean and standard error are the reported ones.
   auto rn = run(py + " -c \"import numpy as np; a = np.load('" + per_path.string() +
                     "'); assert a.shape == (30,) and a.dtype == np.float64; "
-                    "print(repr(a.mean()), repr(a.std(ddof=1) / np.sqrt(a.size)))\"", dir);
+                    "print(repr(float(a.mean())), repr(float(a.std(ddof=1) / np.sqrt(a.size))))\"", dir);
   ASSERT_EQ(rn.rc, 0) << rn.err;
   std::istringstream ss(rn.out);
   double mean = 0, se = 0;
@@ -311,10 +323,11 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   EXPECT_NEAR(se, j["stderr"].get<double>(), 1e-9);
   EXPECT_GT(se, 0);
 
-  // The same points and probes whatever the batch size; text output when the name is not .npy.
+  // The same points and probes whatever the batch size (the adaptive steps are shared within a batch, so values agree
+  // to the solver's tolerance, here tight); text output when the name is not .npy.
   auto txt_path = dir / "per.txt";
   auto re2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 7 " +
-                     "--device cpu --per-image " + txt_path.string(), dir);
+                     "--atol 1e-7 --rtol 1e-7 --device cpu --per-image " + txt_path.string(), dir);
   ASSERT_EQ(re2.rc, 0) << re2.err;
   auto a = fm::read_npy(per_path.string());
   std::ifstream txt(txt_path);
@@ -322,7 +335,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   int64_t i = 0;
   for (; txt >> val; ++i) EXPECT_NEAR(val, a[i].item<double>(), 1e-4);
   EXPECT_EQ(i, 30);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
@@ -345,5 +358,5 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   auto r2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:moons --divergence maybe", dir);
   EXPECT_EQ(r2.rc, 2);
   EXPECT_TRUE(one_line(r2.err)) << r2.err;
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
