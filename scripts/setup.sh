@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-REQS=(numpy scipy torchdiffeq pytorch-fid)
+REQS=(numpy scipy torchdiffeq pytorch-fid torchcfm==1.0.7)
 if [ -z "${Torch_DIR:-}" ]; then REQS=("torch==${TORCH_VERSION}" "${REQS[@]}"); fi
 if ! "$VPY" - "${REQS[@]}" <<'PY' 2>/dev/null
 import sys
@@ -55,7 +55,9 @@ then
   "$VPY" -m pip install -q --upgrade pip
   # torch is pinned first so that nothing else moves it.
   if [ -z "${Torch_DIR:-}" ]; then "$VPY" -m pip install -q "torch==${TORCH_VERSION}"; fi
-  "$VPY" -m pip install -q "${REQS[@]}"
+  # torchcfm is a test reference for the U-Net only; its training dependencies are not needed.
+  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid
+  "$VPY" -m pip install -q --no-deps torchcfm==1.0.7
 fi
 
 # 3. Configure and build.

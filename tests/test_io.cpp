@@ -58,7 +58,8 @@ TEST(Io, BadFilesGiveClearErrors) {
   expect_error(d / "crc.npz", "CRC mismatch");
   fm::write_npz(d / "other.npz", {{"x", torch::zeros({1})}});
   expect_error(d / "other.npz", "no array 'arr_0' (has: x)");
-  std::ofstream(d / "bad.npy", std::ios::binary) << "\x93NUMPY\x01\x00\x10\x00{'descr': '<c8'}";
+  const std::string complex_npy("\x93NUMPY\x01\x00\x10\x00{'descr': '<c8'}", 26);
+  std::ofstream(d / "bad.npy", std::ios::binary) << complex_npy;
   try {
     fm::read_npy(d / "bad.npy");
     ADD_FAILURE();

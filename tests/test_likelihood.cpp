@@ -12,6 +12,9 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+
+#include "test_util.h"
+#include "trained_toy.h"
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -88,15 +91,9 @@ Cmd run(const std::string& args, const fs::path& dir) {
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(errf), slurp(outf)};
 }
 
-// Not std::filesystem::remove_all: the torch wheel's libtorch.so exports its own copy, and calls that bind to it crash.
-void remove_tree(const fs::path& path) {
-  ::nftw(path.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
-         FTW_DEPTH | FTW_PHYS);
-}
-
 fs::path temp_dir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("fm_test_likelihood_" + name + "_" + std::to_string(::getpid()));
-  remove_tree(d);
+  fm::test::remove_tree(d.string());
   fs::create_directories(d);
   return d;
 }
@@ -237,17 +234,9 @@ TEST(LikelihoodBitsPerDim, UniformDensityCostsEightBits) {
 }
 
 TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
-  // A short version of configs/toy2d.json (smaller MLP, 1000 steps of 256) to keep the test well under a minute.
-  auto dir = temp_dir("checkerboard");
-  auto cfg = fm::load_config(std::string(FM_SOURCE_DIR) + "/configs/toy2d.json",
-                             {"device=cpu", "model.mlp.hidden=128", "model.mlp.depth=3", "train.steps=1000",
-                              "train.batch_size=256", "train.log_every=500", "train.ckpt_every=1000", "sample.n=200",
-                              "sample.steps=4"});
-  fm::TrainOptions topts;
-  topts.out_dir = (dir / "run").string();
-  auto ckpt = fm::train(cfg, topts).checkpoint;
+  auto ckpt = fm::test::trained_toy2d_checkpoint();
 
-  // The density at cell midpoints over [-3, 3]^2 (exact divergence) integrates to 1.
+  // The density at cell midpoints over the plot window (exact divergence) integrates to 1.
   fm::CheckpointReader ck(ckpt, torch::kCPU);
   auto model = fm::make_velocity_field(ck.config().model, ck.sample_shape());
   ck.load_module("ema", *model);
@@ -265,7 +254,7 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   double mass = r.log_p.exp().sum().item<double>() * h * h;
   EXPECT_NEAR(mass, 1.0, 0.02);
 
-  // NLL of held-out points via the library function of `fm eval-nll`, against the data's entropy log 8.
+  // NLL of held-out points via the library function of `fm eval-nll`, against the data's entropy, log of the filled area.
   fm::EvalNllOptions eo;
   eo.checkpoint = ckpt;
   eo.data = "toy:checkerboard";
@@ -282,7 +271,6 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   EXPECT_GT(s.mean + 4 * s.stderr_mean, std::log(fm::kCheckerboardArea));
   // ...and a trained model comes close to it.
   EXPECT_NEAR(s.mean, std::log(fm::kCheckerboardArea), 0.3) << "+- " << s.stderr_mean << ", mass " << mass;
-  remove_tree(dir);
 }
 
 TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
@@ -335,7 +323,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   int64_t i = 0;
   for (; txt >> val; ++i) EXPECT_NEAR(val, a[i].item<double>(), 1e-4);
   EXPECT_EQ(i, 30);
-  remove_tree(dir);
+  fm::test::remove_tree(dir.string());
 }
 
 TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
@@ -358,5 +346,5 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   auto r2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:moons --divergence maybe", dir);
   EXPECT_EQ(r2.rc, 2);
   EXPECT_TRUE(one_line(r2.err)) << r2.err;
-  remove_tree(dir);
+  fm::test::remove_tree(dir.string());
 }

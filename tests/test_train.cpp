@@ -9,6 +9,7 @@
 #include "nn/velocity_field.h"
 #include "sample/generate.h"
 #include "test_util.h"
+#include "trained_toy.h"
 #include "train/checkpoint.h"
 #include "train/ema.h"
 #include "train/lr_schedule.h"
@@ -136,17 +137,15 @@ TEST(Train, RefusesToOverwriteAnExistingRun) {
 }
 
 TEST(Train, CheckerboardDemoLearnsTheBoard) {
-  // The demo recipe, trained briefly: most samples must land on the filled squares (an untrained model puts about
-  // half there, as the check on the initial weights below shows).
-  TempDir d;
-  auto cfg = fm::load_config(fm::test::source_dir() + "/configs/toy2d.json", {"device=cpu"});
-  auto r = fm::train(cfg, {d.str(), ""});
+  // The demo recipe: most samples must land on the filled squares (an untrained model puts about half there, as the
+  // check on the initial weights below shows).
+  auto ckpt_path = fm::test::trained_toy2d_checkpoint();
   auto frac = [&](const std::string& key) {
-    fm::CheckpointReader ck(r.checkpoint, torch::kCPU);
+    fm::CheckpointReader ck(ckpt_path, torch::kCPU);
     auto m = fm::make_velocity_field(ck.config().model, ck.sample_shape());
     if (!key.empty()) ck.load_module(key, *m);
     torch::manual_seed(123);
-    auto x = fm::generate(*m, torch::randn({4000, 2}), {}, fm::solve_settings(cfg.sample)).x;
+    auto x = fm::generate(*m, torch::randn({4000, 2}), {}, fm::solve_settings(ck.config().sample)).x;
     return fm::on_checkerboard(x).to(torch::kFloat64).mean().item<double>();
   };
   double trained = frac("ema"), untrained = frac("");

@@ -36,8 +36,9 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   ds.name = cfg.format + ":" + cfg.path;
   ds.device = device;
   if (cfg.format == "toy") {
-    sample_toy(cfg.path, 1);  // validates the name now rather than at the first batch
-    ds.toy = cfg.path;
+    ds.toy = cfg.path.empty() ? "checkerboard" : cfg.path;
+    ds.name = "toy:" + ds.toy;
+    sample_toy(ds.toy, 1);  // validates the name now rather than at the first batch
     return ds;
   }
   // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.

@@ -95,6 +95,12 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   auto ema_model = make_velocity_field(cfg.model, shape);
   model->to(device);
   ema_model->to(device);
+  // Convolutions on CUDA run fastest in channels-last (NHWC) layout with bf16.
+  const bool channels_last = device.is_cuda() && shape.size() == 3;
+  if (channels_last)
+    for (auto* m : {model.get(), ema_model.get()})
+      for (auto& p : m->parameters())
+        if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
   Ema ema(*model, *ema_model, cfg.train.ema_decay);
   ema.reset();
   auto params = model->parameters();
@@ -172,7 +178,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     torch::Tensor v;
     {
       AutocastScope ac(autocast);
-      v = (*model)(t, ps.x_t, labels);
+      v = (*model)(t, channels_last ? ps.x_t.contiguous(at::MemoryFormat::ChannelsLast) : ps.x_t, labels);
     }
     auto loss = torch::mse_loss(v.to(torch::kFloat32), ps.u_t);
     optimizer.zero_grad();
