@@ -12,9 +12,5 @@ static void reserve(CLI::App& app, const char* name, const char* what) {
 }
 
 void add_eval_nll_command(CLI::App& app) { reserve(app, "eval-nll", "Exact likelihood in bits/dim"); }
-void add_fid_commands(CLI::App& app) {
-  reserve(app, "fid-features", "FID Inception statistics of a set of images");
-  reserve(app, "fid", "Frechet Inception Distance between two sets");
-}
 
 }  // namespace fm

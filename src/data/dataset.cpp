@@ -1,6 +1,7 @@
 #include "data/dataset.h"
 
 #include "data/toy2d.h"
+#include "io/npy.h"
 #include "util/error.h"
 
 namespace fm {
@@ -31,6 +32,16 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   if (cfg.format == "toy") {
     sample_toy(cfg.path, 1);  // validates the name now rather than at the first batch
     ds.toy = cfg.path;
+    return ds;
+  }
+  if (cfg.format == "npz") {
+    // Minimal reader (arr_0, uint8 NHWC, as fm sample and the ADM/EDM tools write); the full one replaces it.
+    auto a = read_npz(cfg.path, {"arr_0"}).at("arr_0");
+    if (a.scalar_type() != torch::kUInt8 || a.dim() != 4 || (a.size(3) != 1 && a.size(3) != 3))
+      throw file_error(cfg.path, "arr_0 must be uint8 [N, H, W, C] with C = 1 or 3, got " +
+                                     std::string(c10::toString(a.scalar_type())) + " " + c10::str(a.sizes()));
+    if (cfg.limit > 0) a = a.slice(0, 0, std::min(cfg.limit, a.size(0)));
+    ds.images = a.permute({0, 3, 1, 2}).contiguous().to(device);
     return ds;
   }
   throw InputError("data.format: '" + cfg.format + "' is not supported by this build yet");
