@@ -85,6 +85,7 @@ FidStats stats_of(const torch::Tensor& features) {
 
 // ---- the network against pytorch-fid ------------------------------------------------------------------------------
 
+// fm runs channels-last on CPU (pytorch-fid here NCHW): the features agree to ~5e-7, not bitwise.
 // One test, so that the reference (torch import, 22M random weights, 9 images through pytorch-fid) runs once even
 // when ctest runs every test in its own process.
 TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {

@@ -97,8 +97,8 @@ void add_fid_commands(CLI::App& app) {
     cmd->callback([o, images, out, save_features] {
       auto device = resolve_device(o->device);
       auto spec = parse_data_spec(*images);
+      auto net = load_fid_inception(o->weights, device);  // a bad weights file fails before a long data load
       auto imgs = load_images(spec, *o);
-      auto net = load_fid_inception(o->weights, device);
       FeatureOptions fo;
       fo.batch = o->batch;
       fo.keep_features = !save_features->empty();

@@ -26,7 +26,9 @@ InceptionConvImpl::InceptionConvImpl(int64_t in, int64_t out, std::vector<int64_
   bn = register_module("bn", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(out).eps(0.001)));
 }
 
-torch::Tensor InceptionConvImpl::forward(const torch::Tensor& x) { return torch::relu(bn(conv(x))); }
+// In place on the fresh BatchNorm output, as torchvision does: at 299x299 a second activation-sized buffer per layer
+// costs ~30% of CPU time in allocation and page faults.
+torch::Tensor InceptionConvImpl::forward(const torch::Tensor& x) { return bn(conv(x)).relu_(); }
 
 InceptionAImpl::InceptionAImpl(int64_t in, int64_t pool_features) {
   branch1x1 = register_module("branch1x1", InceptionConv(in, 64, std::vector<int64_t>{1, 1}));
@@ -158,7 +160,12 @@ torch::Tensor FidInceptionImpl::forward(const torch::Tensor& images) {
                             .size(std::vector<int64_t>{kInputSize, kInputSize})
                             .mode(torch::kBilinear)
                             .align_corners(false));
-  return features(2.0 * x - 1.0);
+  x = 2.0 * x - 1.0;
+  // oneDNN runs channels-last convolutions without reordering every activation to its blocked layout and back:
+  // 1.6x faster on CPU (pytorch-fid gets this by accident when its input tensor is channels-last). cuDNN in strict
+  // float32 gains nothing from it, so CUDA keeps NCHW.
+  if (x.is_cpu()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  return features(x);
 }
 
 FidInception load_fid_inception(const std::string& weights_path, const torch::Device& device) {
@@ -203,6 +210,7 @@ FidInception load_fid_inception(const std::string& weights_path, const torch::De
     torch::NoGradGuard no_grad;
     for (auto& [name, target] : expected) target.copy_(arrays.at(name).to(torch::kFloat32));
   }
+  for (auto& p : net->parameters()) p.set_requires_grad(false);  // a fixed feature extractor
   net->to(device);
   net->eval();
   return net;
