@@ -11,9 +11,13 @@ static void reserve(CLI::App& app, const char* name, const char* what) {
   cmd->callback([name] { throw std::runtime_error(std::string("fm ") + name + " is not available in this build yet"); });
 }
 
+<<<<<<< HEAD
 void add_fid_commands(CLI::App& app) {
   reserve(app, "fid-features", "FID Inception statistics of a set of images");
   reserve(app, "fid", "Frechet Inception Distance between two sets");
 }
+=======
+void add_eval_nll_command(CLI::App& app) { reserve(app, "eval-nll", "Exact likelihood in bits/dim"); }
+>>>>>>> fid
 
 }  // namespace fm

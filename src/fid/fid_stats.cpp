@@ -1,0 +1,157 @@
+#include "fid/fid_stats.h"
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <set>
+
+#include "io/npy.h"
+#include "train/progress.h"
+#include "util/error.h"
+
+namespace fm {
+
+void FeatureMoments::add(const torch::Tensor& features) {
+  TORCH_CHECK(features.dim() == 2, "FeatureMoments: expected [B, D] features, got ", features.sizes());
+  if (features.size(0) == 0) return;
+  auto x = features.to(torch::kFloat64);
+  if (!shift_.defined()) {
+    shift_ = x.mean(0);
+    sum_ = torch::zeros_like(shift_);
+    outer_ = torch::zeros({x.size(1), x.size(1)}, x.options());
+  }
+  TORCH_CHECK(x.size(1) == shift_.size(0), "FeatureMoments: feature size changed from ", shift_.size(0), " to ",
+              x.size(1));
+  auto d = x - shift_;
+  sum_ += d.sum(0);
+  outer_.addmm_(d.t(), d);
+  n_ += x.size(0);
+}
+
+FidStats FeatureMoments::finish() const {
+  if (n_ < 2) throw InputError("FID statistics need at least 2 images, got " + std::to_string(n_));
+  auto m = sum_ / static_cast<double>(n_);
+  auto cov = (outer_ - static_cast<double>(n_) * torch::outer(m, m)) / static_cast<double>(n_ - 1);
+  FidStats s;
+  s.mu = (shift_ + m).cpu();
+  s.sigma = (0.5 * (cov + cov.t())).cpu();  // exactly symmetric, whatever order the matmul summed in
+  s.n = n_;
+  return s;
+}
+
+namespace {
+// FID is defined in float32. PyTorch lets cuDNN convolutions (and, when asked, cuBLAS matmuls) use TF32 on Ampere and
+// later, which moves the features by ~1e-3; this turns both off for the feature pass and restores the caller's choice.
+class StrictFloat32Guard {
+ public:
+  StrictFloat32Guard() : cudnn_(at::globalContext().allowTF32CuDNN()), matmul_(at::globalContext().float32MatmulPrecision()) {
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setFloat32MatmulPrecision("highest");
+  }
+  ~StrictFloat32Guard() {
+    at::globalContext().setAllowTF32CuDNN(cudnn_);
+    at::globalContext().setFloat32MatmulPrecision(matmul_ == at::Float32MatmulPrecision::HIGHEST ? "highest"
+                                                  : matmul_ == at::Float32MatmulPrecision::HIGH  ? "high"
+                                                                                                 : "medium");
+  }
+  StrictFloat32Guard(const StrictFloat32Guard&) = delete;
+  StrictFloat32Guard& operator=(const StrictFloat32Guard&) = delete;
+
+ private:
+  bool cudnn_;
+  at::Float32MatmulPrecision matmul_;
+};
+}  // namespace
+
+FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& images, const FeatureOptions& opt) {
+  if (images.dim() != 4 || (images.size(1) != 3 && images.size(1) != 1) || images.scalar_type() != torch::kUInt8)
+    throw InputError("FID features: expected uint8 images [N, 3, H, W] (or 1 channel), got " +
+                     std::string(c10::toString(images.scalar_type())) + " " + c10::str(images.sizes()));
+  if (opt.batch < 1) throw InputError("FID features: --batch must be >= 1");
+  torch::NoGradGuard no_grad;
+  std::optional<StrictFloat32Guard> fp32;
+  if (net->Conv2d_1a_3x3->conv->weight.is_cuda()) fp32.emplace();
+  net->eval();
+  const int64_t n = images.size(0);
+  const int64_t every = opt.batch * std::max<int64_t>(1, (n / opt.batch) / 20);  // about 20 lines in a log file
+  Progress progress("fid features", n, 0, every);
+  FeatureMoments moments;
+  std::vector<torch::Tensor> kept;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < n; i += opt.batch) {
+    auto x = images.slice(0, i, std::min(n, i + opt.batch));
+    if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
+    auto f = net->forward(x);
+    moments.add(f);
+    if (opt.keep_features) kept.push_back(f.cpu());
+    if (opt.progress) {
+      double el = progress.elapsed_s();
+      char rate[48];
+      std::snprintf(rate, sizeof rate, "%.1f img/s", (i + x.size(0)) / std::max(el, 1e-9));
+      progress.update(i + x.size(0), rate);
+    }
+  }
+  FeatureResult r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (opt.progress) progress.finish();
+  r.stats = moments.finish();
+  if (opt.keep_features)
+    r.features = kept.empty() ? torch::empty({0, FidInceptionImpl::kFeatures}) : torch::cat(kept, 0);
+  return r;
+}
+
+void check_fid_stats(const FidStats& s, const std::string& what) {
+  auto bad = [&](const std::string& m) { return InputError(what + ": " + m); };
+  auto floating = [](const torch::Tensor& t) {
+    return t.scalar_type() == torch::kFloat64 || t.scalar_type() == torch::kFloat32;
+  };
+  if (!floating(s.mu)) throw bad("mu has dtype " + std::string(c10::toString(s.mu.scalar_type())) + ", expected float64");
+  if (!floating(s.sigma))
+    throw bad("sigma has dtype " + std::string(c10::toString(s.sigma.scalar_type())) + ", expected float64");
+  if (s.mu.dim() != 1 || s.mu.size(0) < 1) throw bad("mu has shape " + c10::str(s.mu.sizes()) + ", expected [D]");
+  const int64_t d = s.mu.size(0);
+  if (s.sigma.dim() != 2 || s.sigma.size(0) != d || s.sigma.size(1) != d)
+    throw bad("sigma has shape " + c10::str(s.sigma.sizes()) + ", expected [" + std::to_string(d) + ", " +
+              std::to_string(d) + "] to match mu");
+  if (!torch::isfinite(s.mu).all().item<bool>()) throw bad("mu has non-finite values");
+  if (!torch::isfinite(s.sigma).all().item<bool>()) throw bad("sigma has non-finite values");
+  auto sigma = s.sigma.to(torch::kFloat64);
+  double scale = sigma.abs().max().item<double>();
+  double asym = (sigma - sigma.t()).abs().max().item<double>();
+  if (asym > 1e-6 * scale) throw bad("sigma is not symmetric (max |sigma - sigma^T| = " + std::to_string(asym) + ")");
+}
+
+void write_fid_stats(const std::string& path, const FidStats& s) {
+  check_fid_stats(s, path);
+  std::vector<std::pair<std::string, torch::Tensor>> arrays = {{"mu", s.mu.to(torch::kFloat64).cpu()},
+                                                               {"sigma", s.sigma.to(torch::kFloat64).cpu()}};
+  if (s.n >= 0) arrays.emplace_back("n", torch::tensor(s.n, torch::kInt64));
+  write_npz(path, arrays);
+}
+
+FidStats read_fid_stats(const std::string& path) {
+  auto keys = npz_keys(path);
+  std::set<std::string> have(keys.begin(), keys.end());
+  for (const char* k : {"mu", "sigma"})
+    if (!have.count(k))
+      throw file_error(path, std::string("no '") + k + "' array: not FID statistics (expected keys mu and sigma)");
+  auto arrays = read_npz(path, have.count("n") ? std::vector<std::string>{"mu", "sigma", "n"}
+                                               : std::vector<std::string>{"mu", "sigma"});
+  FidStats s;
+  s.mu = arrays.at("mu");
+  s.sigma = arrays.at("sigma");
+  check_fid_stats(s, path);
+  s.mu = s.mu.to(torch::kFloat64);
+  s.sigma = s.sigma.to(torch::kFloat64);
+  if (have.count("n")) {
+    const auto& n = arrays.at("n");
+    if (n.numel() != 1 || (n.scalar_type() != torch::kInt64 && n.scalar_type() != torch::kInt32) ||
+        n.item<int64_t>() < 2)
+      throw file_error(path, "'n' must be one integer >= 2 (the number of images), got " +
+                                 std::string(c10::toString(n.scalar_type())) + " " + c10::str(n.sizes()));
+    s.n = n.item<int64_t>();
+  }
+  return s;
+}
+
+}  // namespace fm

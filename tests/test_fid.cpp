@@ -1,0 +1,351 @@
+// FID: the Inception network against pytorch-fid's own (random weights exported with scripts/export_fid_inception.py),
+// the Frechet distance against pytorch-fid's calculate_frechet_distance and closed forms, statistics files both ways
+// with numpy and their faults, feature moments against torch::cov, and the CLI end to end.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <ftw.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "fid/fid_stats.h"
+#include "fid/frechet.h"
+#include "fid/inception.h"
+#include "io/npy.h"
+#include "util/error.h"
+
+namespace fm {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Not std::filesystem::remove_all: libtorch.so exports its own copy, built against a newer libstdc++ (see test_data).
+void remove_tree(const fs::path& p) {
+  ::nftw(
+      p.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path = fs::temp_directory_path() / ("fm_fid_" + std::string(info->name()) + "_" + std::to_string(::getpid()) +
+                                        "_" + std::to_string(counter++));
+    remove_tree(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { remove_tree(path); }
+  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
+};
+
+struct Run {
+  int code;
+  std::string out;
+};
+// Runs a shell command; stdout is captured, stderr passes through to the test log.
+Run run(const std::string& cmd) {
+  Run r{-1, ""};
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string ref_script() { return std::string(FM_SOURCE_DIR) + "/tests/ref/fid_ref.py"; }
+Run run_ref(const std::string& args) { return run(std::string(FM_PYTHON_EXE) + " " + ref_script() + " " + args); }
+
+double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max() / b.to(torch::kFloat64).abs().max())
+      .item<double>();
+}
+
+torch::Tensor nhwc_to_nchw(const torch::Tensor& t) { return t.permute({0, 3, 1, 2}).contiguous(); }
+
+FidStats stats_of(const torch::Tensor& features) {
+  FeatureMoments m;
+  m.add(features);
+  return m.finish();
+}
+
+// ---- the network against pytorch-fid ------------------------------------------------------------------------------
+
+// fm runs channels-last on CPU (pytorch-fid here NCHW): the features agree to ~5e-7, not bitwise.
+// One test, so that the reference (torch import, 22M random weights, 9 images through pytorch-fid) runs once even
+// when ctest runs every test in its own process.
+TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
+  TempDir dir;
+  auto ref = run_ref("inception " + dir.path.string() + " 5");
+  ASSERT_EQ(ref.code, 0) << ref.out;
+
+  auto net = load_fid_inception(dir / "weights.npz", torch::kCPU);
+  auto images = nhwc_to_nchw(read_npz(dir / "images.npz").at("arr_0"));
+  ASSERT_EQ(images.sizes(), (std::vector<int64_t>{9, 3, 32, 32}));
+  FeatureOptions opt;
+  opt.batch = 4;  // batches of 4, 4, 1: the batch split must not matter
+  opt.keep_features = true;
+  opt.progress = false;
+  auto r = compute_fid_features(net, images, opt);
+  auto expected = read_npy(dir / "features.npy");
+  ASSERT_EQ(r.features.sizes(), expected.sizes());
+  EXPECT_GT(expected.std().item<double>(), 0.1);  // the random network is not degenerate
+  EXPECT_LT(max_rel(r.features, expected), 1e-4);
+  // Per image too, so that one image's small features cannot hide behind another's large ones.
+  for (int64_t i = 0; i < 9; ++i) EXPECT_LT(max_rel(r.features[i], expected[i]), 1e-4) << "image " << i;
+
+  // Statistics of the first 6 against numpy's mean and np.cov of pytorch-fid's features.
+  auto same = stats_of(r.features.slice(0, 0, 6));
+  auto ref_stats = read_fid_stats(dir / "stats_ref.npz");
+  EXPECT_EQ(ref_stats.n, -1);  // pytorch-fid's files do not say how many images
+  EXPECT_LT(max_rel(same.mu, ref_stats.mu), 1e-4);
+  EXPECT_LT(max_rel(same.sigma, ref_stats.sigma), 1e-4);
+
+  // A set against itself: 0 (rank 5 covariances in 2048 dimensions, the hard case for the matrix root).
+  EXPECT_NEAR(frechet_distance(same, same).distance, 0.0, 1e-6);
+  // Two disjoint halves of one distribution are close; a different distribution is far.
+  auto h1 = stats_of(r.features.slice(0, 0, 3)), h2 = stats_of(r.features.slice(0, 3, 6));
+  auto other = stats_of(r.features.slice(0, 6, 9));
+  double d_halves = frechet_distance(h1, h2).distance, d_other = frechet_distance(h1, other).distance;
+  EXPECT_GT(d_halves, 1e-6);
+  EXPECT_LT(d_halves, 0.5 * d_other) << "halves " << d_halves << " vs other " << d_other;
+}
+
+TEST(FidInception, WeightLoaderListsMissingWrongAndUnexpectedTensors) {
+  TempDir dir;
+  FidInception net;
+  std::vector<std::pair<std::string, torch::Tensor>> arrays;
+  for (auto& p : net->named_parameters()) arrays.emplace_back(p.key(), p.value().detach());
+  for (auto& b : net->named_buffers())
+    if (b.key().find("num_batches_tracked") == std::string::npos) arrays.emplace_back(b.key(), b.value());
+  EXPECT_EQ(arrays.size(), 470u);  // what the export script writes for pytorch-fid's network
+  write_npz(dir / "good.npz", arrays);
+  EXPECT_NO_THROW(load_fid_inception(dir / "good.npz", torch::kCPU));
+
+  auto bad = arrays;
+  bad.erase(std::find_if(bad.begin(), bad.end(), [](auto& a) { return a.first == "Mixed_6c.branch7x7_2.bn.running_var"; }));
+  for (auto& a : bad)
+    if (a.first == "Mixed_7c.branch_pool.conv.weight") a.second = torch::zeros({192, 2048, 3, 3});
+  bad.emplace_back("fc.weight", torch::zeros({1008, 2048}));
+  write_npz(dir / "bad.npz", bad);
+  try {
+    load_fid_inception(dir / "bad.npz", torch::kCPU);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(msg.rfind(dir / "bad.npz", 0), 0u) << msg;
+    EXPECT_NE(msg.find("1 missing, 1 wrong shape or dtype, 1 unexpected"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("Mixed_6c.branch7x7_2.bn.running_var"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("Mixed_7c.branch_pool.conv.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("fc.weight"), std::string::npos) << msg;
+  }
+}
+
+// ---- the Frechet distance -------------------------------------------------------------------------------------------
+
+TEST(Frechet, MatchesPytorchFidAtFullSizeIncludingRankDeficient) {
+  TempDir dir;
+  auto ref = run_ref("frechet " + dir.path.string());
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  std::ifstream f(dir / "frechet.json");
+  auto expected = nlohmann::json::parse(f);
+  ASSERT_EQ(expected.size(), 2u);
+  for (auto& [pair, value] : expected.items()) {
+    auto bar = pair.find('|');
+    auto a = read_fid_stats(dir / ("case_" + pair.substr(0, bar) + ".npz"));
+    auto b = read_fid_stats(dir / ("case_" + pair.substr(bar + 1) + ".npz"));
+    ASSERT_EQ(a.mu.size(0), 2048);
+    auto r = frechet_distance(a, b);
+    double want = value.get<double>();
+    EXPECT_FALSE(r.eps_added) << pair;
+    EXPECT_NEAR(r.distance, want, 1e-6 * std::abs(want)) << pair;
+  }
+}
+
+TEST(Frechet, DiagonalCovariancesHaveTheClosedForm) {
+  // Commuting (diagonal) covariances: d^2 = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2, rotated by a random
+  // orthogonal Q (the distance is invariant) so that the matrices are dense.
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(11);
+  const int64_t d = 64;
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  auto a = torch::rand({d}, g, opt) + 0.01, b = torch::rand({d}, g, opt) * 2;
+  b.slice(0, 0, 10).zero_();  // singular: rank-deficient covariances need no offset in the symmetric form
+  auto mu1 = torch::randn({d}, g, opt), mu2 = torch::randn({d}, g, opt);
+  auto q = std::get<0>(torch::linalg_qr(torch::randn({d, d}, g, opt)));
+  FidStats s1{q.matmul(mu1), q.matmul(torch::diag(a)).matmul(q.t()), -1};
+  FidStats s2{q.matmul(mu2), q.matmul(torch::diag(b)).matmul(q.t()), -1};
+  s1.sigma = 0.5 * (s1.sigma + s1.sigma.t());
+  s2.sigma = 0.5 * (s2.sigma + s2.sigma.t());
+  double want = (mu1 - mu2).square().sum().item<double>() + (a.sqrt() - b.sqrt()).square().sum().item<double>();
+  auto r = frechet_distance(s1, s2);
+  EXPECT_NEAR(r.distance, want, 1e-9 * want);
+  EXPECT_FALSE(r.eps_added);
+  EXPECT_NEAR(frechet_distance(s2, s2).distance, 0.0, 1e-9);
+}
+
+TEST(Frechet, RejectsCovariancesWithLargeNegativeEigenvalues) {
+  const int64_t d = 16;
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  FidStats good{torch::zeros({d}, opt), torch::eye(d, opt), -1};
+  FidStats bad = good;
+  bad.sigma = torch::eye(d, opt);
+  bad.sigma[0][0] = -0.5;  // imaginary diagonal of its root: sqrt(0.5) > 1e-3
+  try {
+    frechet_distance(good, bad);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("sigma2 is not positive semi-definite"), std::string::npos) << e.what();
+  }
+  // Rounding-sized negatives are clamped, as pytorch-fid takes the real part.
+  bad.sigma[0][0] = -1e-12;
+  EXPECT_NEAR(frechet_distance(good, bad).distance, 1.0, 1e-5);
+  FidStats other{torch::zeros({8}, opt), torch::eye(8, opt), -1};
+  EXPECT_THROW(frechet_distance(good, other), InputError);
+}
+
+// ---- statistics ---------------------------------------------------------------------------------------------------
+
+TEST(FidStats, MomentsMatchTorchCovAcrossBatches) {
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(3);
+  // Far from zero (as post-ReLU features are), where a naive sum of squares would lose digits.
+  auto x = torch::randn({37, 24}, g, torch::TensorOptions().dtype(torch::kFloat64)) * 0.1 + 1e3;
+  FeatureMoments m;
+  for (int64_t i = 0; i < 37; i += 10) m.add(x.slice(0, i, std::min<int64_t>(37, i + 10)).to(torch::kFloat32).to(torch::kFloat64));
+  auto s = m.finish();
+  auto xs = x.to(torch::kFloat32).to(torch::kFloat64);
+  EXPECT_EQ(s.n, 37);
+  EXPECT_LT(max_rel(s.mu, xs.mean(0)), 1e-14);
+  EXPECT_LT(max_rel(s.sigma, torch::cov(xs.t())), 1e-9);  // unbiased, as np.cov
+  EXPECT_TRUE(torch::equal(s.sigma, s.sigma.t()));
+  FeatureMoments one;
+  one.add(x.slice(0, 0, 1));
+  EXPECT_THROW(one.finish(), InputError);
+}
+
+TEST(FidStats, ReadsWhatNumpyAndPytorchFidWrite) {
+  TempDir dir;
+  auto ref = run_ref("stats-write " + dir.path.string());
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  auto want = read_npz(dir / "expected.npz");
+  auto compressed = read_fid_stats(dir / "pytorch_fid_style.npz");  // np.savez_compressed, as save_fid_stats
+  EXPECT_TRUE(torch::equal(compressed.mu, want.at("mu")));
+  EXPECT_TRUE(torch::equal(compressed.sigma, want.at("sigma")));
+  EXPECT_EQ(compressed.n, -1);
+  auto with_n = read_fid_stats(dir / "plain_with_n.npz");
+  EXPECT_TRUE(torch::equal(with_n.sigma, want.at("sigma")));
+  EXPECT_EQ(with_n.n, 40);
+
+  const std::vector<std::pair<std::string, std::string>> faults = {
+      {"bad_no_sigma.npz", "no 'sigma' array"},
+      {"bad_keys.npz", "no 'mu' array"},
+      {"bad_sigma_shape.npz", "sigma has shape [16, 15], expected [16, 16]"},
+      {"bad_mu_shape.npz", "mu has shape [1, 16], expected [D]"},
+      {"bad_dtype.npz", "mu has dtype Long, expected float64"},
+      {"bad_nonfinite.npz", "sigma has non-finite values"},
+      {"bad_asymmetric.npz", "sigma is not symmetric"},
+      {"bad_n.npz", "'n' must be one integer"},
+      {"bad_truncated.npz", ""},
+      {"does_not_exist.npz", ""},
+  };
+  for (const auto& [file, words] : faults) {
+    try {
+      read_fid_stats(dir / file);
+      ADD_FAILURE() << file << ": expected InputError";
+    } catch (const InputError& e) {
+      std::string msg = e.what();
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+      EXPECT_NE(msg.find(dir / file), std::string::npos) << msg;
+      EXPECT_NE(msg.find(words), std::string::npos) << file << ": " << msg;
+    }
+  }
+}
+
+TEST(FidStats, NumpyReadsWhatFmWrites) {
+  TempDir dir;
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(9);
+  auto s = stats_of(torch::rand({30, 2048}, g, torch::TensorOptions().dtype(torch::kFloat32)));
+  write_fid_stats(dir / "fm.npz", s);
+  auto echo = run_ref("stats-echo " + (dir / "fm.npz") + " " + (dir / "echo.npz"));
+  ASSERT_EQ(echo.code, 0) << echo.out;
+  EXPECT_EQ(nlohmann::json::parse(echo.out).at("n").get<int64_t>(), 30);
+  auto back = read_fid_stats(dir / "echo.npz");
+  EXPECT_TRUE(torch::equal(back.mu, s.mu));
+  EXPECT_TRUE(torch::equal(back.sigma, s.sigma));
+}
+
+// ---- the CLI -----------------------------------------------------------------------------------------------------
+
+TEST(FidCli, FeaturesThenDistanceEndToEnd) {
+  TempDir dir;
+  // Weights straight from a C++-initialised network (the loader does not care where they came from).
+  FidInception net;
+  std::vector<std::pair<std::string, torch::Tensor>> arrays;
+  for (auto& p : net->named_parameters()) arrays.emplace_back(p.key(), p.value().detach());
+  for (auto& b : net->named_buffers())
+    if (b.key().find("num_batches_tracked") == std::string::npos) arrays.emplace_back(b.key(), b.value());
+  write_npz(dir / "w.npz", arrays);
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(4);
+  auto imgs = torch::randint(0, 256, {5, 20, 24, 3}, g, torch::TensorOptions().dtype(torch::kUInt8));
+  write_npz(dir / "imgs.npz", {{"arr_0", imgs}});
+
+  const std::string fm = FM_BINARY;
+  auto r = run(fm + " fid-features --weights " + (dir / "w.npz") + " --images npz:" + (dir / "imgs.npz") +
+               " --out " + (dir / "s.npz") + " --save-features " + (dir / "f.npy") +
+               " --limit 4 --batch 3 --device cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto s = read_fid_stats(dir / "s.npz");
+  EXPECT_EQ(s.n, 4);
+  EXPECT_EQ(read_npy(dir / "f.npy").sizes(), (std::vector<int64_t>{4, 2048}));
+
+  // A stats file against the same images given as an image .npz (arr_0): the features are recomputed, so 0.
+  r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "imgs.npz") + " --weights " + (dir / "w.npz") +
+          " --limit 4 --json --device cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(j.at("fid").get<double>(), 0.0, 1e-6);
+  EXPECT_EQ(j.at("n_a").get<int64_t>(), 4);
+  EXPECT_EQ(j.at("n_b").get<int64_t>(), 4);
+
+  // Small statistics files with diagonal covariances (the distance has a closed form): a pytorch-fid-style file
+  // (no n) gives n null; the plain output is the number alone.
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  write_npz(dir / "pf.npz", {{"mu", torch::zeros({3}, f64)}, {"sigma", torch::diag(torch::tensor({1.0, 4.0, 9.0}, f64))}});
+  write_npz(dir / "mine.npz", {{"mu", torch::tensor({1.0, 0.0, 2.0}, f64)},
+                               {"sigma", torch::diag(torch::tensor({4.0, 4.0, 1.0}, f64))},
+                               {"n", torch::tensor(int64_t{7})}});
+  const double want = 1.0 + 4.0 + (1.0 + 0.0 + 4.0);  // |dmu|^2 + sum (sqrt a - sqrt b)^2
+  r = run(fm + " fid " + (dir / "pf.npz") + " " + (dir / "mine.npz") + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(j.at("fid").get<double>(), want, 1e-9);
+  EXPECT_TRUE(j.at("n_a").is_null());
+  EXPECT_EQ(j.at("n_b").get<int64_t>(), 7);
+  r = run(fm + " fid " + (dir / "pf.npz") + " " + (dir / "mine.npz"));
+  ASSERT_EQ(r.code, 0);
+  EXPECT_NEAR(std::stod(r.out), want, 1e-5);
+
+  // Faults exit 2 with one message: images without weights; a file that is neither.
+  EXPECT_EQ(run(fm + " fid " + (dir / "s.npz") + " npz:" + (dir / "imgs.npz") + " 2>/dev/null").code, 2);
+  EXPECT_EQ(run(fm + " fid " + (dir / "s.npz") + " " + (dir / "nothing.npz") + " 2>/dev/null").code, 2);
+  EXPECT_EQ(run(fm + " fid-features --weights " + (dir / "s.npz") + " --images npz:" + (dir / "imgs.npz") +
+                " --out " + (dir / "x.npz") + " 2>/dev/null")
+                .code,
+            2);
+}
+
+}  // namespace
+}  // namespace fm
