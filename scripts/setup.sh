@@ -56,7 +56,9 @@ then
   # torch is pinned first so that nothing else moves it.
   if [ -z "${Torch_DIR:-}" ]; then "$VPY" -m pip install -q "torch==${TORCH_VERSION}"; fi
   # torchcfm is a test reference for the U-Net only; its training dependencies are not needed.
-  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid
+  # pytorch-fid pulls torchvision; pinning torch alongside keeps pip from upgrading it.
+  PIN=(); [ -z "${Torch_DIR:-}" ] && PIN=("torch==${TORCH_VERSION}")
+  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid "${PIN[@]}"
   "$VPY" -m pip install -q --no-deps torchcfm==1.0.7
 fi
 
