@@ -21,6 +21,7 @@
 #include "data/npz_images.h"
 #include "data/shapes.h"
 #include "io/npy.h"
+#include "test_util.h"
 #include "util/error.h"
 
 namespace fm {
@@ -28,27 +29,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Deletes a directory tree. Not std::filesystem::remove_all: libtorch.so exports its own copy of it, built against a
-// newer libstdc++, which binds ahead of the system one and jumps to a missing symbol (a crash) with GCC 12.
-void remove_tree(const fs::path& p) {
-  ::nftw(
-      p.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / ("fm_data_" + std::string(info->name()) + "_" + std::to_string(::getpid()) +
-                                        "_" + std::to_string(counter++));
-    remove_tree(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { remove_tree(path); }
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
+using fm::test::TempDir;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   fs::create_directories(fs::path(path).parent_path());
@@ -109,7 +90,7 @@ void write_cifar(const std::string& dir) {
 TEST(DataCifar10, PlanesLabelsAndFileOrder) {
   TempDir tmp;
   write_cifar(tmp / "cifar-10-batches-bin");
-  for (const std::string& dir : {tmp / "cifar-10-batches-bin", tmp.path.string()}) {  // both accepted
+  for (const std::string& dir : {tmp / "cifar-10-batches-bin", tmp.str()}) {  // both accepted
     auto train = read_cifar10(dir, "train");
     ASSERT_EQ(train.images.sizes(), (std::vector<int64_t>{10, 3, 32, 32}));
     EXPECT_EQ(train.images.scalar_type(), torch::kUInt8);
@@ -117,12 +98,12 @@ TEST(DataCifar10, PlanesLabelsAndFileOrder) {
     EXPECT_TRUE(torch::equal(train.labels, (torch::arange(10) * 3 + 1) % 10));
     EXPECT_EQ(train.num_classes, 10);
   }
-  auto test = read_cifar10(tmp.path.string(), "test");
+  auto test = read_cifar10(tmp.str(), "test");
   EXPECT_TRUE(torch::equal(test.images, expected_cifar(100, 3)));
   EXPECT_TRUE(torch::equal(test.labels, (torch::arange(100, 103) * 3 + 1) % 10));
   // Spot check against the raw bytes: record 1 of data_batch_3 (global 5), G plane, row 2, column 7.
   auto raw = read_bytes(tmp / "cifar-10-batches-bin/data_batch_3.bin");
-  EXPECT_EQ(read_cifar10(tmp.path.string(), "train").images[5][1][2][7].item<int64_t>(),
+  EXPECT_EQ(read_cifar10(tmp.str(), "train").images[5][1][2][7].item<int64_t>(),
             static_cast<uint8_t>(raw[3073 + 1 + 1024 + 2 * 32 + 7]));
 }
 
@@ -181,7 +162,7 @@ TEST(DataImageNet32, ChannelMajorRowsAndOneBasedLabels) {
                                              {"mean", torch::zeros({3072}, torch::kFloat64)}});
   write_npz(tmp / "val_data.npz", {{"data", dv}, {"labels", torch::tensor({3, 4}, torch::kInt32)}});
 
-  auto train = read_imagenet32(tmp.path.string(), "train");
+  auto train = read_imagenet32(tmp.str(), "train");
   ASSERT_EQ(train.images.sizes(), (std::vector<int64_t>{5, 3, 32, 32}));
   EXPECT_TRUE(torch::equal(train.labels, torch::tensor({0, 999, 499, 6, 7}, torch::kLong)));
   EXPECT_EQ(train.num_classes, 1000);
@@ -193,7 +174,7 @@ TEST(DataImageNet32, ChannelMajorRowsAndOneBasedLabels) {
             << i << " " << c << " " << y << " " << x;
   EXPECT_TRUE(torch::equal(train.images.reshape({5, 3072}), all));
 
-  auto val = read_imagenet32(tmp.path.string(), "test");
+  auto val = read_imagenet32(tmp.str(), "test");
   EXPECT_TRUE(torch::equal(val.images.reshape({2, 3072}), dv));
   EXPECT_TRUE(torch::equal(val.labels, torch::tensor({2, 3}, torch::kLong)));
 }
@@ -204,37 +185,37 @@ TEST(DataImageNet32, WrongDtypeShapeLabelsAndTruncation) {
   auto labels = torch::tensor({1, 2}, torch::kLong);
 
   write_npz(f, {{"data", imagenet_rows(0, 2).to(torch::kFloat32)}, {"labels", labels}});
-  auto msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  auto msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
   EXPECT_HAS(msg, "'data' has dtype Float, expected uint8");
 
   write_npz(f, {{"data", torch::zeros({2, 3000}, torch::kUInt8)}, {"labels", labels}});
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
   EXPECT_HAS(msg, "shape [2, 3000], expected [N, 3072]");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", torch::tensor({1, 0}, torch::kLong)}});
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "entry 1 is 0, expected 1..1000");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", torch::tensor({1, 2, 3}, torch::kLong)}});
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "'labels' has shape [3] but 'data' holds 2 images");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}});
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "no array 'labels'");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", labels}});
   auto bytes = read_bytes(f);
   write_bytes(f, bytes.substr(0, bytes.size() - 40));
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
 
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "test"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "test"); });
   EXPECT_HAS(msg, "missing val_data.npz");
   fs::remove(f);
-  msg = input_error([&] { read_imagenet32(tmp.path.string(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
   EXPECT_HAS(msg, "no train_data_batch_1.npz");
 }
 
@@ -320,12 +301,12 @@ TEST(DataImageFolder, UnlabelledSortedAndLimit) {
   png(tmp / "a.png", flat(4, 4, {1, 1, 1}));
   auto grey2 = flat(4, 4, {2, 2, 2});
   ASSERT_TRUE(stbi_write_bmp((tmp / "b.bmp").c_str(), 4, 4, 3, grey2.data_ptr()));
-  auto ds = read_image_folder(tmp.path.string());
+  auto ds = read_image_folder(tmp.str());
   EXPECT_FALSE(ds.labels.defined());
   EXPECT_EQ(ds.num_classes, 0);
   EXPECT_TRUE(torch::equal(ds.images.amax({1, 2, 3}), torch::tensor({1, 2, 3}, torch::kUInt8)));
 
-  DataConfig cfg = parse_data_spec("folder:" + tmp.path.string());
+  DataConfig cfg = parse_data_spec("folder:" + tmp.str());
   cfg.limit = 2;
   auto limited = load_dataset(cfg, torch::kCPU);
   EXPECT_TRUE(torch::equal(limited.images, ds.images.narrow(0, 0, 2)));
@@ -339,15 +320,15 @@ TEST(DataImageFolder, ResolutionAndCenterCrop) {
   png(tmp / "a.png", wide);
   png(tmp / "b.png", flat(6, 5, {10, 120, 230}));
 
-  auto msg = input_error([&] { read_image_folder(tmp.path.string()); });
-  EXPECT_HAS(msg, (tmp.path / "b.png").string());
+  auto msg = input_error([&] { read_image_folder(tmp.str()); });
+  EXPECT_HAS(msg, tmp / "b.png");
   EXPECT_HAS(msg, "5x6");
   EXPECT_HAS(msg, "8x4");
 
   ImageFolderOptions crop;
   crop.resolution = 4;
   crop.center_crop = true;
-  auto ds = read_image_folder(tmp.path.string(), crop);
+  auto ds = read_image_folder(tmp.str(), crop);
   ASSERT_EQ(ds.images.sizes(), (std::vector<int64_t>{2, 3, 4, 4}));
   // The centred square is exactly the red part (no resampling at equal size).
   EXPECT_TRUE(torch::equal(ds.images[0].permute({1, 2, 0}), flat(4, 4, {255, 0, 0})));
@@ -360,19 +341,19 @@ TEST(DataImageFolder, ResolutionAndCenterCrop) {
   TempDir tmp2;
   png(tmp2 / "a.png", wide);
   png(tmp2 / "b.png", wide.flip({2}));  // channels reversed: a blue centre between red bands
-  auto only = read_image_folder(tmp2.path.string(), crop_only);
+  auto only = read_image_folder(tmp2.str(), crop_only);
   ASSERT_EQ(only.images.sizes(), (std::vector<int64_t>{2, 3, 4, 4}));
   EXPECT_TRUE(torch::equal(only.images[0].permute({1, 2, 0}), flat(4, 4, {255, 0, 0})));
   EXPECT_TRUE(torch::equal(only.images[1].permute({1, 2, 0}), flat(4, 4, {0, 0, 255})));
 
   crop.resolution = 2;
-  EXPECT_LE((read_image_folder(tmp.path.string(), crop).images[0].permute({1, 2, 0}).to(torch::kInt) -
+  EXPECT_LE((read_image_folder(tmp.str(), crop).images[0].permute({1, 2, 0}).to(torch::kInt) -
              flat(2, 2, {255, 0, 0}).to(torch::kInt)).abs().max().item<int>(), 1);
 
   // Without the crop the whole 8x4 image is squashed to 4x4: the blue bands stay at the sides.
   crop.center_crop = false;
   crop.resolution = 4;
-  auto squashed = read_image_folder(tmp.path.string(), crop).images[0].to(torch::kInt);
+  auto squashed = read_image_folder(tmp.str(), crop).images[0].to(torch::kInt);
   EXPECT_GT(squashed[2].select(1, 0).min().item<int>(), squashed[0].select(1, 0).max().item<int>());
   EXPECT_GT(squashed[0].select(1, 2).min().item<int>(), squashed[2].select(1, 2).max().item<int>());
 }
@@ -398,7 +379,7 @@ TEST(DataImageFolder, BadFolders) {
   png(tmp / "classes/a/x.png", flat(4, 4, {1, 2, 3}));
   fs::create_directories(tmp / "classes/b");
   msg = input_error([&] { read_image_folder(tmp / "classes"); });
-  EXPECT_HAS(msg, (tmp.path / "classes/b").string());
+  EXPECT_HAS(msg, tmp / "classes/b");
   EXPECT_HAS(msg, "holds no");
 }
 
@@ -567,8 +548,8 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "shapes takes an image count");
 
   TempDir tmp;
-  write_cifar(tmp.path.string());
-  cfg = parse_data_spec("cifar10:" + tmp.path.string());
+  write_cifar(tmp.str());
+  cfg = parse_data_spec("cifar10:" + tmp.str());
   cfg.limit = 3;
   ds = load_dataset(cfg, torch::kCPU);
   EXPECT_TRUE(torch::equal(ds.images, expected_cifar(0, 3)));

@@ -22,6 +22,7 @@
 #include "fid/frechet.h"
 #include "fid/inception.h"
 #include "io/npy.h"
+#include "test_util.h"
 #include "util/error.h"
 
 namespace fm {
@@ -29,26 +30,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Not std::filesystem::remove_all: libtorch.so exports its own copy, built against a newer libstdc++ (see test_data).
-void remove_tree(const fs::path& p) {
-  ::nftw(
-      p.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / ("fm_fid_" + std::string(info->name()) + "_" + std::to_string(::getpid()) +
-                                        "_" + std::to_string(counter++));
-    remove_tree(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { remove_tree(path); }
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
+using fm::test::TempDir;
 
 struct Run {
   int code;
@@ -90,7 +72,7 @@ FidStats stats_of(const torch::Tensor& features) {
 // when ctest runs every test in its own process.
 TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
   TempDir dir;
-  auto ref = run_ref("inception " + dir.path.string() + " 5");
+  auto ref = run_ref("inception " + dir.str() + " 5");
   ASSERT_EQ(ref.code, 0) << ref.out;
 
   auto net = load_fid_inception(dir / "weights.npz", torch::kCPU);
@@ -159,7 +141,7 @@ TEST(FidInception, WeightLoaderListsMissingWrongAndUnexpectedTensors) {
 
 TEST(Frechet, MatchesPytorchFidAtFullSizeIncludingRankDeficient) {
   TempDir dir;
-  auto ref = run_ref("frechet " + dir.path.string());
+  auto ref = run_ref("frechet " + dir.str());
   ASSERT_EQ(ref.code, 0) << ref.out;
   std::ifstream f(dir / "frechet.json");
   auto expected = nlohmann::json::parse(f);
@@ -238,7 +220,7 @@ TEST(FidStats, MomentsMatchTorchCovAcrossBatches) {
 
 TEST(FidStats, ReadsWhatNumpyAndPytorchFidWrite) {
   TempDir dir;
-  auto ref = run_ref("stats-write " + dir.path.string());
+  auto ref = run_ref("stats-write " + dir.str());
   ASSERT_EQ(ref.code, 0) << ref.out;
   auto want = read_npz(dir / "expected.npz");
   auto compressed = read_fid_stats(dir / "pytorch_fid_style.npz");  // np.savez_compressed, as save_fid_stats
