@@ -23,7 +23,16 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "noise seed (sample i gets the same noise whatever --batch)")->capture_default_str();
   cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  cmd->add_option("--out", o->out_dir, "output directory")->capture_default_str();
+  cmd->add_option("--out", o->out_dir, "output directory (samples.npz, samples.png; shards/ while running)")
+      ->capture_default_str();
+  cmd->add_option("--png-dir", o->png_dir, "also write one PNG per image here (image models)");
+  cmd->add_flag("--resume", o->resume, "continue an interrupted run in --out without redoing finished shards");
+  auto* cls = cmd->add_option("--class", o->classes, "class-conditional models: sample this class index");
+  cmd->add_option("--classes", o->classes, "class-conditional models: 'all' cycles through every class")
+      ->check(CLI::IsMember({"all"}))
+      ->excludes(cls);
+  cmd->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance w: (1 + w) v(x|c) - w v(x)")
+      ->capture_default_str();
   cmd->callback([o] {
     auto s = run_sampling(*o);
     spdlog::info("wrote {} samples to {} and {} (NFE per batch: mean {:.1f}, max {:.0f})", s.n, s.npz, s.png,

@@ -15,6 +15,10 @@ struct SampleOptions {
   int64_t batch = 500;
   uint64_t seed = 0;
   SolveSettings solve;
+  std::string png_dir;       // non-empty: also one PNG per image here
+  bool resume = false;       // keep finished shards of an interrupted run in out_dir/shards
+  std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes) or a class index
+  double cfg_scale = 0.0;    // classifier-free guidance w: (1 + w) v(x|c) - w v(x)
 };
 
 struct SampleSummary {
