@@ -21,7 +21,7 @@
 #include "config/config.h"
 #include "data/toy2d.h"
 #include "io/npy.h"
-#include "likelihood/eval_nll.h"
+#include "eval/eval_nll.h"
 #include "likelihood/likelihood.h"
 #include "nn/velocity_field.h"
 #include "solver/ode.h"

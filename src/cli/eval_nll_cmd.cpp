@@ -3,7 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
-#include "likelihood/eval_nll.h"
+#include "eval/eval_nll.h"
 
 namespace fm {
 

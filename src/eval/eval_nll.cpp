@@ -1,4 +1,4 @@
-#include "likelihood/eval_nll.h"
+#include "eval/eval_nll.h"
 
 #include <chrono>
 #include <cmath>
