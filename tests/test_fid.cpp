@@ -107,13 +107,19 @@ TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
   EXPECT_LT(d_halves, 0.5 * d_other) << "halves " << d_halves << " vs other " << d_other;
 }
 
-TEST(FidInception, WeightLoaderListsMissingWrongAndUnexpectedTensors) {
-  TempDir dir;
-  FidInception net;
+// Every tensor of a network by its state_dict name, as the export script writes them (no BN step counters).
+std::vector<std::pair<std::string, torch::Tensor>> weight_arrays(FidInception& net) {
   std::vector<std::pair<std::string, torch::Tensor>> arrays;
   for (auto& p : net->named_parameters()) arrays.emplace_back(p.key(), p.value().detach());
   for (auto& b : net->named_buffers())
     if (b.key().find("num_batches_tracked") == std::string::npos) arrays.emplace_back(b.key(), b.value());
+  return arrays;
+}
+
+TEST(FidInception, WeightLoaderListsMissingWrongAndUnexpectedTensors) {
+  TempDir dir;
+  FidInception net;
+  auto arrays = weight_arrays(net);
   EXPECT_EQ(arrays.size(), 470u);  // what the export script writes for pytorch-fid's network
   write_npz(dir / "good.npz", arrays);
   EXPECT_NO_THROW(load_fid_inception(dir / "good.npz", torch::kCPU));
@@ -275,10 +281,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   TempDir dir;
   // Weights straight from a C++-initialised network (the loader does not care where they came from).
   FidInception net;
-  std::vector<std::pair<std::string, torch::Tensor>> arrays;
-  for (auto& p : net->named_parameters()) arrays.emplace_back(p.key(), p.value().detach());
-  for (auto& b : net->named_buffers())
-    if (b.key().find("num_batches_tracked") == std::string::npos) arrays.emplace_back(b.key(), b.value());
+  auto arrays = weight_arrays(net);
   write_npz(dir / "w.npz", arrays);
   auto g = torch::make_generator<at::CPUGeneratorImpl>(4);
   auto imgs = torch::randint(0, 256, {5, 20, 24, 3}, g, torch::TensorOptions().dtype(torch::kUInt8));

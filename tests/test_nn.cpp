@@ -109,13 +109,24 @@ TEST(UNetGrad, EveryParameterGetsAGradient) {
   }
 }
 
-TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
+// A 16x16 net with every option on and its zero-initialised layers perturbed (so outputs are not trivially zero),
+// in eval mode, with a random batch of two.
+struct LayoutCase {
+  std::shared_ptr<fm::VelocityField> net;
+  torch::Tensor x, t;
+};
+LayoutCase layout_case() {
   torch::manual_seed(0);
-  auto net = make_unet_velocity(full_config(), {3, 16, 16});
-  perturb_zeros(*net);
-  net->eval();
-  auto x = torch::randn({2, 3, 16, 16});
-  auto t = torch::rand({2});
+  LayoutCase c{make_unet_velocity(full_config(), {3, 16, 16}), {}, {}};
+  perturb_zeros(*c.net);
+  c.net->eval();
+  c.x = torch::randn({2, 3, 16, 16});
+  c.t = torch::rand({2});
+  return c;
+}
+
+TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
+  auto [net, x, t] = layout_case();
   auto y = torch::tensor({0, 9}, torch::kLong);
   auto v = (*net)(t, x, y);
   auto v_cl = (*net)(t, x.contiguous(torch::MemoryFormat::ChannelsLast), y);
@@ -126,12 +137,7 @@ TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
 }
 
 TEST(UNetLayout, RunsUnderBf16Autocast) {
-  torch::manual_seed(0);
-  auto net = make_unet_velocity(full_config(), {3, 16, 16});
-  perturb_zeros(*net);
-  net->eval();
-  auto x = torch::randn({2, 3, 16, 16});
-  auto t = torch::rand({2});
+  auto [net, x, t] = layout_case();
   auto y = torch::tensor({4, 10}, torch::kLong);
   auto ref = (*net)(t, x, y);
   at::autocast::set_autocast_enabled(at::kCPU, true);
