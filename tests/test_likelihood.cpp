@@ -1,11 +1,7 @@
 // Likelihood against closed forms: a Gaussian target whose OT marginal velocity is known exactly, the zero field, a
 // short-trained checkerboard model (normalised density, NLL near the true entropy), and the CLI end to end.
-#include <ftw.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -28,7 +24,9 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
-namespace fs = std::filesystem;
+using fm::test::TempDir;
+
+auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_split(cmd, dir.str()); }
 
 namespace {
 
@@ -73,39 +71,14 @@ struct GaussianTarget {
   }
 };
 
-struct Cmd {
-  int rc;
-  std::string err, out;
-};
-
-Cmd run(const std::string& args, const fs::path& dir) {
-  auto errf = dir / "stderr.txt", outf = dir / "stdout.txt";
-  std::string cmd = args + " >" + outf.string() + " 2>" + errf.string();
-  int st = std::system(cmd.c_str());
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(errf), slurp(outf)};
-}
-
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("fm_test_likelihood_" + name + "_" + std::to_string(::getpid()));
-  fm::test::remove_tree(d.string());
-  fs::create_directories(d);
-  return d;
-}
-
 // A small toy checkpoint for the CLI tests (seconds to train).
-std::string tiny_checkpoint(const fs::path& dir) {
+std::string tiny_checkpoint(const TempDir& dir) {
   auto cfg = fm::load_config(std::string(FM_SOURCE_DIR) + "/configs/toy2d.json",
                              {"device=cpu", "train.steps=20", "train.batch_size=64", "train.warmup_steps=0",
                               "model.mlp.hidden=32", "model.mlp.depth=2", "train.ckpt_every=20", "sample.n=100",
                               "sample.steps=4"});
   fm::TrainOptions opts;
-  opts.out_dir = (dir / "run").string();
+  opts.out_dir = dir / "run";
   return fm::train(cfg, opts).checkpoint;
 }
 
@@ -274,24 +247,24 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
 }
 
 TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
-  auto dir = temp_dir("cli");
+  TempDir dir;
   auto ckpt = tiny_checkpoint(dir);
   const std::string fm_bin = FM_BINARY, py = FM_PYTHON_EXE;
 
   auto sdir = dir / "samples";
   auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --n 10 --batch 4 --solver euler --steps 4 --device cpu --out " +
-                    sdir.string(), dir);
-  ASSERT_EQ(rs.rc, 0) << rs.err;
-  auto rp = run(py + " -c \"import numpy as np; a = np.load('" + (sdir / "samples.npz").string() +
+                    sdir, dir);
+  ASSERT_EQ(rs.code, 0) << rs.err;
+  auto rp = run(py + " -c \"import numpy as np; a = np.load('" + sdir + "/samples.npz" +
                     "')['arr_0']; assert a.shape == (10, 2), a.shape; assert a.dtype == np.float32, a.dtype; "
                     "assert np.isfinite(a).all(); print('ok')\"", dir);
-  ASSERT_EQ(rp.rc, 0) << rp.err;
+  ASSERT_EQ(rp.code, 0) << rp.err;
   EXPECT_EQ(rp.out, "ok\n");
 
   auto json_path = dir / "nll.json", per_path = dir / "per.npy";
   auto re = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 16 " +
-                    "--atol 1e-7 --rtol 1e-7 --device cpu --out " + json_path.string() + " --per-image " + per_path.string(), dir);
-  ASSERT_EQ(re.rc, 0) << re.err;
+                    "--atol 1e-7 --rtol 1e-7 --device cpu --out " + json_path + " --per-image " + per_path, dir);
+  ASSERT_EQ(re.code, 0) << re.err;
   std::ifstream in(json_path);
   auto j = nlohmann::json::parse(in);
   EXPECT_EQ(j["metric"], "nll_nats");
@@ -300,10 +273,10 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   EXPECT_GT(j["mean_nfe"].get<double>(), 8);
   EXPECT_EQ(nlohmann::json::parse(re.out), j);  // the same object on stdout
   // numpy reads the per-point values, and their mean and standard error are the reported ones.
-  auto rn = run(py + " -c \"import numpy as np; a = np.load('" + per_path.string() +
+  auto rn = run(py + " -c \"import numpy as np; a = np.load('" + per_path +
                     "'); assert a.shape == (30,) and a.dtype == np.float64; "
                     "print(repr(float(a.mean())), repr(float(a.std(ddof=1) / np.sqrt(a.size))))\"", dir);
-  ASSERT_EQ(rn.rc, 0) << rn.err;
+  ASSERT_EQ(rn.code, 0) << rn.err;
   std::istringstream ss(rn.out);
   double mean = 0, se = 0;
   ss >> mean >> se;
@@ -315,36 +288,34 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   // to the solver's tolerance, here tight); text output when the name is not .npy.
   auto txt_path = dir / "per.txt";
   auto re2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 7 " +
-                     "--atol 1e-7 --rtol 1e-7 --device cpu --per-image " + txt_path.string(), dir);
-  ASSERT_EQ(re2.rc, 0) << re2.err;
-  auto a = fm::read_npy(per_path.string());
+                     "--atol 1e-7 --rtol 1e-7 --device cpu --per-image " + txt_path, dir);
+  ASSERT_EQ(re2.code, 0) << re2.err;
+  auto a = fm::read_npy(per_path);
   std::ifstream txt(txt_path);
   double val = 0;
   int64_t i = 0;
   for (; txt >> val; ++i) EXPECT_NEAR(val, a[i].item<double>(), 1e-4);
   EXPECT_EQ(i, 30);
-  fm::test::remove_tree(dir.string());
 }
 
 TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
-  auto dir = temp_dir("errors");
+  TempDir dir;
   const std::string fm_bin = FM_BINARY;
   auto one_line = [](const std::string& s) { return !s.empty() && s.find('\n') == s.size() - 1; };
 
-  auto missing = (dir / "nope.pt").string();
+  auto missing = dir / "nope.pt";
   auto r1 = run(fm_bin + " eval-nll --checkpoint " + missing + " --data toy:checkerboard --device cpu", dir);
-  EXPECT_EQ(r1.rc, 2);
+  EXPECT_EQ(r1.code, 2);
   EXPECT_TRUE(one_line(r1.err)) << r1.err;
   EXPECT_NE(r1.err.find(missing), std::string::npos) << r1.err;
 
   auto ckpt = tiny_checkpoint(dir);
   for (const char* spec : {"bogus:x", "checkerboard", "toy:no_such_toy"}) {
     auto r = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data " + spec + " --device cpu", dir);
-    EXPECT_EQ(r.rc, 2) << spec;
+    EXPECT_EQ(r.code, 2) << spec;
     EXPECT_TRUE(one_line(r.err)) << spec << ": " << r.err;
   }
   auto r2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:moons --divergence maybe", dir);
-  EXPECT_EQ(r2.rc, 2);
+  EXPECT_EQ(r2.code, 2);
   EXPECT_TRUE(one_line(r2.err)) << r2.err;
-  fm::test::remove_tree(dir.string());
 }

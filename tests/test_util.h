@@ -42,10 +42,10 @@ struct RunResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs a shell command line, capturing its output and exit code.
-inline RunResult run(const std::string& cmd) {
+// Runs a shell command line as given, capturing its stdout and exit code.
+inline RunResult run_stdout(const std::string& cmd) {
   RunResult r{-1, ""};
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;
   char buf[4096];
   size_t n;
@@ -53,6 +53,28 @@ inline RunResult run(const std::string& cmd) {
   int status = ::pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// Runs a shell command line, capturing its output (stdout and stderr together) and exit code.
+inline RunResult run(const std::string& cmd) { return run_stdout(cmd + " 2>&1"); }
+
+struct SplitRunResult {
+  int code;
+  std::string out, err;
+};
+
+// Runs a shell command line with stdout and stderr captured apart (stderr through a file in `scratch_dir`).
+inline SplitRunResult run_split(const std::string& cmd, const std::string& scratch_dir) {
+  const std::string err_path = scratch_dir + "/stderr.txt";
+  auto r = run_stdout(cmd + " 2>" + err_path);
+  std::string err;
+  if (FILE* f = std::fopen(err_path.c_str(), "rb")) {
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) err.append(buf, n);
+    std::fclose(f);
+  }
+  return {r.code, r.output, err};
 }
 
 inline std::string fm_binary() { return FM_BINARY; }
