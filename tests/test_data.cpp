@@ -523,6 +523,31 @@ TEST(DataShapes, ColourCounts) {
   EXPECT_EQ(c[2].rgb, (std::array<uint8_t, 3>{5, 0, 0}));
 }
 
+TEST(DataShapes, TwoColourFractionSeparatesShapesFromNoiseAndBlur) {
+  for (int64_t res : {16, 32}) {
+    auto s = make_shapes(200, res, 5);
+    auto data = two_colour_fraction(s.images);
+    // Plain backgrounds hold exactly two colours; gradients spread at most 40 per channel around their mean.
+    auto plain = ~s.gradient;
+    EXPECT_TRUE(torch::equal(data.index({plain}), torch::ones_like(data.index({plain}))));
+    EXPECT_GT(data.min().item<double>(), 0.9) << res;
+    // What an untrained model produces (its velocity is zero at initialisation: the noise itself, as pixels)...
+    torch::manual_seed(1);
+    auto noise = ((torch::randn(s.images.sizes()) + 1) * 127.5).round().clamp(0, 255).to(torch::kUInt8);
+    auto n = two_colour_fraction(noise);
+    // ...and what a half-trained one gives: the right colours with soft edges and speckle.
+    auto soft = torch::nn::functional::avg_pool2d(s.images.to(torch::kFloat32),
+                                                  torch::nn::functional::AvgPool2dFuncOptions(3).stride(1).padding(1)
+                                                      .count_include_pad(false));
+    soft = (soft + 12 * torch::randn(soft.sizes())).round().clamp(0, 255).to(torch::kUInt8);
+    auto b = two_colour_fraction(soft);
+    RecordProperty("noise_" + std::to_string(res), std::to_string(n.mean().item<double>()));
+    RecordProperty("soft_" + std::to_string(res), std::to_string(b.mean().item<double>()));
+    EXPECT_LT(n.max().item<double>(), 0.2);
+    EXPECT_LT(b.mean().item<double>(), 0.8);
+  }
+}
+
 // --- load_dataset and the sampler ----------------------------------------------------------------------------------
 
 TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {

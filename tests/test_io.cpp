@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "io/image.h"
 #include "io/npy.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -66,4 +67,18 @@ TEST(Io, BadFilesGiveClearErrors) {
   } catch (const fm::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("unsupported dtype"), std::string::npos) << e.what();
   }
+}
+
+TEST(Io, GridTilesImagesAndEnlargesSmallOnes) {
+  auto imgs = torch::arange(5 * 4 * 4 * 3).remainder(251).to(torch::kUInt8).view({5, 4, 4, 3});
+  // Large enough: tiled as they are, 3 per row, 2 white pixels around each.
+  auto g = fm::make_grid(imgs, 3, 2, 4);
+  ASSERT_EQ(g.sizes(), (std::vector<int64_t>{2 * 6 + 2, 3 * 6 + 2, 3}));
+  EXPECT_TRUE(torch::equal(g.narrow(0, 8, 4).narrow(1, 2, 4), imgs[3]));  // row 1, column 0
+  EXPECT_TRUE(torch::equal(g.narrow(0, 8, 6).narrow(1, 14, 6), torch::full({6, 6, 3}, 255, torch::kUInt8)));  // empty
+  // 4x4 images with cells of at least 10: each pixel becomes a 2x2 block.
+  g = fm::make_grid(imgs, 3, 2, 10);
+  ASSERT_EQ(g.sizes(), (std::vector<int64_t>{2 * 10 + 2, 3 * 10 + 2, 3}));
+  auto cell = g.narrow(0, 12, 8).narrow(1, 2, 8);
+  EXPECT_TRUE(torch::equal(cell, imgs[3].repeat_interleave(2, 0).repeat_interleave(2, 1)));
 }

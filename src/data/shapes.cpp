@@ -90,4 +90,23 @@ std::vector<ColourCount> colour_counts(const torch::Tensor& chw) {
   return out;
 }
 
+torch::Tensor two_colour_fraction(const torch::Tensor& images, int64_t tolerance) {
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == 3 && images.scalar_type() == torch::kUInt8,
+              "two_colour_fraction: expected uint8 [N, 3, H, W] images");
+  auto px = images.to(torch::kFloat32).flatten(2).transpose(1, 2);  // [N, P, 3]
+  auto dist = [&](const torch::Tensor& c) { return (px - c.unsqueeze(1)).abs().amax(2); };  // [N, P], max channel
+  // Start from the per-channel median (the background holds most pixels) and the pixel farthest from it.
+  auto a = std::get<0>(px.median(1));
+  auto far = dist(a).argmax(1);
+  auto b = px.gather(1, far.view({-1, 1, 1}).expand({-1, 1, 3})).squeeze(1);
+  for (int it = 0; it < 10; ++it) {
+    auto in_b = (dist(b) < dist(a)).unsqueeze(2).to(px.dtype());  // [N, P, 1]
+    auto nb = in_b.sum(1), na = px.size(1) - nb;
+    // A cluster that empties keeps its centre.
+    a = torch::where(na > 0, (px * (1 - in_b)).sum(1) / na.clamp_min(1), a);
+    b = torch::where(nb > 0, (px * in_b).sum(1) / nb.clamp_min(1), b);
+  }
+  return (torch::minimum(dist(a), dist(b)) <= static_cast<double>(tolerance)).to(torch::kFloat32).mean(1);
+}
+
 }  // namespace fm

@@ -43,4 +43,9 @@ struct ColourCount {
 };
 std::vector<ColourCount> colour_counts(const torch::Tensor& chw);
 
+// How much an image looks like a shapes image without a trained classifier: per image of uint8 [N, 3, H, W], the
+// fraction of pixels within `tolerance` (in every channel) of the nearer of its two dominant colours, found by
+// 2-means. Shapes data scores about 1 (gradient ends can sit just outside); noise and colour blobs score far lower.
+torch::Tensor two_colour_fraction(const torch::Tensor& images, int64_t tolerance = 24);
+
 }  // namespace fm

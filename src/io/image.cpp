@@ -21,8 +21,10 @@ torch::Tensor to_uint8(const torch::Tensor& x) {
   return ((x.to(torch::kFloat32) + 1.0) * 127.5).round().clamp(0, 255).to(torch::kUInt8);
 }
 
-torch::Tensor make_grid(const torch::Tensor& nhwc, int64_t cols, int64_t pad) {
+torch::Tensor make_grid(const torch::Tensor& nhwc, int64_t cols, int64_t pad, int64_t min_cell) {
   auto x = nhwc.to(torch::kCPU);
+  const int64_t scale = std::max<int64_t>(1, min_cell / std::max(x.size(1), x.size(2)));
+  if (scale > 1) x = x.repeat_interleave(scale, 1).repeat_interleave(scale, 2);
   int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
   cols = std::max<int64_t>(1, std::min(cols, n));
   int64_t rows = (n + cols - 1) / cols;
