@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include "config/config.h"
+#include "data/shapes.h"
 #include "data/toy2d.h"
+#include "io/image.h"
 #include "nn/velocity_field.h"
 #include "sample/generate.h"
 #include "test_util.h"
@@ -17,6 +19,8 @@
 #include "util/error.h"
 
 using fm::test::TempDir;
+
+constexpr int kShapesTestSteps = 300;
 
 namespace {
 
@@ -208,4 +212,30 @@ TEST(Train, TinyUNetLowersItsLossOnShapes) {
   ASSERT_EQ(loss.size(), 6u);
   // The flow matching loss starts near E|x1 - x0|^2 / D (about 1 + the pixel variance) and must fall clearly.
   EXPECT_LT(loss.back(), 0.8 * loss.front()) << "first " << loss.front() << " last " << loss.back();
+}
+
+TEST(Train, ShapesDemoRecipeLearnsTwoColourImages) {
+  // The README's image demo, shortened: a few hundred steps must already turn noise into flat-coloured objects on flat
+  // backgrounds, which the untrained network (zero velocity at initialisation: its samples are the noise) lacks.
+  // The raw weights are scored: the demo's slow EMA still remembers the first steps this early. Measured: trained
+  // about 0.74, untrained about 0.006; the full 2000-step demo scores about 0.97 and the data 1.
+  TempDir d;
+  auto cfg = fm::load_config(fm::test::source_dir() + "/configs/shapes_cpu.json",
+                             {"device=cpu", "train.steps=" + std::to_string(kShapesTestSteps), "train.sample_every=0"});
+  auto ckpt = fm::train(cfg, {d / "run", ""}).checkpoint;
+  auto score = [&](const std::string& key) {
+    fm::CheckpointReader ck(ckpt, torch::kCPU);
+    auto m = fm::make_velocity_field(ck.config().model, ck.sample_shape());
+    if (!key.empty()) ck.load_module(key, *m);
+    torch::manual_seed(5);
+    auto x0 = torch::randn({60, 3, 16, 16});
+    auto labels = torch::arange(60, torch::kLong) % 3;
+    auto x = fm::generate(*m, x0, labels, fm::solve_settings(ck.config().sample)).x;
+    return fm::two_colour_fraction(fm::to_uint8(x)).mean().item<double>();
+  };
+  double trained = score("model"), untrained = score("");
+  RecordProperty("two_colour_fraction_trained", std::to_string(trained));
+  RecordProperty("two_colour_fraction_untrained", std::to_string(untrained));
+  EXPECT_GT(trained, 0.5);
+  EXPECT_LT(untrained, 0.1);
 }
