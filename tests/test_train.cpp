@@ -1,6 +1,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "train/checkpoint.h"
 #include "train/ema.h"
 #include "train/lr_schedule.h"
+#include "train/progress.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
@@ -238,4 +240,23 @@ TEST(Train, ShapesDemoRecipeLearnsTwoColourImages) {
   RecordProperty("two_colour_fraction_untrained", std::to_string(untrained));
   EXPECT_GT(trained, 0.5);
   EXPECT_LT(untrained, 0.1);
+}
+
+TEST(Train, ProgressPrintsPlainLinesInBatchLogs) {
+  // Under capture stderr is not a terminal: one line per `every` items plus the last, and finishing does not repeat
+  // the last line without its figures.
+  testing::internal::CaptureStderr();
+  {
+    fm::Progress p("work", 10, 0, 4);
+    for (int64_t i = 1; i <= 10; ++i) p.update(i, "loss " + std::to_string(i));
+    p.finish();
+  }
+  auto out = testing::internal::GetCapturedStderr();
+  std::vector<std::string> lines;
+  std::istringstream in(out);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 3u) << out;
+  EXPECT_EQ(lines[0].rfind("work 4/10 (40%) loss 4 elapsed ", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[1].rfind("work 8/10 (80%) loss 8 ", 0), 0u) << lines[1];
+  EXPECT_EQ(lines[2].rfind("work 10/10 (100%) loss 10 ", 0), 0u) << lines[2];
 }

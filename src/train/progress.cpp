@@ -38,7 +38,8 @@ void Progress::update(int64_t done, const std::string& extra, bool force) {
 }
 
 void Progress::finish(const std::string& extra) {
-  update(total_, extra, true);
+  // A line already drawn at the total keeps its figures rather than being redrawn without them.
+  if (last_printed_ != total_ || !extra.empty()) update(total_, extra, true);
   if (tty_) std::fprintf(stderr, "\n");
 }
 
