@@ -26,9 +26,10 @@
 
 using fm::test::TempDir;
 
-auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_split(cmd, dir.str()); }
-
 namespace {
+
+// The CLI tests read stdout (JSON) and stderr (one-line errors) apart.
+auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_split(cmd, dir.str()); }
 
 // Data N(m, S) with S = Q diag(s^2) Q^T under the OT path x_t = t x1 + (1 - t) x0 (sigma_min = 0). x_t and the
 // conditional velocity u = x1 - x0 are jointly Gaussian, so the marginal field is the regression of u on x_t:

@@ -229,9 +229,11 @@ TEST(Train, ShapesDemoRecipeLearnsTwoColourImages) {
     fm::CheckpointReader ck(ckpt, torch::kCPU);
     auto m = fm::make_velocity_field(ck.config().model, ck.sample_shape());
     if (!key.empty()) ck.load_module(key, *m);
+    auto shape = ck.sample_shape();
+    shape.insert(shape.begin(), 60);
     torch::manual_seed(5);
-    auto x0 = torch::randn({60, 3, 16, 16});
-    auto labels = torch::arange(60, torch::kLong) % 3;
+    auto x0 = torch::randn(shape);
+    auto labels = torch::arange(60, torch::kLong) % m->num_classes();
     auto x = fm::generate(*m, x0, labels, fm::solve_settings(ck.config().sample)).x;
     return fm::two_colour_fraction(fm::to_uint8(x)).mean().item<double>();
   };
