@@ -1,5 +1,5 @@
 // fm: flow matching, trained from C++. The CLI is thin: parse, call one library function, map errors to exit codes
-// (0 success, 2 bad usage / config / input file, 1 anything else).
+// (0 success, 2 bad usage / config / input file, 75 stopped by a signal with state saved, 1 anything else).
 #include <cstdio>
 #include <iostream>
 
@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "util/device.h"
 #include "util/error.h"
+#include "util/preemption.h"
 
 namespace fm {
 void print_version() {
@@ -51,6 +52,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "fm: error: %s (see fm --help)\n", e.what());
     return 2;
+  } catch (const fm::StopRequested& e) {
+    std::fprintf(stderr, "fm: stopped by signal %d with its state saved; run again with --resume to continue\n",
+                 e.signal);
+    return fm::kExitResumable;
   } catch (const fm::InputError& e) {
     std::fprintf(stderr, "fm: error: %s\n", e.what());
     return 2;

@@ -21,7 +21,7 @@
 #include "likelihood/likelihood.h"
 #include "nn/velocity_field.h"
 #include "solver/ode.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/trainer.h"
 
 using fm::test::TempDir;

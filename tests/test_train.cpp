@@ -13,10 +13,10 @@
 #include "sample/generate.h"
 #include "test_util.h"
 #include "trained_toy.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/ema.h"
 #include "train/lr_schedule.h"
-#include "train/progress.h"
+#include "util/progress.h"
 #include "train/trainer.h"
 #include "util/error.h"
 

@@ -9,7 +9,7 @@
 
 #include "config/config.h"
 #include "test_util.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/trainer.h"
 
 namespace fm::test {

@@ -15,8 +15,8 @@
 #include "io/npy.h"
 #include "likelihood/likelihood.h"
 #include "nn/velocity_field.h"
-#include "train/checkpoint.h"
-#include "train/progress.h"
+#include "checkpoint/checkpoint.h"
+#include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
 

@@ -6,7 +6,7 @@
 #include <set>
 
 #include "io/npy.h"
-#include "train/progress.h"
+#include "util/progress.h"
 #include "util/error.h"
 
 namespace fm {

@@ -7,8 +7,8 @@
 #include "io/image.h"
 #include "io/npy.h"
 #include "sample/figures.h"
-#include "train/checkpoint.h"
-#include "train/progress.h"
+#include "checkpoint/checkpoint.h"
+#include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
 

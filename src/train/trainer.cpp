@@ -13,10 +13,10 @@
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
 #include "sample/figures.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/ema.h"
 #include "train/lr_schedule.h"
-#include "train/progress.h"
+#include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
 

@@ -1,0 +1,27 @@
+#pragma once
+// Preemption: batch schedulers (SLURM, Kubernetes, torchrun's agent) send SIGTERM or SIGUSR1 some seconds before they
+// kill a job, and a person presses Ctrl-C (SIGINT). The handler only records the signal; long loops (training steps,
+// sample batches, likelihood batches) poll stop_requested() between units of work, save what they have, and the CLI
+// exits with kExitResumable. A second signal ends the process at once (exit 128 + signal, the shell's convention).
+#include <csignal>
+
+namespace fm {
+
+// EX_TEMPFAIL from <sysexits.h>: "stopped early on request, state saved; run again with --resume".
+inline constexpr int kExitResumable = 75;
+
+// Installs the handler for SIGTERM, SIGUSR1 and SIGINT (idempotent).
+void install_stop_handlers();
+// True once one of those signals has arrived.
+bool stop_requested();
+// The signal that asked to stop (0 if none).
+int stop_signal();
+// For tests: forget a recorded signal.
+void reset_stop_request();
+
+// Thrown by a loop that stopped on request after saving its state; the CLI maps it to kExitResumable.
+struct StopRequested {
+  int signal = 0;
+};
+
+}  // namespace fm
