@@ -1,9 +1,12 @@
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 
 #include "config/config.h"
 #include "data/shapes.h"
@@ -261,4 +264,160 @@ TEST(Train, ProgressPrintsPlainLinesInBatchLogs) {
   EXPECT_EQ(lines[0].rfind("work 4/10 (40%) loss 4 elapsed ", 0), 0u) << lines[0];
   EXPECT_EQ(lines[1].rfind("work 8/10 (80%) loss 8 ", 0), 0u) << lines[1];
   EXPECT_EQ(lines[2].rfind("work 10/10 (100%) loss 10 ", 0), 0u) << lines[2];
+}
+
+namespace {
+
+// Captures what the default logger writes while it lives, so tests can read the warnings a run gives.
+class LogCapture {
+ public:
+  LogCapture() : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256)) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~LogCapture() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  std::string text() const {
+    std::string s;
+    for (const auto& line : sink_->last_formatted()) s += line;
+    return s;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const fm::InputError& e) {
+    return e.what();
+  }
+  return "(no InputError)";
+}
+
+}  // namespace
+
+TEST(Train, ResumeBelowTheCheckpointsStepIsRefused) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 20;
+  fm::train(cfg, {d.str(), ""});
+  auto before = std::filesystem::last_write_time(d / "config.json");
+  cfg.train.steps = 10;
+  auto msg = error_of([&] { fm::train(cfg, {d.str(), "auto"}); });
+  EXPECT_NE(msg.find("train.steps: 10 is below the step of " + d / "checkpoints/ckpt_000000020.pt" + " (20)"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(std::filesystem::last_write_time(d / "config.json"), before);  // nothing rewritten
+}
+
+TEST(Train, RaisingTheStepsOnResumeIsLoggedAndRecorded) {
+  TempDir d;
+  auto cfg = tiny_toy_config();  // cosine decay over train.steps
+  cfg.train.steps = 20;
+  fm::train(cfg, {d.str(), ""});
+  cfg.train.steps = 30;
+  LogCapture log;
+  auto r = fm::train(cfg, {d.str(), "auto"});
+  EXPECT_EQ(r.step, 30);
+  fm::TrainConfig old_schedule = cfg.train, new_schedule = cfg.train;
+  old_schedule.steps = 20;
+  char lrs[80];
+  std::snprintf(lrs, sizeof lrs, "lr %.3e -> %.3e", fm::lr_at(old_schedule, 20), fm::lr_at(new_schedule, 20));
+  EXPECT_NE(log.text().find("train.steps changed from 20 (checkpoint) to 30 at step 20"), std::string::npos)
+      << log.text();
+  EXPECT_NE(log.text().find(lrs), std::string::npos) << log.text();
+  auto recorded = [&] {
+    std::ifstream f(d / "config.json");
+    return nlohmann::json::parse(f)["train"]["earlier_steps"].get<std::vector<int64_t>>();
+  };
+  EXPECT_EQ(recorded(), (std::vector<int64_t>{20}));
+  cfg.train.steps = 40;
+  fm::train(cfg, {d.str(), "auto"});
+  EXPECT_EQ(recorded(), (std::vector<int64_t>{20, 30}));
+  fm::CheckpointReader ck(d / "checkpoints/ckpt_000000040.pt", torch::kCPU);
+  EXPECT_EQ(ck.config().train.earlier_steps, (std::vector<int64_t>{20, 30}));
+}
+
+TEST(Train, AModelMismatchOnResumeNamesTheKeys) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 10;
+  fm::train(cfg, {d.str(), ""});
+  cfg.model.mlp.hidden = 64;
+  cfg.model.mlp.depth = 3;
+  auto msg = error_of([&] { fm::train(cfg, {d.str(), "auto"}); });
+  EXPECT_NE(msg.find("model.mlp.hidden: 32 in the checkpoint, 64 here"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.mlp.depth: 2 in the checkpoint, 3 here"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("unet"), std::string::npos) << msg;  // keys of the other model type do not matter
+}
+
+TEST(Train, ResumingFromAnOlderCheckpointMovesTheAbandonedBranchAside) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 30;
+  fm::train(cfg, {d.str(), ""});
+  LogCapture log;
+  fm::train(cfg, {d.str(), d / "checkpoints/ckpt_000000010.pt", 20});
+  auto kept = fm::list_checkpoints(d / "checkpoints");
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[0].first, 10);
+  EXPECT_EQ(kept[1].first, 20);
+  std::vector<std::string> aside;
+  for (const auto& e : std::filesystem::directory_iterator(d / "checkpoints"))
+    if (e.is_directory())
+      for (const auto& f : std::filesystem::directory_iterator(e.path())) aside.push_back(f.path().string());
+  std::sort(aside.begin(), aside.end());
+  ASSERT_EQ(aside.size(), 2u);
+  EXPECT_NE(aside[0].find("/checkpoints/abandoned_"), std::string::npos) << aside[0];
+  EXPECT_NE(aside[0].find("ckpt_000000020.pt"), std::string::npos);
+  EXPECT_NE(aside[1].find("ckpt_000000030.pt"), std::string::npos);
+  for (const auto& p : aside) EXPECT_NE(log.text().find("moved it to " + p), std::string::npos) << log.text();
+  // --resume auto now continues the new branch, from step 20, not the abandoned step 30.
+  LogCapture log2;
+  EXPECT_EQ(fm::train(cfg, {d.str(), "auto"}).step, 30);
+  EXPECT_NE(log2.text().find("resumed from " + d / "checkpoints/ckpt_000000020.pt"), std::string::npos)
+      << log2.text();
+}
+
+TEST(Train, ResumingOnOtherDataIsRefusedUnlessAskedThenStartsAFreshEpoch) {
+  TempDir d;
+  auto cfg = tiny_image_config();
+  cfg.model.unet.num_classes = 3;
+  cfg.train.steps = 6;
+  fm::train(cfg, {d.str(), "", 3});  // the sampler is part-way through an epoch of 64 images
+  cfg.data.path = "32";
+  auto msg = error_of([&] { fm::train(cfg, {d.str(), "auto"}); });
+  EXPECT_NE(msg.find("other data than this run's"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.path: \"64\" in the checkpoint, \"32\" here"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("images: 64 in the checkpoint, 32 here"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.resume_new_data=true"), std::string::npos) << msg;
+  // Asked to, it continues on the 32 images; the old order would index images 32..63 that are not there.
+  cfg.train.resume_new_data = true;
+  LogCapture log;
+  EXPECT_EQ(fm::train(cfg, {d.str(), "auto"}).step, 6);
+  EXPECT_NE(log.text().find("the batch sampler starts a fresh epoch"), std::string::npos) << log.text();
+  // Only the flips changed: that is the same data.
+  cfg.data.hflip = false;
+  cfg.train.resume_new_data = false;
+  cfg.train.steps = 7;
+  EXPECT_EQ(fm::train(cfg, {d.str(), "auto"}).step, 7);
+}
+
+TEST(Train, DataWithMoreClassesThanTheModelIsRefusedAndLeavesNoCheckpointsDirectory) {
+  TempDir d;
+  auto cfg = tiny_image_config();  // shapes: 3 classes, labels 0..2
+  cfg.model.unet.num_classes = 2;  // label 2 would silently train the null label
+  cfg.train.steps = 2;
+  auto msg = error_of([&] { fm::train(cfg, {d / "run", ""}); });
+  EXPECT_NE(msg.find("model.unet.num_classes: 2, but shapes:64 has 3 classes (labels up to 2"), std::string::npos)
+      << msg;
+  EXPECT_FALSE(std::filesystem::exists(d / "run/checkpoints"));
+  // Bad data found while loading leaves nothing behind either.
+  cfg.data.format = "npz";
+  cfg.data.path = d / "missing.npz";
+  EXPECT_THROW(fm::train(cfg, {d / "run", ""}), fm::InputError);
+  EXPECT_FALSE(std::filesystem::exists(d / "run/checkpoints"));
 }

@@ -1,37 +1,51 @@
 #pragma once
 // Checkpoints: one LibTorch archive holding the model, its EMA, the optimizer, the step, the batch sampler's position,
-// the RNG states and the resolved config, so that a resumed run continues exactly where it stopped. Written to a
-// temporary file, flushed and renamed, so a crash never leaves a half-written checkpoint under a final name.
+// the RNG states, the resolved config and what data it was trained on, so that a resumed run continues exactly where
+// it stopped. The archive is sealed with a checksum (checkpoint/seal.h) that is verified before anything is parsed,
+// and written through AtomicFile: a crash or a full disk never leaves a half-written checkpoint under a final name.
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "config/config.h"
 #include "data/batch_sampler.h"
 
 namespace fm {
 
+// What a run trained on, so that a resume on other data is noticed (the sampler's saved order indexes this data).
+struct DataIdentity {
+  std::string name;         // the spec, as Dataset::name
+  int64_t size = 0;         // images (0 for 2-D toys)
+  int64_t num_classes = 0;  // 0 without labels
+};
+
 struct CheckpointContents {
   const Config* config = nullptr;
   int64_t step = 0;
   std::vector<int64_t> sample_shape;
+  DataIdentity data;
   torch::nn::Module* model = nullptr;
   torch::nn::Module* ema = nullptr;
   torch::optim::Optimizer* optimizer = nullptr;  // optional
   const BatchSampler* sampler = nullptr;         // optional
 };
 
+// Writes the checkpoint to `path` (atomically, sealed); throws naming `path` and the cause when the write fails.
 void save_checkpoint(const std::string& path, const CheckpointContents& c);
 
 class CheckpointReader {
  public:
-  // Opens `path`, mapping tensors to `device`; throws InputError naming the file if it is not an fm checkpoint.
+  // Reads `path` whole, verifies its seal (CorruptCheckpoint if it fails), then opens the archive mapping tensors to
+  // `device`; throws InputError naming the file if it is not an fm checkpoint.
   CheckpointReader(const std::string& path, const torch::Device& device);
+  const std::string& path() const { return path_; }
   const Config& config() const { return config_; }
   int64_t step() const { return step_; }
   const std::vector<int64_t>& sample_shape() const { return shape_; }
+  const DataIdentity& data() const { return data_; }
 
   // key: "model" or "ema".
   void load_module(const std::string& key, torch::nn::Module& m);
@@ -45,13 +59,7 @@ class CheckpointReader {
   Config config_;
   int64_t step_ = 0;
   std::vector<int64_t> shape_;
+  DataIdentity data_;
 };
-
-// Checkpoint files in a run's checkpoint directory are named ckpt_<step>.pt.
-std::string checkpoint_name(int64_t step);
-// The newest checkpoint in `dir` (by step), if any.
-std::optional<std::string> latest_checkpoint(const std::string& dir);
-// Deletes all but the newest `keep` checkpoints in `dir`.
-void prune_checkpoints(const std::string& dir, int64_t keep);
 
 }  // namespace fm

@@ -29,7 +29,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--config", a->config, "config file (JSON); see `fm config` and the README")->required();
   cmd->add_option("--set", a->sets, "override a config key, e.g. --set train.lr=2e-4 (repeatable)")->take_all();
   cmd->add_option("--out", a->out, "run directory (default: runs/<config name>)");
-  cmd->add_option("--resume", a->resume, "auto (newest checkpoint in --out, if any) or a checkpoint path");
+  cmd->add_option("--resume", a->resume,
+                  "auto (newest checkpoint in --out that verifies, if any) or a checkpoint path; resuming an older "
+                  "checkpoint moves the newer ones to checkpoints/abandoned_<time>/");
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N (overrides the config's device)");
   cmd->add_option("--stop-after", a->stop_after,
                   "checkpoint and exit at this step (for job time limits); continue later with --resume auto")

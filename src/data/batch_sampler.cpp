@@ -1,6 +1,7 @@
 #include "data/batch_sampler.h"
 
 #include "data/toy2d.h"
+#include "util/error.h"
 
 namespace fm {
 
@@ -48,6 +49,12 @@ void BatchSampler::load(torch::serialize::InputArchive& ar) {
   ar.read("cursor", cursor);
   ar.read("epoch", epoch);
   ar.read("perm", perm);
+  // The saved order indexes the data it was made for: a set of another size would index past its end or skip images.
+  const int64_t n = data_.size();
+  if (perm.numel() != 0 && (perm.dim() != 1 || perm.numel() != n || cursor.item<int64_t>() < 0 ||
+                            cursor.item<int64_t>() > n))
+    throw InputError("sampler: the saved order covers " + std::to_string(perm.numel()) + " images, the data has " +
+                     std::to_string(n));
   cursor_ = cursor.item<int64_t>();
   epoch_ = epoch.item<int64_t>();
   perm_ = perm.numel() ? perm.to(data_.device) : torch::Tensor();

@@ -1,30 +1,77 @@
 #include "io/file_util.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
-#include <unistd.h>
 
 namespace fm {
 
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error(path_ + ": cannot write (" + std::strerror(errno) + ")");
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::fail(const std::string& what, int err) {
+  ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+  throw std::runtime_error(path_ + ": " + what + " (" + std::strerror(err) + ")");
+}
+
+void AtomicFile::write(const void* data, size_t size) {
+  if (fd_ < 0) throw std::logic_error(path_ + ": write after commit or failure");
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd_, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("write failed", n < 0 ? errno : ENOSPC);
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::commit() {
+  if (fd_ < 0) throw std::logic_error(path_ + ": commit after commit or failure");
+  // Delayed allocation (tmpfs, ext4, NFS) can report a full disk only here, at fsync or close.
+  if (::fsync(fd_) != 0) fail("write failed", errno);
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp_.c_str());
+    throw std::runtime_error(path_ + ": write failed (" + std::strerror(err) + ")");
+  }
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp_.c_str());
+    throw std::runtime_error(path_ + ": cannot rename temporary file into place (" + std::strerror(err) + ")");
+  }
+  // The rename lives in the directory: without this fsync a power cut can bring back the old entry (or none).
+  std::string dir = std::filesystem::path(path_).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) throw std::runtime_error(dir + ": cannot open directory to sync it (" + std::strerror(errno) + ")");
+  int rc = ::fsync(dfd), err = errno;
+  ::close(dfd);
+  // Some file systems cannot sync a directory at all (EINVAL); the rename is as durable as they make it.
+  if (rc != 0 && err != EINVAL) throw std::runtime_error(dir + ": cannot sync directory (" + std::strerror(err) + ")");
+}
+
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
-  bool ok = std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  int err = errno;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": write failed (" + std::strerror(err) + ")");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot rename temporary file into place (" + std::strerror(err) + ")");
-  }
+  AtomicFile f(path);
+  f.write(data, size);
+  f.commit();
 }
 
 void make_dirs(const std::string& path) {

@@ -6,7 +6,28 @@
 
 namespace fm {
 
-// Writes `bytes` to `path` atomically: a temporary file beside it, flushed and fsynced, then renamed over `path`.
+// A file written under a temporary name beside `path` and moved into place by commit(): the data is fsynced, renamed
+// over `path`, then the directory is fsynced, so once commit() returns the new file survives a power cut, and until
+// then `path` is untouched. A failing write (disk full, read-only) throws one line naming `path` and the cause; an
+// uncommitted temporary file is removed by the destructor.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t size);
+  void commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  void fail(const std::string& what, int err);
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+// Writes `bytes` to `path` atomically (see AtomicFile).
 void write_file_atomic(const std::string& path, const void* data, size_t size);
 inline void write_file_atomic(const std::string& path, const std::string& bytes) {
   write_file_atomic(path, bytes.data(), bytes.size());

@@ -14,8 +14,10 @@
 #include "path/prob_path.h"
 #include "sample/figures.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/seal.h"
 #include "train/ema.h"
 #include "train/lr_schedule.h"
+#include "train/preflight.h"
 #include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
@@ -67,29 +69,46 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 }  // namespace
 
-TrainResult train(const Config& cfg, const TrainOptions& opts) {
-  const auto device = resolve_device(cfg.device);
+TrainResult train(const Config& config, const TrainOptions& opts) {
+  const auto device = resolve_device(config.device);
   configure_backend(device);
   const std::string out = opts.out_dir, ckpt_dir = out + "/checkpoints";
-  make_dirs(ckpt_dir);
 
-  // Resolve what to resume from before anything in the run directory is touched.
-  std::optional<std::string> resume_from;
+  // Resolve what to resume from before anything in the run directory is touched. `ck` holds the opened, verified
+  // checkpoint; nothing is created on disk until every check below has passed.
+  std::optional<CheckpointReader> ck;
   if (opts.resume == "auto") {
-    resume_from = latest_checkpoint(ckpt_dir);
-    if (!resume_from) spdlog::info("--resume auto: no checkpoint in {}, starting fresh", ckpt_dir);
+    auto all = list_checkpoints(ckpt_dir);
+    for (auto it = all.rbegin(); it != all.rend() && !ck; ++it) {
+      try {
+        ck.emplace(it->second, device);
+      } catch (const CorruptCheckpoint& e) {
+        spdlog::warn("--resume auto: skipping {}", e.what());
+      }
+    }
+    if (!ck && !all.empty())
+      throw InputError(ckpt_dir + ": none of its " + std::to_string(all.size()) +
+                       " checkpoints verifies; move them aside to start afresh");
+    if (!ck) spdlog::info("--resume auto: no checkpoint in {}, starting fresh", ckpt_dir);
   } else if (!opts.resume.empty()) {
-    resume_from = opts.resume;
+    ck.emplace(opts.resume, device);
   } else if (latest_checkpoint(ckpt_dir)) {
     throw InputError(out + ": the run directory already holds checkpoints; pass --resume auto to continue it or "
                      "choose another --out");
+  }
+  Config cfg = config;
+  if (ck) {
+    check_resume_config(*ck, cfg);
+    cfg = resumed_config(*ck, cfg);
+  } else {
+    cfg.train.earlier_steps.clear();  // a fresh run has no history, whatever config it was started from
   }
 
   torch::manual_seed(static_cast<uint64_t>(cfg.seed));
   Dataset data = load_dataset(cfg.data, device);
   const auto shape = data.sample_shape();
-  if (cfg.model.type == "unet" && cfg.model.unet.num_classes > 0 && !data.labels.defined())
-    throw InputError("model.unet.num_classes: " + data.name + " has no class labels");
+  check_data_fits_model(cfg, data);
+  const bool fresh_epoch = ck && check_resume_data(*ck, cfg, data, shape);
 
   auto model = make_velocity_field(cfg.model, shape);
   auto ema_model = make_velocity_field(cfg.model, shape);
@@ -112,19 +131,23 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   auto path = make_path(cfg.path);
 
   int64_t step = 0;
-  if (resume_from) {
-    CheckpointReader ck(*resume_from, device);
-    if (to_json(ck.config())["model"] != to_json(cfg)["model"] || ck.sample_shape() != shape)
-      throw file_error(*resume_from, "was trained with another model config or data shape than this run's");
-    ck.load_module("model", *model);
-    ck.load_module("ema", *ema_model);
-    ck.load_optimizer(optimizer);
-    ck.load_sampler(sampler);
-    ck.restore_rng();
-    step = ck.step();
-    truncate_metrics(out + "/metrics.jsonl", step);
-    spdlog::info("resumed from {} at step {}", *resume_from, step);
+  TrainResult result;
+  if (ck) {
+    ck->load_module("model", *model);
+    ck->load_module("ema", *ema_model);
+    ck->load_optimizer(optimizer);
+    if (!fresh_epoch) ck->load_sampler(sampler);
+    ck->restore_rng();
+    step = ck->step();
+    result.checkpoint = ck->path();
+    // A resume from an older checkpoint starts a new branch: the newer checkpoints of the abandoned one go aside.
+    for (const auto& moved : move_aside_after(ckpt_dir, step, ck->path()))
+      spdlog::warn("resuming at step {} abandons a newer checkpoint: moved it to {}", step, moved);
+    spdlog::info("resumed from {} at step {}", ck->path(), step);
+    ck.reset();  // the archive's tensors are no longer needed
   }
+  make_dirs(out);
+  if (step > 0) truncate_metrics(out + "/metrics.jsonl", step);
   write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
                data.name, device.str(), parameter_count(*model), cfg.train.steps, cfg.train.batch_size, out);
@@ -133,17 +156,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   const int64_t bsz = cfg.train.batch_size;
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
   Progress progress("train", cfg.train.steps, step, cfg.train.log_every);
-  TrainResult result;
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
   int64_t interval_steps = 0;
   auto interval_t0 = std::chrono::steady_clock::now();
   model->train();
 
+  const DataIdentity data_id{data.name, data.size(), data.num_classes};
   auto save = [&](int64_t s) {
+    make_dirs(ckpt_dir);  // only now: a run that fails before its first checkpoint leaves no empty checkpoints/
     std::string p = ckpt_dir + "/" + checkpoint_name(s);
-    save_checkpoint(p, {&cfg, s, shape, model.get(), ema_model.get(), &optimizer, &sampler});
-    prune_checkpoints(ckpt_dir, cfg.train.keep_last);
+    save_checkpoint(p, {&cfg, s, shape, data_id, model.get(), ema_model.get(), &optimizer, &sampler});
+    prune_checkpoints(ckpt_dir, cfg.train.keep_last);  // only after the new one is safely written
     result.checkpoint = p;
   };
 

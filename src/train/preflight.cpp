@@ -1,0 +1,107 @@
+#include "train/preflight.h"
+
+#include <algorithm>
+
+#include <spdlog/spdlog.h>
+
+#include "train/lr_schedule.h"
+#include "util/error.h"
+
+namespace fm {
+namespace {
+
+using json = nlohmann::json;
+
+// "key: A in the checkpoint, B here" for every leaf that differs between two JSON documents.
+void differences(const json& ckpt, const json& here, const std::string& key, std::vector<std::string>& out) {
+  if (ckpt.is_object() && here.is_object()) {
+    std::vector<std::string> keys;
+    for (const auto& [k, v] : ckpt.items()) keys.push_back(k);
+    for (const auto& [k, v] : here.items())
+      if (!ckpt.contains(k)) keys.push_back(k);
+    for (const auto& k : keys)
+      differences(ckpt.value(k, json()), here.value(k, json()), key.empty() ? k : key + "." + k, out);
+  } else if (ckpt != here) {
+    out.push_back(key + ": " + ckpt.dump() + " in the checkpoint, " + here.dump() + " here");
+  }
+}
+
+std::string joined(const std::vector<std::string>& parts) {
+  std::string s;
+  for (const auto& p : parts) s += (s.empty() ? "" : "; ") + p;
+  return s;
+}
+
+// The keys that shape the network: its type and that type's section.
+json model_keys(const ModelConfig& m) {
+  Config c;
+  c.model = m;
+  json all = to_json(c)["model"];
+  return {{"model", {{"type", all["type"]}, {m.type, all[m.type]}}}};
+}
+
+}  // namespace
+
+void check_data_fits_model(const Config& cfg, const Dataset& data) {
+  if (cfg.model.type != "unet") return;
+  const int64_t nc = cfg.model.unet.num_classes;
+  if (nc == 0) return;
+  if (!data.labels.defined()) throw InputError("model.unet.num_classes: " + data.name + " has no class labels");
+  const int64_t max_label = data.labels.numel() ? data.labels.max().item<int64_t>() : -1;
+  const int64_t classes = std::max(data.num_classes, max_label + 1);
+  if (classes > nc)
+    throw InputError("model.unet.num_classes: " + std::to_string(nc) + ", but " + data.name + " has " +
+                     std::to_string(classes) + " classes (labels up to " + std::to_string(max_label) + "; label " +
+                     std::to_string(nc) + " is the null label of guidance): set model.unet.num_classes=" +
+                     std::to_string(classes));
+  if (classes < nc)
+    spdlog::warn("model.unet.num_classes is {} but {} has {} classes: labels {}..{} are never trained", nc, data.name,
+                 classes, classes, nc - 1);
+}
+
+void check_resume_config(const CheckpointReader& ck, const Config& cfg) {
+  if (cfg.train.steps < ck.step())
+    throw InputError("train.steps: " + std::to_string(cfg.train.steps) + " is below the step of " + ck.path() + " (" +
+                     std::to_string(ck.step()) + "); set train.steps to at least " + std::to_string(ck.step()) +
+                     " to continue it");
+  std::vector<std::string> diff;
+  differences(model_keys(ck.config().model), model_keys(cfg.model), "", diff);
+  if (!diff.empty()) throw file_error(ck.path(), "was trained with another model than this run's: " + joined(diff));
+}
+
+bool check_resume_data(const CheckpointReader& ck, const Config& cfg, const Dataset& data,
+                       const std::vector<int64_t>& sample_shape) {
+  auto identity = [](const DataConfig& d, const DataIdentity& id, const std::vector<int64_t>& shape) {
+    Config c;
+    c.data = d;
+    json j = to_json(c)["data"];
+    j.erase("hflip");  // augmentation, not data
+    return json{{"data", j}, {"images", id.size}, {"classes", id.num_classes}, {"sample shape", shape}};
+  };
+  std::vector<std::string> diff;
+  differences(identity(ck.config().data, ck.data(), ck.sample_shape()),
+              identity(cfg.data, {data.name, data.size(), data.num_classes}, sample_shape), "", diff);
+  if (diff.empty()) return false;
+  auto shape_it = std::find_if(diff.begin(), diff.end(), [](const std::string& d) { return d.rfind("sample shape", 0) == 0; });
+  if (shape_it != diff.end()) throw file_error(ck.path(), "was trained on samples of another shape: " + *shape_it);
+  if (!cfg.train.resume_new_data)
+    throw file_error(ck.path(), "was trained on other data than this run's: " + joined(diff) +
+                                    "; set train.resume_new_data=true to continue on this data from a fresh epoch");
+  spdlog::warn("continuing {} on other data ({}): the batch sampler starts a fresh epoch", ck.path(), joined(diff));
+  return true;
+}
+
+Config resumed_config(const CheckpointReader& ck, const Config& cfg) {
+  Config out = cfg;
+  const TrainConfig& before = ck.config().train;
+  out.train.earlier_steps = before.earlier_steps;
+  if (before.steps != cfg.train.steps) {
+    out.train.earlier_steps.push_back(before.steps);
+    spdlog::warn("train.steps changed from {} (checkpoint) to {} at step {}: the learning-rate schedule is reshaped "
+                 "from here, lr {:.3e} -> {:.3e} (recorded in config.json as train.earlier_steps)",
+                 before.steps, cfg.train.steps, ck.step(), lr_at(before, ck.step()), lr_at(cfg.train, ck.step()));
+  }
+  return out;
+}
+
+}  // namespace fm
