@@ -30,6 +30,7 @@ void save_checkpoint(const std::string& path, const CheckpointContents& c) {
   ar.write("config", c10::IValue(to_json(*c.config).dump()));
   ar.write("step", torch::tensor(c.step));
   ar.write("sample_shape", torch::tensor(c.sample_shape, torch::kLong));
+  if (!c.class_names.empty()) ar.write("class_names", c10::IValue(nlohmann::json(c.class_names).dump()));
   torch::serialize::OutputArchive model, ema;
   c.model->save(model);
   c.ema->save(ema);
@@ -79,6 +80,15 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   step_ = step.item<int64_t>();
   auto s = shape.cpu();
   shape_.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
+  c10::IValue names;  // optional: checkpoints of unlabelled data (and older ones) have none
+  if (ar_.try_read("class_names", names)) {
+    try {
+      auto j = nlohmann::json::parse(names.toStringRef());
+      class_names_ = j.get<std::vector<std::string>>();
+    } catch (const std::exception&) {
+      throw file_error(path, "class_names is not a JSON list of strings");
+    }
+  }
 }
 
 void CheckpointReader::load_module(const std::string& key, torch::nn::Module& m) {

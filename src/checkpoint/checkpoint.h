@@ -21,6 +21,7 @@ struct CheckpointContents {
   torch::nn::Module* ema = nullptr;
   torch::optim::Optimizer* optimizer = nullptr;  // optional
   const BatchSampler* sampler = nullptr;         // optional
+  std::vector<std::string> class_names;          // the data's class index -> name (empty: none known)
 };
 
 void save_checkpoint(const std::string& path, const CheckpointContents& c);
@@ -32,6 +33,8 @@ class CheckpointReader {
   const Config& config() const { return config_; }
   int64_t step() const { return step_; }
   const std::vector<int64_t>& sample_shape() const { return shape_; }
+  // The training data's class names by index (empty for checkpoints without them or unlabelled data).
+  const std::vector<std::string>& class_names() const { return class_names_; }
 
   // key: "model" or "ema".
   void load_module(const std::string& key, torch::nn::Module& m);
@@ -45,6 +48,7 @@ class CheckpointReader {
   Config config_;
   int64_t step_ = 0;
   std::vector<int64_t> shape_;
+  std::vector<std::string> class_names_;
 };
 
 // Checkpoint files in a run's checkpoint directory are named ckpt_<step>.pt.

@@ -88,6 +88,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   torch::manual_seed(static_cast<uint64_t>(cfg.seed));
   Dataset data = load_dataset(cfg.data, device);
   const auto shape = data.sample_shape();
+  if (!data.is_toy())
+    spdlog::info("data {}: {} images, {}{}", data.name, data.size(), describe_classes(data),
+                 data.subset.empty() ? "" : "; data.limit takes " + data.subset);
   if (cfg.model.type == "unet" && cfg.model.unet.num_classes > 0 && !data.labels.defined())
     throw InputError("model.unet.num_classes: " + data.name + " has no class labels");
 
@@ -142,7 +145,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
 
   auto save = [&](int64_t s) {
     std::string p = ckpt_dir + "/" + checkpoint_name(s);
-    save_checkpoint(p, {&cfg, s, shape, model.get(), ema_model.get(), &optimizer, &sampler});
+    save_checkpoint(p, {&cfg, s, shape, model.get(), ema_model.get(), &optimizer, &sampler, data.class_names});
     prune_checkpoints(ckpt_dir, cfg.train.keep_last);
     result.checkpoint = p;
   };
@@ -158,7 +161,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     torch::Tensor lab;
     if (model->num_classes() > 0)
       lab = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device)) % model->num_classes();
-    write_image_grid(file, generate(*ema_model, x0, lab, solve_settings(cfg.sample)).x);
+    write_image_grid(file, generate(*ema_model, x0, lab, solve_settings(cfg.sample)).x, model->num_classes());
   };
 
   while (step < last_step) {
