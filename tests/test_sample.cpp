@@ -222,6 +222,11 @@ TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
   fm::run_sampling(o);
   EXPECT_FALSE(torch::equal(samples(d / "s"), first));
   EXPECT_EQ(read_json(d / "s/samples.json")["seed"], 8);
+  // A run that failed before its first batch left only its settings: no work to protect, so no refusal.
+  std::filesystem::create_directories(d / "t/shards");
+  std::ofstream(d / "t/shards/settings.json") << "{}";
+  o = options(ckpt, d / "t", 100);
+  EXPECT_EQ(fm::run_sampling(o).n, 300);
 }
 
 // issue 16: the solver comes from the checkpoint's sample section unless given.

@@ -107,11 +107,12 @@ bool is_shard_file(const fs::path& p) {
   return name == "settings.json" || (name.rfind("shard_", 0) == 0 && p.extension() == ".npz");
 }
 
+// Finished batches only: a settings.json without shards (a run that failed before its first batch) holds no work.
 bool has_shards(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return false;
   for (const auto& e : fs::directory_iterator(dir, ec))
-    if (is_shard_file(e.path())) return true;
+    if (is_shard_file(e.path()) && e.path().filename() != "settings.json") return true;
   return false;
 }
 
