@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   fm::add_fid_commands(app);
 
   try {
-    app.parse(argc, argv);
+    fm::parse_command_line(app, argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -53,8 +53,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fm: error: %s (see fm --help)\n", e.what());
     return 2;
   } catch (const fm::StopRequested& e) {
-    std::fprintf(stderr, "fm: stopped by signal %d with its state saved; run again with --resume to continue\n",
-                 e.signal);
+    if (e.state_saved)
+      std::fprintf(stderr, "fm: stopped by signal %d with its state saved; run again with --resume to continue\n",
+                   e.signal);
+    else
+      std::fprintf(stderr, "fm: stopped by signal %d; nothing was saved, a rerun starts over\n", e.signal);
     return fm::kExitResumable;
   } catch (const fm::InputError& e) {
     std::fprintf(stderr, "fm: error: %s\n", e.what());

@@ -1,3 +1,5 @@
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "test_util.h"
@@ -8,6 +10,7 @@ using fm::test::TempDir;
 namespace {
 std::string fm_cmd(const std::string& args) { return fm::test::fm_binary() + " " + args; }
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
 }  // namespace
 
 TEST(Cli, VersionAndHelp) {
@@ -22,6 +25,7 @@ TEST(Cli, VersionAndHelp) {
 
 TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
   TempDir d;
+  std::ofstream(d / "plain") << "a regular file, under which no directory can be created";
   struct Case {
     std::string args, needle;
   } cases[] = {
@@ -33,6 +37,21 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
        "cuda:7"},
       {"sample --checkpoint " + d / "missing.pt", "missing.pt: no such checkpoint"},
       {"sample --checkpoint x.pt --solver rk45", "rk45"},
+      // issue 16: parser messages say what is wrong.
+      {"trian --config x.json", "unknown command 'trian' (commands: train, sample, config, eval-nll"},
+      {"sample --checkpoint x.pt --n 0", "--n: must be >= 1, got 0"},
+      {"sample --checkpoint x.pt --atol 0", "--atol: must be > 0, got 0"},
+      {"sample --checkpoint x.pt --seed -1", "--seed: must be an integer >= 0, got '-1'"},
+      {"eval-nll --checkpoint x.pt --data toy:moons --batch -3", "--batch: must be >= 1"},
+      {"fid-features --weights w.npz --images folder:x --out o.npz --limit -1", "--limit: must be >= 0"},
+      {"sample --checkpoint x.pt --resume --overwrite", "--overwrite"},
+      // Outputs are checked before any work: here before the weights file (missing too) is read.
+      {"fid-features --weights " + d / "no_weights.npz" + " --images folder:" + d.str() + " --out " +
+           d / "plain/x.npz",
+       "--out " + d / "plain/x.npz" + ": "},
+      {"fid-features --weights " + d / "no_weights.npz" + " --images folder:" + d.str() + " --out " + d / "s.npz" +
+           " --save-features " + d / "plain/f.npy",
+       "--save-features " + d / "plain/f.npy"},
   };
   for (const auto& c : cases) {
     auto r = run(fm_cmd(c.args));

@@ -97,6 +97,17 @@ TEST(Config, OverridesParseWithTheKeysOwnType) {
   EXPECT_NE(error_of([&] { fm::load_config(p, {"noequals"}); }).find("expected KEY=VALUE"), std::string::npos);
 }
 
+// issue 16: "folders:DIR" passed as a path of the config's own format and failed with that format's error.
+TEST(Config, MistypedFormatInDataPathIsNamed) {
+  TempDir d;
+  auto p = write(d, R"({"data": {"format": "cifar10"}})");
+  auto msg = error_of([&] { fm::load_config(p, {"data.path=folders:/tmp/x"}); });
+  EXPECT_NE(msg.find("data.path: unknown format 'folders'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("folder, npz"), std::string::npos) << msg;
+  // A path that merely holds a colon stays a path.
+  EXPECT_EQ(fm::load_config(p, {"data.path=/data/run:1/cifar"}).data.path, "/data/run:1/cifar");
+}
+
 TEST(Config, FileErrorsNameTheFile) {
   TempDir d;
   auto msg = error_of([&] { fm::load_config(d / "missing.json", {}); });

@@ -312,6 +312,37 @@ TEST(DataImageFolder, UnlabelledSortedAndLimit) {
   EXPECT_TRUE(torch::equal(limited.images, ds.images.narrow(0, 0, 2)));
 }
 
+// issue 16: a limit on a folder listed class by class used to take the first N files, all of the first class.
+TEST(DataImageFolder, LimitTakesEveryClassItsShare) {
+  EXPECT_EQ(evenly_spread(10, 4), (std::vector<int64_t>{0, 2, 5, 7}));
+  EXPECT_EQ(evenly_spread(3, 0), (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(evenly_spread(3, 5), (std::vector<int64_t>{0, 1, 2}));
+  TempDir tmp;
+  const std::vector<std::string> classes{"bird", "cat", "dog"};
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < 4; ++i)
+      png(tmp / (classes[c] + "/" + std::to_string(i) + ".png"), flat(4, 4, {10 * c + i, 0, 0}));
+  DataConfig cfg = parse_data_spec("folder:" + tmp.str());
+  cfg.limit = 3;
+  auto ds = load_dataset(cfg, torch::kCPU);
+  EXPECT_TRUE(torch::equal(ds.labels, torch::tensor({0, 1, 2}, torch::kLong))) << ds.labels;
+  EXPECT_TRUE(torch::equal(ds.images.select(1, 0).amax({1, 2}), torch::tensor({0, 10, 20}, torch::kUInt8)));
+  EXPECT_EQ(ds.class_names, classes);
+  EXPECT_NE(ds.subset.find("3 of 12"), std::string::npos) << ds.subset;
+  cfg.limit = 6;
+  EXPECT_TRUE(torch::equal(load_dataset(cfg, torch::kCPU).labels, torch::tensor({0, 0, 1, 1, 2, 2}, torch::kLong)));
+  cfg.limit = 0;
+  ds = load_dataset(cfg, torch::kCPU);
+  EXPECT_EQ(ds.size(), 12);
+  EXPECT_EQ(ds.subset, "");
+  EXPECT_EQ(describe_classes(ds), "3 classes (bird, cat, dog)");
+}
+
+TEST(DataLoadDataset, MissingPathNamesDataPath) {
+  auto cfg = parse_data_spec("cifar10:data/no-such-cifar-dir");
+  EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "--set data.path=");
+}
+
 TEST(DataImageFolder, ResolutionAndCenterCrop) {
   TempDir tmp;
   // 8 wide, 4 high: blue two-column bands left and right of a red centre square.
@@ -558,12 +589,18 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   auto ref = make_shapes(12, 32, 0);
   EXPECT_TRUE(torch::equal(ds.images, ref.images));
 
+  EXPECT_EQ(ds.class_names, (std::vector<std::string>{"circle", "square", "triangle"}));  // ShapeKind's order
+  EXPECT_EQ(kShapeCircle, 0);
+  EXPECT_EQ(kShapeTriangle, 2);
+
   cfg.resolution = 16;
   cfg.limit = 5;
   ds = load_dataset(cfg, torch::kCPU);
   ref = make_shapes(12, 16, 0);
-  EXPECT_TRUE(torch::equal(ds.images, ref.images.narrow(0, 0, 5)));
-  EXPECT_TRUE(torch::equal(ds.labels, ref.labels.narrow(0, 0, 5)));
+  auto idx = torch::tensor({0, 2, 4, 7, 9}, torch::kLong);  // floor(i * 12 / 5)
+  EXPECT_TRUE(torch::equal(ds.images, ref.images.index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(ds.labels, ref.labels.index_select(0, idx)));
+  EXPECT_NE(ds.subset.find("5 of 12"), std::string::npos) << ds.subset;
 
   cfg.path = "";
   cfg.size = 7;
@@ -577,8 +614,13 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   cfg = parse_data_spec("cifar10:" + tmp.str());
   cfg.limit = 3;
   ds = load_dataset(cfg, torch::kCPU);
-  EXPECT_TRUE(torch::equal(ds.images, expected_cifar(0, 3)));
-  EXPECT_TRUE(torch::equal(ds.labels, (torch::arange(3) * 3 + 1) % 10));
+  idx = torch::tensor({0, 3, 6}, torch::kLong);  // floor(i * 10 / 3)
+  EXPECT_TRUE(torch::equal(ds.images, expected_cifar(0, 10).index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(ds.labels, (idx * 3 + 1) % 10));
+  ASSERT_EQ(ds.class_names.size(), 10u);  // torchvision's CIFAR10.classes
+  EXPECT_EQ(ds.class_names[0], "airplane");
+  EXPECT_EQ(ds.class_names[3], "cat");
+  EXPECT_EQ(ds.class_names[9], "truck");
   cfg.resolution = 64;
   EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "data.resolution");
 }

@@ -183,6 +183,12 @@ TEST(Frechet, DiagonalCovariancesHaveTheClosedForm) {
   EXPECT_NEAR(r.distance, want, 1e-9 * want);
   EXPECT_FALSE(r.eps_added);
   EXPECT_NEAR(frechet_distance(s2, s2).distance, 0.0, 1e-9);
+  // A distance is never negative, whatever the rounding (issue 16).
+  for (int k = 0; k < 8; ++k) {
+    auto f = torch::randn({20, d}, g, opt);
+    auto s = stats_of(f);
+    EXPECT_GE(frechet_distance(s, s).distance, 0.0) << k;
+  }
 }
 
 TEST(Frechet, RejectsCovariancesWithLargeNegativeEigenvalues) {
@@ -295,6 +301,19 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   auto s = read_fid_stats(dir / "s.npz");
   EXPECT_EQ(s.n, 4);
   EXPECT_EQ(read_npy(dir / "f.npy").sizes(), (std::vector<int64_t>{4, 2048}));
+  // The provenance record beside the statistics (issue 16).
+  std::ifstream record_file(dir / "s.json");
+  auto record = nlohmann::json::parse(record_file);
+  EXPECT_EQ(record.at("images"), "npz:" + dir / "imgs.npz");
+  EXPECT_EQ(record.at("n"), 4);
+  EXPECT_NE(record.at("subset").get<std::string>().find("4 of 5 images, evenly spread"), std::string::npos) << record;
+  EXPECT_EQ(record.at("weights_crc32").get<std::string>().size(), 8u);
+  EXPECT_TRUE(record.at("split").is_null()) << "an npz has no split";
+
+  // The same statistics twice: exactly 0, never the -0.000000 of rounding (issue 16).
+  r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "s.npz"));
+  ASSERT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "0.000000\n");
 
   // A stats file against the same images given as an image .npz (arr_0): the features are recomputed, so 0.
   r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "imgs.npz") + " --weights " + (dir / "w.npz") +

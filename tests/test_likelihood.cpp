@@ -2,6 +2,7 @@
 // short-trained checkerboard model (normalised density, NLL near the true entropy), and the CLI end to end.
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -11,6 +12,7 @@
 
 #include "test_util.h"
 #include "trained_toy.h"
+
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -23,6 +25,10 @@
 #include "solver/ode.h"
 #include "checkpoint/checkpoint.h"
 #include "train/trainer.h"
+#include "data/dataset.h"
+#include "io/file_util.h"
+#include "util/error.h"
+#include "util/preemption.h"
 
 using fm::test::TempDir;
 
@@ -273,6 +279,9 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   EXPECT_EQ(j["divergence"], "hutchinson");
   EXPECT_GT(j["mean_nfe"].get<double>(), 8);
   EXPECT_EQ(nlohmann::json::parse(re.out), j);  // the same object on stdout
+  EXPECT_FALSE(j.contains("split")) << "2-D points have no split";
+  EXPECT_EQ(j["checkpoint_crc32"].get<std::string>().size(), 8u);
+  EXPECT_EQ(j["subset"], "30 points drawn from the seed");
   // numpy reads the per-point values, and their mean and standard error are the reported ones.
   auto rn = run(py + " -c \"import numpy as np; a = np.load('" + per_path +
                     "'); assert a.shape == (30,) and a.dtype == np.float64; "
@@ -319,4 +328,76 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   auto r2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:moons --divergence maybe", dir);
   EXPECT_EQ(r2.code, 2);
   EXPECT_TRUE(one_line(r2.err)) << r2.err;
+
+  // issue 16: outputs are checked before the work, here before the (missing) checkpoint is even read.
+  fm::write_file_atomic(dir / "plain", "a file, not a directory");
+  for (const std::string opt : {"--out", "--per-image"}) {
+    auto r = run(fm_bin + " eval-nll --checkpoint " + missing + " --data toy:moons " + opt + " " + dir / "plain/x",
+                 dir);
+    EXPECT_EQ(r.code, 2) << opt;
+    EXPECT_TRUE(one_line(r.err)) << r.err;
+    EXPECT_EQ(r.err.rfind("fm: error: " + opt + " " + dir / "plain/x", 0), 0u) << r.err;
+  }
+  // ... and their directories created, as fm sample and fm train create theirs.
+  auto nested = dir / "new/dir/nll.json";
+  auto r3 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:moons --limit 8 --device cpu --out " + nested,
+                dir);
+  EXPECT_EQ(r3.code, 0) << r3.err;
+  EXPECT_TRUE(std::filesystem::exists(nested));
+}
+
+// issue 10: a signal stops eval-nll after the batch in flight; it keeps no partial results and says so.
+TEST(LikelihoodEvalNll, SignalStopsBetweenBatches) {
+  TempDir dir;
+  fm::EvalNllOptions o;
+  o.checkpoint = tiny_checkpoint(dir);
+  o.data = "toy:checkerboard";
+  o.limit = 40;
+  o.batch = 16;
+  o.device = "cpu";
+  o.out = dir / "nll.json";
+  fm::install_stop_handlers();
+  std::raise(SIGTERM);
+  try {
+    fm::run_eval_nll(o);
+    ADD_FAILURE() << "did not stop";
+  } catch (const fm::StopRequested& e) {
+    EXPECT_EQ(e.signal, SIGTERM);
+    EXPECT_FALSE(e.state_saved);
+  }
+  fm::reset_stop_request();
+  EXPECT_FALSE(std::filesystem::exists(o.out));
+  EXPECT_EQ(fm::run_eval_nll(o).n, 40);
+}
+
+// issue 10, bug 7: the unconditional likelihood of a class-conditional model goes through its null label, which
+// class_dropout 0 leaves untrained.
+TEST(LikelihoodEvalNll, UntrainedNullLabelIsRefused) {
+  TempDir dir;
+  fm::Config c;
+  c.device = "cpu";
+  c.data = fm::parse_data_spec("shapes:16");
+  c.data.resolution = 8;
+  c.model.type = "unet";
+  c.model.unet.model_channels = 32;
+  c.model.unet.num_res_blocks = 1;
+  c.model.unet.channel_mult = {1};
+  c.model.unet.attention_resolutions = {};
+  c.model.unet.num_heads = 1;
+  c.model.unet.num_head_channels = -1;
+  c.model.unet.num_classes = 3;
+  c.model.unet.class_dropout = 0.0;
+  c.train.steps = 1;
+  c.train.batch_size = 4;
+  c.sample.steps = 1;
+  fm::EvalNllOptions o;
+  o.checkpoint = fm::train(c, {dir / "run", ""}).checkpoint;
+  o.data = "shapes:4";
+  o.device = "cpu";
+  try {
+    fm::run_eval_nll(o);
+    ADD_FAILURE() << "no error";
+  } catch (const fm::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("class_dropout 0"), std::string::npos) << e.what();
+  }
 }

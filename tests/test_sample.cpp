@@ -1,28 +1,34 @@
+#include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 
 #include <gtest/gtest.h>
 
 #include "data/dataset.h"
 #include "io/npy.h"
+#include "checkpoint/checkpoint.h"
+#include "sample/figures.h"
 #include "sample/sample_run.h"
 #include "test_util.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/preemption.h"
 
 using fm::test::TempDir;
 
 namespace {
 
-std::string tiny_toy_checkpoint(const TempDir& d) {
+std::string tiny_toy_checkpoint(const TempDir& d, const std::string& run = "run", int64_t steps = 5) {
   fm::Config c;
   c.device = "cpu";
   c.model.mlp.hidden = 16;
   c.model.mlp.depth = 2;
-  c.train.steps = 5;
+  c.train.steps = steps;
   c.train.batch_size = 32;
   c.sample.n = 50;
   c.sample.steps = 2;
-  return fm::train(c, {d / "run", ""}).checkpoint;
+  return fm::train(c, {d / run, ""}).checkpoint;
 }
 
 fm::SampleOptions options(const std::string& ckpt, const std::string& out, int64_t batch) {
@@ -36,6 +42,56 @@ fm::SampleOptions options(const std::string& ckpt, const std::string& out, int64
   o.solve.solver = "heun";
   o.solve.steps = 5;
   return o;
+}
+
+// The message of the InputError `f` throws ("" if none).
+template <class F>
+std::string input_error(F f) {
+  try {
+    f();
+  } catch (const fm::InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return nlohmann::json::parse(f);
+}
+
+// A run stopped by a signal after its first batch, as a preempted job is: the handler only sets the flag, the loop
+// finishes the batch, keeps its shard and throws StopRequested.
+void preempted_run(const fm::SampleOptions& o) {
+  fm::install_stop_handlers();
+  std::raise(SIGUSR1);
+  try {
+    fm::run_sampling(o);
+    ADD_FAILURE() << "the run did not stop";
+  } catch (const fm::StopRequested& e) {
+    EXPECT_EQ(e.signal, SIGUSR1);
+    EXPECT_TRUE(e.state_saved);
+  }
+  fm::reset_stop_request();
+}
+
+// A small class-conditional U-Net on the shapes set (3 classes), trained for a few steps.
+std::string shapes_unet_checkpoint(const TempDir& d, const std::string& run, double class_dropout) {
+  fm::Config c;
+  c.device = "cpu";
+  c.data = fm::parse_data_spec("shapes:48");
+  c.data.resolution = 16;
+  c.model.type = "unet";
+  c.model.unet.model_channels = 32;
+  c.model.unet.num_res_blocks = 1;
+  c.model.unet.channel_mult = {1, 2};
+  c.model.unet.attention_resolutions = {};
+  c.model.unet.num_classes = 3;
+  c.model.unet.class_dropout = class_dropout;
+  c.train.steps = 3;
+  c.train.batch_size = 8;
+  c.sample.steps = 2;
+  return fm::train(c, {d / run, ""}).checkpoint;
 }
 
 torch::Tensor samples(const std::string& out) { return fm::read_npz(out + "/samples.npz", {"arr_0"}).at("arr_0"); }
@@ -82,20 +138,129 @@ TEST(Sample, SameSeedSameSamplesWhateverTheBatch) {
   EXPECT_FALSE(std::filesystem::exists(d / "a/shards")) << "shards are removed once samples.npz is written";
 }
 
-TEST(Sample, ResumeKeepsFinishedShards) {
+// issue 10: a signal stops the run after the batch in flight with its shards kept; --resume continues it to the
+// samples an uninterrupted run gives, bit for bit, and the NFE summary covers the batches of both invocations.
+TEST(Sample, SignalStopsAfterABatchAndResumeContinues) {
   TempDir d;
   auto ckpt = tiny_toy_checkpoint(d);
-  fm::run_sampling(options(ckpt, d / "full", 100));
-  // An interrupted run: the first shard finished (marked here by zeros, which sampling never produces exactly).
-  std::filesystem::create_directories(d / "part/shards");
-  fm::write_npz(d / "part/shards/shard_000000000_000100.npz", {{"arr_0", torch::zeros({100, 2})}});
-  EXPECT_THROW(fm::run_sampling(options(ckpt, d / "part", 100)), fm::InputError) << "refuses without --resume";
+  auto full = fm::run_sampling(options(ckpt, d / "full", 100));
+  preempted_run(options(ckpt, d / "part", 100));
+  EXPECT_TRUE(std::filesystem::exists(d / "part/shards/shard_000000000_000100.npz"));
+  EXPECT_FALSE(std::filesystem::exists(d / "part/shards/shard_000000100_000100.npz"));
+  EXPECT_FALSE(std::filesystem::exists(d / "part/samples.npz"));
+  EXPECT_NE(input_error([&] { fm::run_sampling(options(ckpt, d / "part", 100)); }).find("--resume"),
+            std::string::npos)
+      << "refuses without --resume";
   auto o = options(ckpt, d / "part", 100);
   o.resume = true;
+  auto resumed = fm::run_sampling(o);
+  EXPECT_TRUE(torch::equal(samples(d / "part"), samples(d / "full")));
+  EXPECT_EQ(resumed.mean_nfe, full.mean_nfe);
+  EXPECT_EQ(resumed.max_nfe, 10.0);
+}
+
+// issue 16: a resume with other settings than the shards were made with mixed two runs in one samples.npz.
+TEST(Sample, ResumeRefusesOtherSettingsNamingTheOption) {
+  TempDir d;
+  auto ckpt = tiny_toy_checkpoint(d);
+  preempted_run(options(ckpt, d / "part", 100));
+  auto settings = read_json(d / "part/shards/settings.json");
+  EXPECT_EQ(settings["solver"], "heun");
+  EXPECT_EQ(settings["steps"], 5);
+  EXPECT_EQ(settings["seed"], 7);
+  EXPECT_TRUE(settings["atol"].is_null()) << "fixed-step runs do not depend on the tolerances";
+  struct Case {
+    std::function<void(fm::SampleOptions&)> change;
+    std::string option;
+  } cases[] = {
+      {[](fm::SampleOptions& o) { o.seed = 8; }, "--seed"},
+      {[](fm::SampleOptions& o) { o.solve.steps = 10; }, "--steps"},
+      {[](fm::SampleOptions& o) { o.solve.solver = "midpoint"; }, "--solver"},
+      {[](fm::SampleOptions& o) { o.n = 400; }, "--n"},
+      {[](fm::SampleOptions& o) { o.batch = 50; }, "--batch"},
+      {[](fm::SampleOptions& o) { o.weights = "raw"; }, "--weights"},
+      {[](fm::SampleOptions& o) { o.solve.time_grid = "edm"; }, "--time-grid"},
+  };
+  for (const auto& c : cases) {
+    auto o = options(ckpt, d / "part", 100);
+    o.resume = true;
+    c.change(o);
+    auto msg = input_error([&] { fm::run_sampling(o); });
+    EXPECT_EQ(msg.rfind(c.option + ":", 0), 0u) << c.option << ": " << msg;
+  }
+  auto o = options(tiny_toy_checkpoint(d, "other", 6), d / "part", 100);
+  o.resume = true;
+  EXPECT_EQ(input_error([&] { fm::run_sampling(o); }).rfind("--checkpoint:", 0), 0u) << "another model";
+  // Tolerances of a fixed-step run do nothing, so they do not block a resume.
+  o = options(ckpt, d / "part", 100);
+  o.resume = true;
+  o.solve.atol = 1e-3;
   fm::run_sampling(o);
-  auto full = samples(d / "full"), part = samples(d / "part");
-  EXPECT_TRUE(torch::equal(part.narrow(0, 0, 100), torch::zeros({100, 2})));
-  EXPECT_TRUE(torch::equal(part.narrow(0, 100, 200), full.narrow(0, 100, 200)));
+  auto record = read_json(d / "part/samples.json");
+  EXPECT_EQ(record["n"], 300);
+  EXPECT_EQ(record["solver"], "heun");
+  EXPECT_EQ(record["checkpoint_step"], 5);
+  EXPECT_DOUBLE_EQ(record["mean_nfe"].get<double>(), 10.0);
+  for (const char* key : {"checkpoint", "checkpoint_crc32", "seed", "classes", "cfg_scale", "wall_s", "fm_version",
+                          "libtorch_version", "max_nfe", "time_grid", "rtol"})
+    EXPECT_TRUE(record.contains(key)) << key;
+  EXPECT_FALSE(std::filesystem::exists(d / "part/shards")) << "shards and settings go once samples.npz is written";
+}
+
+// issue 16: a second run into an --out that holds samples replaced them silently.
+TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
+  TempDir d;
+  auto ckpt = tiny_toy_checkpoint(d);
+  auto o = options(ckpt, d / "s", 100);
+  fm::run_sampling(o);
+  auto first = samples(d / "s");
+  o.seed = 8;
+  auto msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_NE(msg.find("--overwrite"), std::string::npos) << msg;
+  EXPECT_TRUE(torch::equal(samples(d / "s"), first)) << "nothing was touched";
+  o.overwrite = true;
+  fm::run_sampling(o);
+  EXPECT_FALSE(torch::equal(samples(d / "s"), first));
+  EXPECT_EQ(read_json(d / "s/samples.json")["seed"], 8);
+  // A run that failed before its first batch left only its settings: no work to protect, so no refusal.
+  std::filesystem::create_directories(d / "t/shards");
+  std::ofstream(d / "t/shards/settings.json") << "{}";
+  o = options(ckpt, d / "t", 100);
+  EXPECT_EQ(fm::run_sampling(o).n, 300);
+}
+
+// issue 16: the solver comes from the checkpoint's sample section unless given.
+TEST(Sample, SolverSettingsComeFromTheCheckpointUnlessGiven) {
+  TempDir d;
+  auto ckpt = tiny_toy_checkpoint(d);  // sample.solver midpoint (the default), sample.steps 2
+  auto o = options(ckpt, d / "a", 100);
+  o.solve = {};
+  auto s = fm::run_sampling(o);
+  EXPECT_EQ(s.mean_nfe, 4.0);  // midpoint: 2 evaluations per step, 2 steps
+  EXPECT_EQ(s.record["solver"], "midpoint");
+  EXPECT_EQ(s.record["steps"], 2);
+  o.out_dir = d / "b";
+  o.solve.steps = 3;
+  EXPECT_EQ(fm::run_sampling(o).mean_nfe, 6.0);
+  fm::SampleConfig from;
+  from.solver = "dopri5";
+  fm::SolveOverrides given;
+  given.atol = 1e-3;
+  auto r = fm::resolve_solve(from, given);
+  EXPECT_EQ(r.solver, "dopri5");
+  EXPECT_EQ(r.atol, 1e-3);
+  EXPECT_EQ(r.rtol, from.rtol);
+}
+
+TEST(Sample, GridsAreSquareishWithClassesInColumns) {
+  EXPECT_EQ(fm::grid_columns(64), 8);
+  EXPECT_EQ(fm::grid_columns(100), 10);
+  EXPECT_EQ(fm::grid_columns(10), 4);
+  EXPECT_EQ(fm::grid_columns(1), 1);
+  EXPECT_EQ(fm::grid_columns(64, 3), 9);    // a multiple of 3 near 8: each column one class
+  EXPECT_EQ(fm::grid_columns(64, 10), 10);  // CIFAR-10: a column per class
+  EXPECT_EQ(fm::grid_columns(16, 10), 10);
+  EXPECT_EQ(fm::grid_columns(400, 10), 20);
 }
 
 TEST(Sample, ClassesNeedAClassConditionalModel) {
@@ -134,20 +299,9 @@ TEST(Sample, GuidanceMatchesTheClosedFormOfGaussianClasses) {
 
 TEST(Sample, ClassConditionalUNetSamplesEveryClassWithGuidance) {
   TempDir d;
-  fm::Config c;
-  c.device = "cpu";
-  c.data = fm::parse_data_spec("shapes:48");
-  c.data.resolution = 16;
-  c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1, 2};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_classes = 3;
-  c.train.steps = 3;
-  c.train.batch_size = 8;
-  c.sample.steps = 2;
-  auto ckpt = fm::train(c, {d / "run", ""}).checkpoint;
+  auto ckpt = shapes_unet_checkpoint(d, "run", 0.1);
+  EXPECT_EQ(fm::CheckpointReader(ckpt, torch::kCPU).class_names(),
+            (std::vector<std::string>{"circle", "square", "triangle"}));
   auto o = options(ckpt, d / "all", 8);
   o.n = 10;
   o.classes = "all";
@@ -165,4 +319,32 @@ TEST(Sample, ClassConditionalUNetSamplesEveryClassWithGuidance) {
   o.classes = "3";
   o.out_dir = d / "bad";
   EXPECT_THROW(fm::run_sampling(o), fm::InputError) << "class 3 of 3 is out of range";
+  // Classes by name (issue 16); a resume may name the class by index instead.
+  o.classes = "triangle";
+  o.out_dir = d / "named";
+  auto s = fm::run_sampling(o);
+  auto named = fm::read_npz(d / "named/samples.npz", {"arr_1"}).at("arr_1");
+  EXPECT_TRUE(torch::equal(named, torch::full({10}, 2, torch::kLong)));
+  EXPECT_EQ(s.record["classes"], 2);
+  EXPECT_EQ(s.record["class_name"], "triangle");
+  o.classes = "hexagon";
+  o.out_dir = d / "hexagon";
+  auto msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_NE(msg.find("circle, square, triangle"), std::string::npos) << msg;
+}
+
+// issue 10, bug 7: with class_dropout 0 the null label is untrained; sampling without a class or with guidance used it.
+TEST(Sample, UntrainedNullLabelIsRefused) {
+  TempDir d;
+  auto ckpt = shapes_unet_checkpoint(d, "run", 0.0);
+  auto o = options(ckpt, d / "s", 4);
+  o.n = 4;
+  auto msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_NE(msg.find("class_dropout 0"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--class"), std::string::npos) << msg;
+  o.classes = "all";
+  o.cfg_scale = 1.0;
+  EXPECT_NE(input_error([&] { fm::run_sampling(o); }).find("--cfg-scale"), std::string::npos);
+  o.cfg_scale = 0.0;
+  EXPECT_EQ(fm::run_sampling(o).n, 4);
 }

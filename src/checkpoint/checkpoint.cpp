@@ -45,6 +45,7 @@ void save_checkpoint(const std::string& path, const CheckpointContents& c) {
   ar.write("data_name", c10::IValue(c.data.name));
   ar.write("data_size", torch::tensor(c.data.size));
   ar.write("data_classes", torch::tensor(c.data.num_classes));
+  if (!c.class_names.empty()) ar.write("class_names", c10::IValue(nlohmann::json(c.class_names).dump()));
   torch::serialize::OutputArchive model, ema;
   c.model->save(model);
   c.ema->save(ema);
@@ -120,6 +121,15 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   auto s = shape.cpu();
   shape_.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
   data_ = {data_name.toStringRef(), data_size.item<int64_t>(), data_classes.item<int64_t>()};
+  c10::IValue names;  // optional: checkpoints of unlabelled data (and older ones) have none
+  if (ar_.try_read("class_names", names)) {
+    try {
+      auto j = nlohmann::json::parse(names.toStringRef());
+      class_names_ = j.get<std::vector<std::string>>();
+    } catch (const std::exception&) {
+      throw file_error(path, "class_names is not a JSON list of strings");
+    }
+  }
 }
 
 void CheckpointReader::load_module(const std::string& key, torch::nn::Module& m) {

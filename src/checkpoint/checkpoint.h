@@ -31,6 +31,7 @@ struct CheckpointContents {
   torch::nn::Module* ema = nullptr;
   torch::optim::Optimizer* optimizer = nullptr;  // optional
   const BatchSampler* sampler = nullptr;         // optional
+  std::vector<std::string> class_names;          // the data's class index -> name (empty: none known)
 };
 
 // Writes the checkpoint to `path` (atomically, sealed); throws naming `path` and the cause when the write fails.
@@ -46,6 +47,8 @@ class CheckpointReader {
   int64_t step() const { return step_; }
   const std::vector<int64_t>& sample_shape() const { return shape_; }
   const DataIdentity& data() const { return data_; }
+  // The training data's class names by index (empty for checkpoints without them or unlabelled data).
+  const std::vector<std::string>& class_names() const { return class_names_; }
 
   // key: "model" or "ema".
   void load_module(const std::string& key, torch::nn::Module& m);
@@ -60,6 +63,7 @@ class CheckpointReader {
   int64_t step_ = 0;
   std::vector<int64_t> shape_;
   DataIdentity data_;
+  std::vector<std::string> class_names_;
 };
 
 }  // namespace fm

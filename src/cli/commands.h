@@ -11,4 +11,12 @@ void add_eval_nll_command(CLI::App& app);
 void add_fid_commands(CLI::App& app);
 void print_version();
 
+// Range checks whose message reads "must be >= 1" rather than CLI11's "not in range 1 to 1.79769e+308".
+CLI::Validator at_least(double min);
+CLI::Validator greater_than(double min);
+// A seed: a non-negative integer (an unsigned option would otherwise take -1 as 2^64 - 1).
+CLI::Validator seed_value();
+// Parses the command line; an unknown subcommand names itself and the known ones.
+void parse_command_line(CLI::App& app, int argc, char** argv);
+
 }  // namespace fm

@@ -15,11 +15,15 @@ void add_eval_nll_command(CLI::App& app) {
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
   cmd->add_option("--data", o->data, "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, toy:NAME")
       ->required();
-  cmd->add_option("--split", o->split, "train | test (cifar10, imagenet32)")->capture_default_str();
-  cmd->add_option("--limit", o->limit, "images: the first N (0 = all); toys: points drawn (0 = 1000)")
-      ->check(CLI::NonNegativeNumber)
+  cmd->add_option("--split", o->split, "train | test (cifar10, imagenet32)")
+      ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
-  cmd->add_option("--batch", o->batch, "items per ODE solve")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--limit", o->limit,
+                  "images: N evenly spread over the set, index floor(i * total / N) (0 = all); toys: points drawn "
+                  "(0 = 1000)")
+      ->check(at_least(0))
+      ->capture_default_str();
+  cmd->add_option("--batch", o->batch, "items per ODE solve")->check(at_least(1))->capture_default_str();
   cmd->add_option("--divergence", o->divergence, "hutchinson (one probe per item) | exact (D backward passes)")
       ->check(CLI::IsMember({"hutchinson", "exact"}))
       ->capture_default_str();
@@ -28,14 +32,16 @@ void add_eval_nll_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dequant-samples", o->dequant_samples,
                   "K > 1: importance-weighted bound over K uniform dequantisation draws (images)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
-  cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--rtol", o->rtol, "dopri5 relative tolerance")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--seed", o->seed, "seed of dequantisation noise, probes and toy points")->capture_default_str();
+  cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance")->check(greater_than(0))->capture_default_str();
+  cmd->add_option("--rtol", o->rtol, "dopri5 relative tolerance")->check(greater_than(0))->capture_default_str();
+  cmd->add_option("--seed", o->seed, "seed of dequantisation noise, probes and toy points")
+      ->check(seed_value())
+      ->capture_default_str();
   cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  cmd->add_option("--out", o->out, "write the results as JSON to this file");
+  cmd->add_option("--out", o->out, "write the results and their provenance as JSON to this file");
   cmd->add_option("--per-image", o->per_image,
                   "write one value per item (bits/dim or nats): FILE.npy as float64 [N], any other name as text");
   cmd->callback([o] {

@@ -13,6 +13,7 @@
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
+#include "io/file_util.h"
 #include "io/npy.h"
 #include "util/device.h"
 #include "util/error.h"
@@ -32,22 +33,30 @@ void add_common(CLI::App* cmd, FidCommonOptions& o) {
   cmd->add_option("--split", o.split, "train | test, for image sets that have splits (cifar10, imagenet32)")
       ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
-  cmd->add_option("--batch", o.batch, "images per network pass")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--limit", o.limit, "use only the first N images (0 = all)")
-      ->check(CLI::NonNegativeNumber)
+  cmd->add_option("--batch", o.batch, "images per network pass")->check(at_least(1))->capture_default_str();
+  cmd->add_option("--limit", o.limit, "use N images evenly spread over the set, index floor(i * total / N) (0 = all)")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--device", o.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
 }
 
 // Images of a data spec, held on the CPU and moved to the network a batch at a time.
-torch::Tensor load_images(const DataConfig& spec, const FidCommonOptions& o) {
+Dataset load_images(const DataConfig& spec, const FidCommonOptions& o) {
   DataConfig cfg = spec;
   cfg.split = o.split;
   cfg.limit = o.limit;
   auto ds = load_dataset(cfg, torch::kCPU);
   if (ds.is_toy()) throw InputError("'" + ds.name + "': FID needs images, not a 2-D toy distribution");
-  spdlog::info("{}: {} images {}x{}x{}", ds.name, ds.size(), ds.images.size(1), ds.images.size(2), ds.images.size(3));
-  return ds.images;
+  spdlog::info("{}: {} images {}x{}x{}{}", ds.name, ds.size(), ds.images.size(1), ds.images.size(2),
+               ds.images.size(3), ds.subset.empty() ? "" : " (--limit takes " + ds.subset + ")");
+  return ds;
+}
+
+// The record written beside a statistics file: where the numbers came from, so that two FIDs can be compared.
+std::string provenance_path(const std::string& stats_path) {
+  std::filesystem::path p(stats_path);
+  if (p.extension() == ".npz") return p.replace_extension(".json").string();
+  return stats_path + ".json";
 }
 
 // An argument of fm fid: a statistics .npz (keys mu, sigma), an image .npz (arr_0, as fm sample writes), or a spec.
@@ -91,22 +100,41 @@ void add_fid_commands(CLI::App& app) {
     cmd->add_option("--weights", o->weights, "FID Inception weights (.npz from scripts/export_fid_inception.py)")
         ->required();
     cmd->add_option("--images", *images, "data spec: cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE")->required();
-    cmd->add_option("--out", *out, "statistics .npz to write (mu, sigma as pytorch-fid; n)")->required();
+    cmd->add_option("--out", *out,
+                    "statistics .npz to write (mu, sigma as pytorch-fid; n), and beside it a .json of their provenance")
+        ->required();
     cmd->add_option("--save-features", *save_features, "also write every image's 2048 features (.npy, float32)");
     add_common(cmd, *o);
     cmd->callback([o, images, out, save_features] {
       auto device = resolve_device(o->device);
       auto spec = parse_data_spec(*images);
+      // Every output is checked (its directory created) before the features are computed.
+      const std::string record_path = provenance_path(*out);
+      prepare_output_file(*out, "--out");
+      prepare_output_file(record_path, "--out (provenance record)");
+      if (!save_features->empty()) prepare_output_file(*save_features, "--save-features");
       auto net = load_fid_inception(o->weights, device);  // a bad weights file fails before a long data load
-      auto imgs = load_images(spec, *o);
+      auto ds = load_images(spec, *o);
       FeatureOptions fo;
       fo.batch = o->batch;
       fo.keep_features = !save_features->empty();
-      auto r = compute_fid_features(net, imgs, fo);
+      auto r = compute_fid_features(net, ds.images, fo);
       write_fid_stats(*out, r.stats);
       if (fo.keep_features) write_npy(*save_features, r.features);
-      spdlog::info("wrote statistics of {} images to {} ({:.1f} images/s on {})", r.stats.n, *out,
-                   r.stats.n / std::max(r.seconds, 1e-9), device.str());
+      nlohmann::json record = {{"images", *images},
+                               {"split", spec.format == "cifar10" || spec.format == "imagenet32"
+                                             ? nlohmann::json(o->split)
+                                             : nlohmann::json(nullptr)},
+                               {"n", r.stats.n},
+                               {"subset", ds.subset.empty() ? "all" : ds.subset},
+                               {"weights", o->weights},
+                               {"weights_crc32", file_crc32(o->weights)},
+                               {"device", device.str()},
+                               {"fm_version", FM_VERSION},
+                               {"libtorch_version", TORCH_VERSION}};
+      write_file_atomic(record_path, record.dump(2) + "\n");
+      spdlog::info("wrote statistics of {} images to {} and their provenance to {} ({:.1f} images/s on {})",
+                   r.stats.n, *out, record_path, r.stats.n / std::max(r.seconds, 1e-9), device.str());
     });
   }
   {
@@ -132,7 +160,7 @@ void add_fid_commands(CLI::App& app) {
         }
         FeatureOptions fo;
         fo.batch = o->batch;
-        return compute_fid_features(*net, load_images(*s.images, *o), fo).stats;
+        return compute_fid_features(*net, load_images(*s.images, *o).images, fo).stats;
       };
       FidStats first = stats_of(sa, *a);
       FidStats second = stats_of(sb, *b);

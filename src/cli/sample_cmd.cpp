@@ -8,35 +8,53 @@ namespace fm {
 void add_sample_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Draw samples from a checkpoint (noise at t=0 integrated to data at t=1)");
   auto o = std::make_shared<SampleOptions>();
+  auto solve = std::make_shared<SolveSettings>();  // what the options hold; only those given override the checkpoint
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
-  cmd->add_option("--n", o->n, "number of samples")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--batch", o->batch, "samples per batch")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--solver", o->solve.solver, "euler | midpoint | heun | rk4 | dopri5")
-      ->check(CLI::IsMember({"euler", "midpoint", "heun", "rk4", "dopri5"}))
+  cmd->add_option("--n", o->n, "number of samples")->check(at_least(1))->capture_default_str();
+  cmd->add_option("--batch", o->batch, "samples per batch")->check(at_least(1))->capture_default_str();
+  auto* solver = cmd->add_option("--solver", solve->solver,
+                                 "euler | midpoint | heun | rk4 | dopri5 (default: the checkpoint's sample.solver)")
+                     ->check(CLI::IsMember({"euler", "midpoint", "heun", "rk4", "dopri5"}));
+  auto* steps = cmd->add_option("--steps", solve->steps, "steps of a fixed-step solver (default: sample.steps)")
+                    ->check(at_least(1));
+  auto* grid = cmd->add_option("--time-grid", solve->time_grid,
+                               "uniform | edm, for fixed-step solvers (default: sample.time_grid)")
+                   ->check(CLI::IsMember({"uniform", "edm"}));
+  auto* atol = cmd->add_option("--atol", solve->atol, "dopri5 absolute tolerance (default: sample.atol)")
+                   ->check(greater_than(0));
+  auto* rtol = cmd->add_option("--rtol", solve->rtol, "dopri5 relative tolerance (default: sample.rtol)")
+                   ->check(greater_than(0));
+  cmd->add_option("--seed", o->seed, "noise seed (sample i gets the same noise whatever --batch)")
+      ->check(seed_value())
       ->capture_default_str();
-  cmd->add_option("--steps", o->solve.steps, "steps of a fixed-step solver")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--time-grid", o->solve.time_grid, "uniform | edm (fixed-step solvers)")
-      ->check(CLI::IsMember({"uniform", "edm"}))
-      ->capture_default_str();
-  cmd->add_option("--atol", o->solve.atol, "dopri5 absolute tolerance")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--rtol", o->solve.rtol, "dopri5 relative tolerance")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--seed", o->seed, "noise seed (sample i gets the same noise whatever --batch)")->capture_default_str();
   cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  cmd->add_option("--out", o->out_dir, "output directory (samples.npz, samples.png; shards/ while running)")
+  cmd->add_option("--out", o->out_dir,
+                  "output directory (samples.npz, samples.png, samples.json; shards/ while running)")
       ->capture_default_str();
   cmd->add_option("--png-dir", o->png_dir, "also write one PNG per image here (image models)");
-  cmd->add_flag("--resume", o->resume, "continue an interrupted run in --out without redoing finished shards");
-  auto* cls = cmd->add_option("--class", o->classes, "class-conditional models: sample this class index");
+  cmd->add_option("--grid-n", o->grid_n, "images in samples.png (image models)")
+      ->check(at_least(1))
+      ->capture_default_str();
+  auto* resume = cmd->add_flag("--resume", o->resume,
+                               "continue an interrupted run in --out with the same settings, keeping its shards");
+  cmd->add_flag("--overwrite", o->overwrite, "replace the samples or shards of an earlier run in --out")
+      ->excludes(resume);
+  auto* cls = cmd->add_option("--class", o->classes, "class-conditional models: sample this class (name or index)");
   cmd->add_option("--classes", o->classes, "class-conditional models: 'all' cycles through every class")
       ->check(CLI::IsMember({"all"}))
       ->excludes(cls);
   cmd->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance w: (1 + w) v(x|c) - w v(x)")
       ->capture_default_str();
-  cmd->callback([o] {
+  cmd->callback([o, solve, solver, steps, grid, atol, rtol] {
+    if (solver->count()) o->solve.solver = solve->solver;
+    if (steps->count()) o->solve.steps = solve->steps;
+    if (grid->count()) o->solve.time_grid = solve->time_grid;
+    if (atol->count()) o->solve.atol = solve->atol;
+    if (rtol->count()) o->solve.rtol = solve->rtol;
     auto s = run_sampling(*o);
-    spdlog::info("wrote {} samples to {} and {} (NFE per batch: mean {:.1f}, max {:.0f})", s.n, s.npz, s.png,
-                 s.mean_nfe, s.max_nfe);
+    spdlog::info("wrote {} samples to {}, {} and {} (NFE per batch: mean {:.1f}, max {:.0f}; {:.1f} s)", s.n, s.npz,
+                 s.png, s.json, s.mean_nfe, s.max_nfe, s.wall_s);
   });
 }
 

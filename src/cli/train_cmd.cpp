@@ -35,7 +35,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N (overrides the config's device)");
   cmd->add_option("--stop-after", a->stop_after,
                   "checkpoint and exit at this step (for job time limits); continue later with --resume auto")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->callback([a] {
     auto sets = a->sets;
     if (!a->device.empty()) sets.push_back("device=" + a->device);

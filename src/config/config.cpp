@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -383,11 +384,20 @@ Config config_from_json(const json& j, const std::string& source) {
   auto colon = c.data.path.find(':');
   if (colon != std::string::npos) {
     std::string fmt = c.data.path.substr(0, colon);
+    bool known = false;
     for (const char* f : {"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"})
       if (fmt == f) {
+        known = true;
         c.data.format = fmt;
         c.data.path = c.data.path.substr(colon + 1);
       }
+    // A word before the colon is a mistyped format ("folders:DIR"), not a path that holds a colon; without this it
+    // would pass as a path of the config's own format and fail later with that format's unrelated error.
+    bool word = fmt.size() >= 2;
+    for (char ch : fmt) word = word && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
+    if (!known && word)
+      throw InputError(source + ": data.path: unknown format '" + fmt + "' in '" + c.data.path +
+                       "' (toy, cifar10, imagenet32, folder, npz, shapes)");
   }
   return c;
 }

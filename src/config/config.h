@@ -19,7 +19,7 @@ struct DataConfig {
   int64_t resolution = 0;            // folder/shapes: image size (0 = keep the files' own size)
   bool center_crop = false;          // folder: center-crop to square before resizing
   bool hflip = true;                 // random horizontal flips of image batches
-  int64_t limit = 0;                 // use only the first N images (0 = all)
+  int64_t limit = 0;                 // use N images evenly spread over the set (evenly_spread; 0 = all)
   int64_t size = 10000;              // shapes: how many images to generate
 };
 

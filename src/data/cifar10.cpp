@@ -82,6 +82,8 @@ Dataset read_cifar10(const std::string& dir, const std::string& split) {
   ds.images = torch::cat(images);
   ds.labels = torch::cat(labels);
   ds.num_classes = 10;
+  // batches.meta.txt's order, as torchvision's CIFAR10.classes lists them.
+  ds.class_names = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
   return ds;
 }
 

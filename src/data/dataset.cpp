@@ -1,6 +1,7 @@
 #include "data/dataset.h"
 
 #include <cctype>
+#include <filesystem>
 
 #include "data/cifar10.h"
 #include "data/image_folder.h"
@@ -41,6 +42,9 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
     sample_toy(ds.toy, 1);  // validates the name now rather than at the first batch
     return ds;
   }
+  if (cfg.format != "shapes" && !std::filesystem::exists(cfg.path))
+    throw InputError(cfg.format + ":" + cfg.path + ": no such file or directory (a config's data.path: set it with "
+                     "--set data.path=PATH; a command's data option: FORMAT:PATH)");
   // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.
   Dataset cpu;
   if (cfg.format == "cifar10" || cfg.format == "imagenet32") {
@@ -77,15 +81,46 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
     throw InputError("data.format: '" + cfg.format + "' is not supported by this build");
   }
 
-  if (cfg.limit > 0 && cfg.limit < cpu.images.size(0)) {
-    // Copies, so that the rest of the set is freed rather than kept alive by a view.
-    cpu.images = cpu.images.narrow(0, 0, cfg.limit).clone();
-    if (cpu.labels.defined()) cpu.labels = cpu.labels.narrow(0, 0, cfg.limit).clone();
+  if (cfg.format != "folder") {  // the folder reader takes its subset before decoding
+    cpu.subset = describe_subset(cpu.images.size(0), cfg.limit);
+    if (cfg.limit > 0 && cfg.limit < cpu.images.size(0)) {
+      // index_select copies, so the rest of the set is freed rather than kept alive by a view.
+      auto idx = torch::tensor(evenly_spread(cpu.images.size(0), cfg.limit), torch::kLong);
+      cpu.images = cpu.images.index_select(0, idx);
+      if (cpu.labels.defined()) cpu.labels = cpu.labels.index_select(0, idx);
+    }
   }
   ds.images = cpu.images.to(device);
   if (cpu.labels.defined()) ds.labels = cpu.labels.to(device);
   ds.num_classes = cpu.num_classes;
+  ds.class_names = cpu.class_names;
+  ds.subset = cpu.subset;
   return ds;
+}
+
+std::vector<int64_t> evenly_spread(int64_t n, int64_t limit) {
+  const int64_t k = limit > 0 ? std::min(n, limit) : n;
+  std::vector<int64_t> idx(static_cast<size_t>(std::max<int64_t>(k, 0)));
+  // i * n in 128 bits, so that no data set size can overflow the product.
+  for (int64_t i = 0; i < k; ++i)
+    idx[i] = static_cast<int64_t>(static_cast<__int128>(i) * n / k);
+  return idx;
+}
+
+std::string describe_subset(int64_t n, int64_t limit) {
+  if (limit <= 0 || limit >= n) return "";
+  return std::to_string(limit) + " of " + std::to_string(n) + " images, evenly spread: index floor(i * " +
+         std::to_string(n) + " / " + std::to_string(limit) + ")";
+}
+
+std::string describe_classes(const Dataset& ds, size_t max_names) {
+  if (ds.num_classes == 0) return "unlabelled";
+  std::string s = std::to_string(ds.num_classes) + " classes";
+  if (ds.class_names.empty()) return s;
+  s += " (";
+  for (size_t i = 0; i < ds.class_names.size() && i < max_names; ++i) s += (i ? ", " : "") + ds.class_names[i];
+  if (ds.class_names.size() > max_names) s += ", ...";
+  return s + ")";
 }
 
 }  // namespace fm

@@ -17,6 +17,8 @@ struct Dataset {
   torch::Tensor images;   // uint8 [N, C, H, W]
   torch::Tensor labels;   // int64 [N], or undefined when the data has no classes
   int64_t num_classes = 0;
+  std::vector<std::string> class_names;  // by class index, as torchvision's class_to_idx orders them; may be empty
+  std::string subset;     // how --limit / data.limit chose the images ("" = all of them)
   torch::Device device{torch::kCPU};
 
   bool is_toy() const { return !toy.empty(); }
@@ -28,6 +30,16 @@ struct Dataset {
 // A data spec "format:arg" (toy:NAME, cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE, shapes:N) as a DataConfig
 // with the other fields at their defaults; throws InputError naming the spec when the format is unknown.
 DataConfig parse_data_spec(const std::string& spec);
+
+// The subset a limit takes from n items: `limit` indices at a fixed stride, floor(i * n / limit), so that a folder
+// listed class by class (or any file in class order) gives every class its share; all of them when limit is 0 or
+// >= n. Deterministic, and the same rule for every command and data format.
+std::vector<int64_t> evenly_spread(int64_t n, int64_t limit);
+// The rule as one would state it in a log or a provenance record.
+std::string describe_subset(int64_t n, int64_t limit);
+
+// Names the classes: "10 classes (airplane, automobile, ...)", at most `max_names` names, or "unlabelled".
+std::string describe_classes(const Dataset& ds, size_t max_names = 12);
 
 // Loads what `cfg` describes onto `device` (images as uint8, labels as int64).
 Dataset load_dataset(const DataConfig& cfg, const torch::Device& device);

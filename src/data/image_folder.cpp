@@ -150,8 +150,18 @@ ImageFolderListing list_image_folder(const std::string& dir) {
 
 Dataset read_image_folder(const std::string& dir, const ImageFolderOptions& opts) {
   auto listing = list_image_folder(dir);
-  int64_t n = static_cast<int64_t>(listing.files.size());
-  if (opts.limit > 0) n = std::min(n, opts.limit);
+  const int64_t listed = static_cast<int64_t>(listing.files.size());
+  if (opts.limit > 0 && opts.limit < listed) {
+    // Files are listed class by class; a stride over the list keeps every class's share.
+    ImageFolderListing kept;
+    kept.classes = listing.classes;
+    for (int64_t i : evenly_spread(listed, opts.limit)) {
+      kept.files.push_back(listing.files[i]);
+      kept.labels.push_back(listing.labels[i]);
+    }
+    listing = std::move(kept);
+  }
+  const int64_t n = static_cast<int64_t>(listing.files.size());
 
   // The first image fixes the size when no resolution is given.
   const Decoded first = decode(listing.files[0]);
@@ -192,7 +202,9 @@ Dataset read_image_folder(const std::string& dir, const ImageFolderOptions& opts
   if (!listing.classes.empty()) {
     ds.labels = torch::tensor(std::vector<int64_t>(listing.labels.begin(), listing.labels.begin() + n), torch::kLong);
     ds.num_classes = static_cast<int64_t>(listing.classes.size());
+    ds.class_names = listing.classes;
   }
+  ds.subset = describe_subset(listed, opts.limit);
   return ds;
 }
 

@@ -12,7 +12,7 @@ namespace fm {
 struct ImageFolderOptions {
   int64_t resolution = 0;    // > 0: resize every image to resolution x resolution; 0: all must share one size
   bool center_crop = false;  // crop to the centred square of side min(width, height) (before resizing, if any)
-  int64_t limit = 0;         // > 0: decode only the first `limit` images in sorted order
+  int64_t limit = 0;         // > 0: decode only `limit` images, evenly spread over the sorted list (evenly_spread)
 };
 
 // The image files under `dir` in sorted path order, and for each its class index (-1 when unlabelled) and the class

@@ -70,6 +70,7 @@ Dataset shapes_dataset(const ShapesSet& s) {
   ds.images = s.images;
   ds.labels = s.labels;
   ds.num_classes = kShapeClasses;
+  ds.class_names = {"circle", "square", "triangle"};  // the order of ShapeKind
   return ds;
 }
 

@@ -19,6 +19,7 @@
 #include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
+#include "util/preemption.h"
 
 namespace fm {
 
@@ -88,6 +89,13 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   dcfg.hflip = false;
   const bool toy_data = dcfg.format == "toy";
   if (!toy_data) dcfg.limit = o.limit;
+  const bool has_split = dcfg.format == "cifar10" || dcfg.format == "imagenet32";
+  if (toy_data && o.dequant_samples > 1)
+    spdlog::warn("--dequant-samples {} does nothing for 2-D points, which are not quantised", o.dequant_samples);
+  // Outputs are checked before the work (their directories created), so a long evaluation never fails at the end.
+  if (!o.out.empty()) prepare_output_file(o.out, "--out");
+  if (!o.per_image.empty()) prepare_output_file(o.per_image, "--per-image");
+  install_stop_handlers();
 
   const auto device = resolve_device(o.device);
   configure_backend(device);
@@ -97,6 +105,13 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
   model->eval();
+  // Issue 10, bug 7: the likelihood below is the unconditional one, through the null label; with class_dropout 0
+  // that label never saw training and the number would look like a result while meaning nothing.
+  if (ck.config().model.type == "unet" && ck.config().model.unet.num_classes > 0 &&
+      ck.config().model.unet.class_dropout == 0)
+    throw InputError(o.checkpoint + ": trained with model.unet.class_dropout 0, so its null label is untrained and "
+                     "the unconditional likelihood eval-nll computes is meaningless; evaluate a model trained with "
+                     "class_dropout > 0");
   // Gradients are taken with respect to x only.
   for (auto& p : model->parameters()) p.requires_grad_(false);
 
@@ -120,8 +135,9 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
     points = sample_toy(dcfg.path, n, torch::TensorOptions().device(torch::kCPU));
   } else {
     n = ds.size();
-    if (o.limit > 0) n = std::min(n, o.limit);
-    if (n == 0) throw InputError("--data " + o.data + ": no images in split '" + o.split + "'");
+    if (n == 0)
+      throw InputError("--data " + o.data + ": no images" + (has_split ? " in split '" + o.split + "'" : ""));
+    if (!ds.subset.empty()) spdlog::info("--limit {}: {}", o.limit, ds.subset);
   }
   const int64_t dims = [&] {
     int64_t d = 1;
@@ -184,6 +200,11 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
     std::snprintf(extra, sizeof extra, "%s %.4f nfe %.0f", unit.c_str(), sum / static_cast<double>(first + count),
                   nfe_sum / static_cast<double>(solves));
     progress.update(first + count, extra);
+    if (stop_requested() && first + count < n) {
+      spdlog::info("eval-nll stopped after {} of {} items; it keeps no partial results, so a rerun starts over",
+                   first + count, n);
+      throw StopRequested{stop_signal(), /*state_saved=*/false};
+    }
   }
 
   EvalNllSummary s;
@@ -203,17 +224,23 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
             {"mean_nfe", s.mean_nfe},
             {"wall_s", s.wall_s},
             {"checkpoint", o.checkpoint},
+            {"checkpoint_crc32", file_crc32(o.checkpoint)},
             {"step", ck.step()},
             {"weights", o.weights},
             {"data", o.data},
-            {"split", toy_data ? "" : o.split},
+            {"subset", toy_data         ? std::to_string(n) + " points drawn from the seed"
+                       : ds.subset.empty() ? std::string("all")
+                                           : ds.subset},
             {"divergence", o.divergence},
             {"probe", hutch ? o.probe : ""},
             {"dequant_samples", toy_data ? 0 : o.dequant_samples},
             {"atol", o.atol},
             {"rtol", o.rtol},
             {"seed", o.seed},
-            {"device", device.str()}};
+            {"device", device.str()},
+            {"fm_version", FM_VERSION},
+            {"libtorch_version", TORCH_VERSION}};
+  if (has_split) s.json["split"] = o.split;
   if (!o.out.empty()) write_file_atomic(o.out, s.json.dump(2) + "\n");
   if (!o.per_image.empty()) write_per_item(o.per_image, s.per_item);
   return s;

@@ -1,5 +1,6 @@
 #include "fid/frechet.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -67,7 +68,8 @@ FrechetResult frechet_distance(const FidStats& a, const FidStats& b, double eps)
     r.eps_added = true;
   }
   // pytorch-fid adds the offset only inside the root, not to tr(S1) + tr(S2); so does fm.
-  r.distance = mean_term + traces - 2.0 * tr_root;
+  // A distance is >= 0; rounding leaves about -1e-13 for identical sets, which users of pytorch-fid read as a bug.
+  r.distance = std::max(0.0, mean_term + traces - 2.0 * tr_root);
   return r;
 }
 

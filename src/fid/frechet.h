@@ -13,7 +13,7 @@
 namespace fm {
 
 struct FrechetResult {
-  double distance = 0;
+  double distance = 0;     // clamped at 0: identical sets give 0, not the -1e-13 of rounding
   bool eps_added = false;  // the computation was repeated with eps * I added to both covariances
 };
 

@@ -36,4 +36,12 @@ inline void write_file_atomic(const std::string& path, const std::string& bytes)
 // Creates a directory and its parents; throws naming the path on failure.
 void make_dirs(const std::string& path);
 
+// Every command checks its output files before the work starts, with one rule: the parent directories are created
+// (as `fm train --out` and `fm sample --out` create theirs) and must be writable, and the path must not be a
+// directory. Throws InputError "OPTION PATH: why" otherwise, so a long run never fails at its last write.
+void prepare_output_file(const std::string& path, const std::string& option);
+
+// A cheap fingerprint of a file's bytes (zlib's CRC-32 as 8 hex digits) for provenance records.
+std::string file_crc32(const std::string& path);
+
 }  // namespace fm

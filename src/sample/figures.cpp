@@ -20,9 +20,16 @@ torch::Tensor write_toy_figures(VelocityField& model, const std::string& toy, co
   return r.x;
 }
 
-void write_image_grid(const std::string& path, const torch::Tensor& images) {
+int64_t grid_columns(int64_t n, int64_t cycled_classes) {
+  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(n, 1)));
+  if (cycled_classes <= 0) return static_cast<int64_t>(std::ceil(root - 1e-9));
+  const int64_t k = cycled_classes;
+  return k * std::max<int64_t>(1, std::llround(root / static_cast<double>(k)));
+}
+
+void write_image_grid(const std::string& path, const torch::Tensor& images, int64_t cycled_classes) {
   auto u8 = to_uint8(images).permute({0, 2, 3, 1});
-  write_png(path, make_grid(u8, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(images.size(0)))))));
+  write_png(path, make_grid(u8, grid_columns(images.size(0), cycled_classes)));
 }
 
 }  // namespace fm

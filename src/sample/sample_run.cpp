@@ -1,23 +1,27 @@
 #include "sample/sample_run.h"
 
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
 #include <spdlog/spdlog.h>
 
+#include "checkpoint/checkpoint.h"
 #include "data/toy2d.h"
 #include "io/file_util.h"
 #include "io/image.h"
 #include "io/npy.h"
 #include "sample/figures.h"
-#include "checkpoint/checkpoint.h"
-#include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
-
-#include <unistd.h>
-
-#include <cstdio>
-#include <filesystem>
+#include "util/preemption.h"
+#include "util/progress.h"
 
 namespace fm {
+namespace fs = std::filesystem;
 
 torch::Tensor sample_noise(uint64_t seed, int64_t first, int64_t count, const std::vector<int64_t>& shape) {
   constexpr int64_t kChunk = 256;
@@ -33,25 +37,63 @@ torch::Tensor sample_noise(uint64_t seed, int64_t first, int64_t count, const st
   return torch::cat(parts);
 }
 
+SolveSettings resolve_solve(const SampleConfig& from_checkpoint, const SolveOverrides& given) {
+  SolveSettings s = solve_settings(from_checkpoint);
+  if (given.solver) s.solver = *given.solver;
+  if (given.steps) s.steps = *given.steps;
+  if (given.time_grid) s.time_grid = *given.time_grid;
+  if (given.atol) s.atol = *given.atol;
+  if (given.rtol) s.rtol = *given.rtol;
+  if (s.solver == "dopri5") {
+    if (given.steps || given.time_grid)
+      spdlog::warn("--steps and --time-grid do nothing with dopri5, which chooses its own steps (--atol, --rtol)");
+  } else if (given.atol || given.rtol) {
+    spdlog::warn("--atol and --rtol do nothing with the fixed-step solver {} (they tune dopri5)", s.solver);
+  }
+  return s;
+}
+
 namespace {
 
-// Labels for samples [first, first + count): a fixed class, every class in turn, or none (the null label).
-torch::Tensor sample_labels(const std::string& classes, int64_t num_classes, int64_t first, int64_t count) {
-  if (classes.empty()) return {};
+// Which labels a run samples with: none (the null label), every class in turn, or one class.
+struct ClassChoice {
+  enum Kind { kNone, kAll, kOne } kind = kNone;
+  int64_t index = -1;
+};
+
+ClassChoice parse_classes(const std::string& arg, int64_t num_classes, const std::vector<std::string>& names) {
+  ClassChoice c;
+  if (arg.empty()) return c;
   if (num_classes == 0) throw InputError("--class/--classes: the checkpoint's model is not class-conditional");
-  auto idx = torch::arange(first, first + count, torch::kLong);
-  if (classes == "all") return idx % num_classes;
-  int64_t k = -1;
-  try {
-    size_t used = 0;
-    k = std::stoll(classes, &used);
-    if (used != classes.size()) k = -1;
-  } catch (const std::logic_error&) {
+  if (arg == "all") {
+    c.kind = ClassChoice::kAll;
+    return c;
   }
-  if (k < 0 || k >= num_classes)
-    throw InputError("--class: expected a class index in [0, " + std::to_string(num_classes) + ") or 'all', got '" +
-                     classes + "'");
-  return torch::full({count}, k, torch::kLong);
+  c.kind = ClassChoice::kOne;
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == arg) c.index = static_cast<int64_t>(i);
+  if (c.index < 0) {
+    try {
+      size_t used = 0;
+      int64_t k = std::stoll(arg, &used);
+      if (used == arg.size()) c.index = k;
+    } catch (const std::logic_error&) {
+    }
+  }
+  if (c.index < 0 || c.index >= num_classes) {
+    std::string known;
+    for (size_t i = 0; i < names.size() && i < 20; ++i) known += (i ? ", " : "") + names[i];
+    throw InputError("--class: expected a class index in [0, " + std::to_string(num_classes) + ")" +
+                     (known.empty() ? "" : ", a class name (" + known + ")") + " or 'all', got '" + arg + "'");
+  }
+  return c;
+}
+
+// Labels for samples [first, first + count).
+torch::Tensor sample_labels(const ClassChoice& c, int64_t num_classes, int64_t first, int64_t count) {
+  if (c.kind == ClassChoice::kNone) return {};
+  if (c.kind == ClassChoice::kAll) return torch::arange(first, first + count, torch::kLong) % num_classes;
+  return torch::full({count}, c.index, torch::kLong);
 }
 
 std::string shard_path(const std::string& dir, int64_t first, int64_t count) {
@@ -60,47 +102,187 @@ std::string shard_path(const std::string& dir, int64_t first, int64_t count) {
   return dir + buf;
 }
 
+bool is_shard_file(const fs::path& p) {
+  const auto name = p.filename().string();
+  return name == "settings.json" || (name.rfind("shard_", 0) == 0 && p.extension() == ".npz");
+}
+
+// Finished batches only: a settings.json without shards (a run that failed before its first batch) holds no work.
+bool has_shards(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return false;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (is_shard_file(e.path()) && e.path().filename() != "settings.json") return true;
+  return false;
+}
+
+void remove_shards(const std::string& dir) {
+  std::error_code ec;
+  std::vector<fs::path> doomed;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (is_shard_file(e.path())) doomed.push_back(e.path());
+  for (const auto& p : doomed) std::remove(p.c_str());
+}
+
+// The option a stored setting comes from, for the message that refuses a resume.
+const char* option_of(const std::string& key) {
+  if (key.rfind("checkpoint", 0) == 0) return "--checkpoint";
+  if (key == "classes") return "--class/--classes";
+  if (key == "cfg_scale") return "--cfg-scale";
+  if (key == "time_grid") return "--time-grid";
+  static thread_local std::string opt;
+  opt = "--" + key;
+  return opt.c_str();
+}
+
+// A resume must continue the run its shards came from: every stored setting but the checkpoint's path (a moved file
+// with the same bytes is the same model) and the class's name must match.
+void check_resume(const std::string& settings_file, const nlohmann::json& now) {
+  std::ifstream f(settings_file);
+  if (!f)
+    throw InputError(settings_file + ": missing, so the settings of the shards beside it cannot be checked; start "
+                     "afresh with --overwrite");
+  nlohmann::json before;
+  try {
+    f >> before;
+  } catch (const nlohmann::json::exception&) {
+    throw file_error(settings_file, "not valid JSON; start afresh with --overwrite");
+  }
+  for (const auto& [key, value] : now.items()) {
+    if (key == "checkpoint" || key == "class_name") continue;
+    if (!before.contains(key) || before[key] != value)
+      throw InputError(std::string(option_of(key)) + ": --resume continues a run started with " + key + " = " +
+                       (before.contains(key) ? before[key].dump() : "(not recorded)") + ", this one has " +
+                       value.dump() + " (" + settings_file + "); resume with the same settings or start afresh with "
+                       "--overwrite");
+  }
+}
+
 }  // namespace
 
 SampleSummary run_sampling(const SampleOptions& o) {
+  const auto wall_t0 = std::chrono::steady_clock::now();
+  install_stop_handlers();
+  if (o.n < 1) throw InputError("--n: must be >= 1");
+  if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
+  if (o.resume && o.overwrite) throw InputError("--resume and --overwrite: choose one");
+
+  // The output directory's state is checked before the checkpoint is read: a run never starts only to find it
+  // would overwrite an earlier one.
+  const std::string shard_dir = o.out_dir + "/shards", settings_file = shard_dir + "/settings.json";
+  SampleSummary sum;
+  sum.npz = o.out_dir + "/samples.npz";
+  sum.png = o.out_dir + "/samples.png";
+  sum.json = o.out_dir + "/samples.json";
+  const bool shards = has_shards(shard_dir);
+  if (shards && !o.resume && !o.overwrite)
+    throw InputError(shard_dir + ": holds shards of an earlier run; pass --resume to continue it, --overwrite to "
+                     "start afresh, or choose another --out");
+  if (fs::exists(sum.npz) && !o.overwrite && !(o.resume && shards))
+    throw InputError(o.out_dir + ": holds samples.npz of an earlier run; pass --overwrite to replace it or choose "
+                     "another --out");
+  make_dirs(shard_dir);
+  if (::access(shard_dir.c_str(), W_OK) != 0) throw InputError("--out " + o.out_dir + ": not writable");
+  if (!o.png_dir.empty()) make_dirs(o.png_dir);
+
   const auto device = resolve_device(o.device);
   configure_backend(device);
   CheckpointReader ck(o.checkpoint, device);
   const auto& cfg = ck.config();
+  const bool toy = ck.sample_shape().size() == 1;
+  if (toy && !o.png_dir.empty()) throw InputError("--png-dir: only for image models");
+  const int64_t num_classes = cfg.model.type == "unet" ? cfg.model.unet.num_classes : 0;
+  const auto& names = ck.class_names();
+  const ClassChoice cls = parse_classes(o.classes, num_classes, names);
+  // Issue 10, bug 7: with class_dropout 0 the null label never saw training, so unconditional samples and guidance
+  // (which mixes in the null label's velocity) would be noise that looks like a result.
+  if (num_classes > 0 && cfg.model.unet.class_dropout == 0) {
+    if (cls.kind == ClassChoice::kNone)
+      throw InputError(o.checkpoint + ": trained with model.unet.class_dropout 0, so its null label (sampling "
+                       "without a class) is untrained; pass --class NAME|INDEX or --classes all");
+    if (o.cfg_scale != 0.0)
+      throw InputError("--cfg-scale: " + o.checkpoint + " was trained with model.unet.class_dropout 0, so guidance "
+                       "would mix in its untrained null label; pass --cfg-scale 0");
+  }
+  if (o.cfg_scale != 0.0 && cls.kind == ClassChoice::kNone)
+    spdlog::warn("--cfg-scale {} does nothing without --class or --classes", o.cfg_scale);
+  if (cls.kind == ClassChoice::kOne)
+    spdlog::info("class {}{}", cls.index,
+                 cls.index < static_cast<int64_t>(names.size()) ? " (" + names[cls.index] + ")" : std::string());
+  const SolveSettings solve = resolve_solve(cfg.sample, o.solve);
+  const bool adaptive = solve.solver == "dopri5";
+  spdlog::info("solver {}: {}", solve.solver,
+               adaptive ? fmt::format("atol {:g}, rtol {:g}", solve.atol, solve.rtol)
+                        : fmt::format("{} steps, {} time grid", solve.steps, solve.time_grid));
+
+  // What determines the samples; stored beside the shards (a resume must match it) and in samples.json.
+  nlohmann::json settings = {
+      {"checkpoint", o.checkpoint},
+      {"checkpoint_step", ck.step()},
+      {"checkpoint_bytes", static_cast<int64_t>(fs::file_size(o.checkpoint))},
+      {"checkpoint_crc32", file_crc32(o.checkpoint)},
+      {"weights", o.weights},
+      {"seed", o.seed},
+      {"n", o.n},
+      {"batch", o.batch},
+      {"solver", solve.solver},
+      {"steps", adaptive ? nlohmann::json(nullptr) : nlohmann::json(solve.steps)},
+      {"time_grid", adaptive ? nlohmann::json(nullptr) : nlohmann::json(solve.time_grid)},
+      {"atol", adaptive ? nlohmann::json(solve.atol) : nlohmann::json(nullptr)},
+      {"rtol", adaptive ? nlohmann::json(solve.rtol) : nlohmann::json(nullptr)},
+      {"classes", cls.kind == ClassChoice::kNone  ? nlohmann::json(nullptr)
+                  : cls.kind == ClassChoice::kAll ? nlohmann::json("all")
+                                                  : nlohmann::json(cls.index)},
+      {"class_name", cls.kind == ClassChoice::kOne && cls.index < static_cast<int64_t>(names.size())
+                         ? nlohmann::json(names[cls.index])
+                         : nlohmann::json(nullptr)},
+      {"cfg_scale", o.cfg_scale}};
+  if (o.resume && shards) {
+    check_resume(settings_file, settings);
+  } else {
+    if (shards) remove_shards(shard_dir);  // --overwrite
+    write_file_atomic(settings_file, settings.dump(2) + "\n");
+  }
+
   auto model = make_velocity_field(cfg.model, ck.sample_shape());
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
-  const bool toy = ck.sample_shape().size() == 1;
-  if (toy && !o.png_dir.empty()) throw InputError("--png-dir: only for image models");
-  sample_labels(o.classes, model->num_classes(), 0, 1);  // validate before any work
-  // Shards are written as batches finish, so an interrupted run of 50,000 samples loses at most one batch.
-  const std::string shard_dir = o.out_dir + "/shards";
-  make_dirs(shard_dir);
-  if (!o.png_dir.empty()) make_dirs(o.png_dir);
-  if (!o.resume && std::filesystem::directory_iterator(shard_dir) != std::filesystem::directory_iterator())
-    throw InputError(shard_dir + ": holds shards of an earlier run; pass --resume to continue it or choose another --out");
 
-  SampleSummary sum;
+  // Shards are written as batches finish, so an interrupted run of 50,000 samples loses at most one batch; each
+  // keeps its NFE so that the summary of a resumed run covers every batch.
   std::vector<torch::Tensor> outs, labels_out;
-  int64_t batches_run = 0;
+  double nfe_sum = 0;
+  int64_t batches = 0;
   Progress progress("sample", o.n, 0, 1);
   for (int64_t first = 0; first < o.n; first += o.batch) {
     int64_t count = std::min(o.batch, o.n - first);
-    auto labels = sample_labels(o.classes, model->num_classes(), first, count);
+    auto labels = sample_labels(cls, num_classes, first, count);
     std::string shard = shard_path(shard_dir, first, count);
     torch::Tensor x;
-    if (o.resume && std::filesystem::exists(shard)) {
-      x = read_npz(shard, {"arr_0"}).at("arr_0");
+    double nfe = 0;
+    if (o.resume && fs::exists(shard)) {
+      auto arrays = read_npz(shard);
+      if (!arrays.count("arr_0") || !arrays.count("nfe"))
+        throw file_error(shard, "not a shard of fm sample (needs arr_0 and nfe); start afresh with --overwrite");
+      x = arrays.at("arr_0");
+      nfe = arrays.at("nfe").item<double>();
     } else {
       auto x0 = sample_noise(o.seed, first, count, ck.sample_shape()).to(device);
-      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, o.solve, o.cfg_scale);
-      sum.mean_nfe += static_cast<double>(r.nfe);
-      sum.max_nfe = std::max(sum.max_nfe, static_cast<double>(r.nfe));
-      ++batches_run;
+      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, solve, o.cfg_scale);
+      nfe = static_cast<double>(r.nfe);
       x = toy ? r.x.to(torch::kCPU, torch::kFloat32) : to_uint8(r.x).permute({0, 2, 3, 1}).contiguous().cpu();
-      write_npz(shard, {{"arr_0", x}});
+      write_npz(shard, {{"arr_0", x}, {"nfe", torch::tensor(r.nfe, torch::kLong)}});
       progress.update(first + count, "nfe " + std::to_string(r.nfe));
+      if (stop_requested() && first + count < o.n) {
+        spdlog::info("stopped after {} of {} samples; the shards in {} stay, continue with --resume", first + count,
+                     o.n, shard_dir);
+        throw StopRequested{stop_signal()};
+      }
     }
+    nfe_sum += nfe;
+    sum.max_nfe = std::max(sum.max_nfe, nfe);
+    ++batches;
     for (int64_t i = 0; !o.png_dir.empty() && i < count; ++i) {
       char name[32];
       std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(first + i));
@@ -109,22 +291,30 @@ SampleSummary run_sampling(const SampleOptions& o) {
     outs.push_back(x);
     if (labels.defined()) labels_out.push_back(labels);
   }
-  sum.mean_nfe /= std::max<int64_t>(1, batches_run);
+  sum.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(1, batches));
   auto all = torch::cat(outs);
   sum.n = all.size(0);
-  sum.npz = o.out_dir + "/samples.npz";
   std::vector<std::pair<std::string, torch::Tensor>> arrays{{"arr_0", all}};
   if (!labels_out.empty()) arrays.emplace_back("arr_1", torch::cat(labels_out));  // as the ADM evaluator reads
   write_npz(sum.npz, arrays);
-  for (int64_t first = 0; first < o.n; first += o.batch) std::remove(shard_path(shard_dir, first, std::min(o.batch, o.n - first)).c_str());
-  ::rmdir(shard_dir.c_str());
-  sum.png = o.out_dir + "/samples.png";
   if (toy) {
     write_png(sum.png, scatter_panels({all}, kToyPlotLimit));
   } else {
-    int64_t shown = std::min<int64_t>(all.size(0), 100);
-    write_png(sum.png, make_grid(all.narrow(0, 0, shown), 10));
+    const int64_t shown = std::min(all.size(0), o.grid_n);
+    write_png(sum.png, make_grid(all.narrow(0, 0, shown),
+                                 grid_columns(shown, cls.kind == ClassChoice::kAll ? num_classes : 0)));
   }
+  sum.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_t0).count();
+  sum.record = settings;
+  sum.record["mean_nfe"] = sum.mean_nfe;
+  sum.record["max_nfe"] = sum.max_nfe;
+  sum.record["wall_s"] = sum.wall_s;  // this invocation's, resumed batches excluded
+  sum.record["device"] = device.str();
+  sum.record["fm_version"] = FM_VERSION;
+  sum.record["libtorch_version"] = TORCH_VERSION;
+  write_file_atomic(sum.json, sum.record.dump(2) + "\n");
+  remove_shards(shard_dir);
+  ::rmdir(shard_dir.c_str());
   return sum;
 }
 

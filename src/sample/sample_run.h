@@ -1,10 +1,22 @@
 #pragma once
-// `fm sample`: draw N samples from a checkpoint in batches and write them for tools (.npz) and people (PNG).
+// `fm sample`: draw N samples from a checkpoint in batches and write them for tools (.npz) and people (PNG), with a
+// record of how they were made (samples.json). Shards are kept as batches finish, so an interrupted or preempted run
+// continues with --resume; the settings are stored beside the shards and a resume with other settings is refused.
+#include <optional>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "sample/generate.h"
 
 namespace fm {
+
+// Solver options given on the command line; whatever is not given comes from the checkpoint's `sample` section.
+struct SolveOverrides {
+  std::optional<std::string> solver, time_grid;
+  std::optional<int64_t> steps;
+  std::optional<double> atol, rtol;
+};
 
 struct SampleOptions {
   std::string checkpoint;
@@ -14,20 +26,28 @@ struct SampleOptions {
   int64_t n = 1000;
   int64_t batch = 500;
   uint64_t seed = 0;
-  SolveSettings solve;
+  SolveOverrides solve;
   std::string png_dir;       // non-empty: also one PNG per image here
   bool resume = false;       // keep finished shards of an interrupted run in out_dir/shards
-  std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes) or a class index
+  bool overwrite = false;    // replace the samples or shards of an earlier run in out_dir
+  std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes), a class index or name
   double cfg_scale = 0.0;    // classifier-free guidance w: (1 + w) v(x|c) - w v(x)
+  int64_t grid_n = 64;       // images shown in samples.png
 };
 
 struct SampleSummary {
   int64_t n = 0;
-  double mean_nfe = 0, max_nfe = 0;
-  std::string npz, png;
+  double mean_nfe = 0, max_nfe = 0;  // per batch, over every batch of the run (resumed ones included)
+  double wall_s = 0;
+  std::string npz, png, json;
+  nlohmann::json record;  // what samples.json holds
 };
 
 SampleSummary run_sampling(const SampleOptions& o);
+
+// The solver settings of a run: the checkpoint's `sample` section with the given options on top. Warns about a given
+// option that does nothing with the resulting solver (--steps/--time-grid with dopri5, --atol/--rtol with fixed steps).
+SolveSettings resolve_solve(const SampleConfig& from_checkpoint, const SolveOverrides& given);
 
 // Noise for samples [first, first + count): the same sample index gets the same noise for a seed, whatever the batch
 // size, because noise is drawn in fixed chunks from generators seeded by (seed, chunk).

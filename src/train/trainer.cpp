@@ -107,6 +107,9 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   torch::manual_seed(static_cast<uint64_t>(cfg.seed));
   Dataset data = load_dataset(cfg.data, device);
   const auto shape = data.sample_shape();
+  if (!data.is_toy())
+    spdlog::info("data {}: {} images, {}{}", data.name, data.size(), describe_classes(data),
+                 data.subset.empty() ? "" : "; data.limit takes " + data.subset);
   check_data_fits_model(cfg, data);
   const bool fresh_epoch = ck && check_resume_data(*ck, cfg, data, shape);
 
@@ -166,7 +169,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   auto save = [&](int64_t s) {
     make_dirs(ckpt_dir);  // only now: a run that fails before its first checkpoint leaves no empty checkpoints/
     std::string p = ckpt_dir + "/" + checkpoint_name(s);
-    save_checkpoint(p, {&cfg, s, shape, data_id, model.get(), ema_model.get(), &optimizer, &sampler});
+    save_checkpoint(p, {&cfg, s, shape, data_id, model.get(), ema_model.get(), &optimizer, &sampler,
+                        data.class_names});
     prune_checkpoints(ckpt_dir, cfg.train.keep_last);  // only after the new one is safely written
     result.checkpoint = p;
   };
@@ -182,7 +186,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     torch::Tensor lab;
     if (model->num_classes() > 0)
       lab = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device)) % model->num_classes();
-    write_image_grid(file, generate(*ema_model, x0, lab, solve_settings(cfg.sample)).x);
+    write_image_grid(file, generate(*ema_model, x0, lab, solve_settings(cfg.sample)).x, model->num_classes());
   };
 
   while (step < last_step) {

@@ -22,6 +22,7 @@ void reset_stop_request();
 // Thrown by a loop that stopped on request after saving its state; the CLI maps it to kExitResumable.
 struct StopRequested {
   int signal = 0;
+  bool state_saved = true;  // false: the command keeps no partial state (eval-nll); a rerun starts over
 };
 
 }  // namespace fm
