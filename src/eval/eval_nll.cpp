@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "data/dataset.h"
+#include "data/eval_data.h"
 #include "data/toy2d.h"
 #include "io/file_util.h"
 #include "io/npy.h"
@@ -42,12 +43,6 @@ torch::Tensor chunked_draw(uint64_t seed, uint64_t stream, int64_t first, int64_
     parts.push_back(chunk.narrow(0, lo, hi - lo));
   }
   return torch::cat(parts);
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -83,11 +78,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   if (o.limit < 0) throw InputError("--limit: must be >= 0");
   if (o.dequant_samples < 1) throw InputError("--dequant-samples: must be >= 1");
   if (!(o.atol > 0) || !(o.rtol > 0)) throw InputError("--atol, --rtol: must be > 0");
-  DataConfig dcfg = parse_data_spec(o.data);
-  dcfg.split = o.split;
-  dcfg.hflip = false;
-  const bool toy_data = dcfg.format == "toy";
-  if (!toy_data) dcfg.limit = o.limit;
+  if (!o.data.empty()) parse_data_spec(o.data);
 
   const auto device = resolve_device(o.device);
   configure_backend(device);
@@ -100,10 +91,14 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   // Gradients are taken with respect to x only.
   for (auto& p : model->parameters()) p.requires_grad_(false);
 
+  // Without --data, the data the checkpoint was trained on (its test split where there is one).
+  const EvalData data = resolve_eval_data(o.data, ck.config().data, shape, o.split);
+  DataConfig dcfg = data.config;
+  const bool toy_data = dcfg.format == "toy";
+  if (!toy_data) dcfg.limit = o.limit;
+  spdlog::info("eval-nll data: {}", data.description);
   Dataset ds = load_dataset(dcfg, device);
-  if (ds.sample_shape() != shape)
-    throw InputError("--data " + o.data + ": samples of shape " + shape_str(ds.sample_shape()) + " but " +
-                     o.checkpoint + " was trained on " + shape_str(shape));
+  check_eval_data_shape(data, ds.sample_shape(), shape, o.checkpoint);
   if (toy_data && ck.config().data.format == "toy" && ck.config().data.path != dcfg.path)
     spdlog::warn("{} was trained on toy:{}, evaluating on toy:{}", o.checkpoint, ck.config().data.path, dcfg.path);
 
@@ -205,8 +200,9 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
             {"checkpoint", o.checkpoint},
             {"step", ck.step()},
             {"weights", o.weights},
-            {"data", o.data},
-            {"split", toy_data ? "" : o.split},
+            {"data", data.spec},
+            {"data_description", data.description},
+            {"split", dcfg.split},
             {"divergence", o.divergence},
             {"probe", hutch ? o.probe : ""},
             {"dequant_samples", toy_data ? 0 : o.dequant_samples},
