@@ -28,7 +28,8 @@ void add_eval_nll_command(CLI::App& app) {
       ->check(CLI::IsMember({"rademacher", "gaussian"}))
       ->capture_default_str();
   cmd->add_option("--dequant-samples", o->dequant_samples,
-                  "K > 1: importance-weighted bound over K uniform dequantisation draws (images)")
+                  "K > 1: importance-weighted bound over K uniform dequantisation draws (images), one "
+                  "Hutchinson probe shared by the K draws")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance")->check(CLI::PositiveNumber)->capture_default_str();
