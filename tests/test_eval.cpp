@@ -210,13 +210,17 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
   EXPECT_EQ(j["markdown"], re.out);
 
   // Without FID inputs: bits/dim and NFE, and the skip is said in the JSON and the table notes.
-  auto rk = run(fm_bin + " evaluate --checkpoint " + ckpt + " --num-samples 3 --batch 3 --nll-limit 3 --nll-batch 3" +
+  auto rk = run(fm_bin + " evaluate --checkpoint " + ckpt + " --num-samples 3 --batch 3 --nll-limit 3 --nll-batch 3 "
+                    "--fixed-steps 2" +
                     tol + " --samples-dir " + (dir / "eval_nofid") + " --out " + (dir / "nofid.json"), dir);
   ASSERT_EQ(rk.code, 0) << rk.err;
   auto k = read_json(dir / "nofid.json");
   EXPECT_FALSE(k["dopri5"].contains("fid"));
-  ASSERT_EQ(k["skipped"].size(), 1u);
+  EXPECT_GT(k["dopri5"]["mean_nfe"].get<double>(), 6);
+  EXPECT_TRUE(k["fixed"].empty());  // a fixed-step budget without FID is not sampled
+  ASSERT_EQ(k["skipped"].size(), 2u);
   EXPECT_EQ(k["skipped"][0].get<std::string>().rfind("FID: no --fid-ref", 0), 0u) << k["skipped"];
+  EXPECT_EQ(k["skipped"][1].get<std::string>().rfind("fixed-step FIDs", 0), 0u) << k["skipped"];
   EXPECT_NE(rk.out.find("- skipped: FID: no --fid-ref"), std::string::npos) << rk.out;
 
   // One FID input without the other is bad usage, before any work.

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "checkpoint/checkpoint.h"
+#include "data/dataset.h"
 #include "eval/eval_nll.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
@@ -53,6 +54,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     throw InputError("--fixed-solver '" + o.fixed_solver + "': expected euler, midpoint, heun or rk4");
   for (auto s : o.fixed_steps)
     if (s < 1) throw InputError("--fixed-steps: step counts must be >= 1, got " + std::to_string(s));
+  if (!o.data.empty()) parse_data_spec(o.data);
 
   std::vector<int64_t> shape;
   int64_t step = 0;
@@ -155,7 +157,9 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     j["dopri5"] = sample_setting(adaptive, "dopri5");
     save();
     j["fixed"] = nlohmann::json::array();
-    for (auto steps : o.fixed_steps) {
+    // A fixed-step budget's NFE is known in advance; without FID its samples would say nothing more.
+    if (!net && !o.fixed_steps.empty()) skip("fixed-step FIDs", "no FID to compute");
+    for (auto steps : net ? o.fixed_steps : std::vector<int64_t>{}) {
       SolveSettings fixed;
       fixed.solver = o.fixed_solver;
       fixed.steps = steps;
