@@ -13,8 +13,9 @@ void add_eval_nll_command(CLI::App& app) {
                   "8-bit images, NLL in nats for 2-D toys");
   auto o = std::make_shared<EvalNllOptions>();
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
-  cmd->add_option("--data", o->data, "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, toy:NAME")
-      ->required();
+  cmd->add_option("--data", o->data,
+                  "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, shapes:N, toy:NAME (default: the "
+                  "data the checkpoint was trained on; folder and shapes take the model's resolution)");
   cmd->add_option("--split", o->split, "train | test (cifar10, imagenet32)")
       ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
@@ -31,7 +32,8 @@ void add_eval_nll_command(CLI::App& app) {
       ->check(CLI::IsMember({"rademacher", "gaussian"}))
       ->capture_default_str();
   cmd->add_option("--dequant-samples", o->dequant_samples,
-                  "K > 1: importance-weighted bound over K uniform dequantisation draws (images)")
+                  "K > 1: importance-weighted bound over K uniform dequantisation draws (images), one "
+                  "Hutchinson probe shared by the K draws")
       ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance")->check(greater_than(0))->capture_default_str();

@@ -9,7 +9,9 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
+#include "data/eval_data.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
@@ -86,6 +88,19 @@ FidSource classify(const std::string& arg) {
   return s;
 }
 
+// fid-features' set: --images as given, or the data --checkpoint was trained on (see data/eval_data.h).
+DataConfig images_for_features(const std::string& images, const std::string& checkpoint, const std::string& split) {
+  if (checkpoint.empty()) {
+    if (images.empty()) throw InputError("fid-features: --images or --checkpoint is needed");
+    return parse_data_spec(images);
+  }
+  CheckpointReader ck(checkpoint, torch::kCPU);
+  auto data = resolve_eval_data(images, ck.config().data, ck.sample_shape(), split);
+  if (data.config.format == "toy") throw InputError(checkpoint + ": trained on " + data.spec + "; FID needs images");
+  spdlog::info("fid-features data: {}", data.description);
+  return data.config;
+}
+
 nlohmann::json count_json(int64_t n) { return n >= 0 ? nlohmann::json(n) : nlohmann::json(nullptr); }
 
 }  // namespace
@@ -99,15 +114,20 @@ void add_fid_commands(CLI::App& app) {
     auto save_features = std::make_shared<std::string>();
     cmd->add_option("--weights", o->weights, "FID Inception weights (.npz from scripts/export_fid_inception.py)")
         ->required();
-    cmd->add_option("--images", *images, "data spec: cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE")->required();
+    auto checkpoint = std::make_shared<std::string>();
+    cmd->add_option("--images", *images,
+                    "data spec: cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE, shapes:N (default with "
+                    "--checkpoint: the data it was trained on)");
+    cmd->add_option("--checkpoint", *checkpoint,
+                    "take the data (without --images) or the resolution of folder/shapes sets from this checkpoint");
     cmd->add_option("--out", *out,
                     "statistics .npz to write (mu, sigma as pytorch-fid; n), and beside it a .json of their provenance")
         ->required();
     cmd->add_option("--save-features", *save_features, "also write every image's 2048 features (.npy, float32)");
     add_common(cmd, *o);
-    cmd->callback([o, images, out, save_features] {
+    cmd->callback([o, images, checkpoint, out, save_features] {
       auto device = resolve_device(o->device);
-      auto spec = parse_data_spec(*images);
+      auto spec = images_for_features(*images, *checkpoint, o->split);
       // Every output is checked (its directory created) before the features are computed.
       const std::string record_path = provenance_path(*out);
       prepare_output_file(*out, "--out");
@@ -121,8 +141,8 @@ void add_fid_commands(CLI::App& app) {
       auto r = compute_fid_features(net, ds.images, fo);
       write_fid_stats(*out, r.stats);
       if (fo.keep_features) write_npy(*save_features, r.features);
-      nlohmann::json record = {{"images", *images},
-                               {"split", spec.format == "cifar10" || spec.format == "imagenet32"
+      nlohmann::json record = {{"images", spec.format + ":" + spec.path},
+                               {"split", has_splits(spec.format)
                                              ? nlohmann::json(o->split)
                                              : nlohmann::json(nullptr)},
                                {"n", r.stats.n},

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "data/dataset.h"
+#include "data/eval_data.h"
 #include "data/toy2d.h"
 #include "io/file_util.h"
 #include "io/npy.h"
@@ -45,12 +46,6 @@ torch::Tensor chunked_draw(uint64_t seed, uint64_t stream, int64_t first, int64_
   return torch::cat(parts);
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -84,14 +79,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   if (o.limit < 0) throw InputError("--limit: must be >= 0");
   if (o.dequant_samples < 1) throw InputError("--dequant-samples: must be >= 1");
   if (!(o.atol > 0) || !(o.rtol > 0)) throw InputError("--atol, --rtol: must be > 0");
-  DataConfig dcfg = parse_data_spec(o.data);
-  dcfg.split = o.split;
-  dcfg.hflip = false;
-  const bool toy_data = dcfg.format == "toy";
-  if (!toy_data) dcfg.limit = o.limit;
-  const bool has_split = dcfg.format == "cifar10" || dcfg.format == "imagenet32";
-  if (toy_data && o.dequant_samples > 1)
-    spdlog::warn("--dequant-samples {} does nothing for 2-D points, which are not quantised", o.dequant_samples);
+  if (!o.data.empty()) parse_data_spec(o.data);
   // Outputs are checked before the work (their directories created), so a long evaluation never fails at the end.
   if (!o.out.empty()) prepare_output_file(o.out, "--out");
   if (!o.per_image.empty()) prepare_output_file(o.per_image, "--per-image");
@@ -115,10 +103,17 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   // Gradients are taken with respect to x only.
   for (auto& p : model->parameters()) p.requires_grad_(false);
 
+  // Without --data, the data the checkpoint was trained on (its test split where there is one).
+  const EvalData data = resolve_eval_data(o.data, ck.config().data, shape, o.split);
+  DataConfig dcfg = data.config;
+  const bool toy_data = dcfg.format == "toy";
+  if (!toy_data) dcfg.limit = o.limit;
+  const bool has_split = dcfg.format == "cifar10" || dcfg.format == "imagenet32";
+  if (toy_data && o.dequant_samples > 1)
+    spdlog::warn("--dequant-samples {} does nothing for 2-D points, which are not quantised", o.dequant_samples);
   Dataset ds = load_dataset(dcfg, device);
-  if (ds.sample_shape() != shape)
-    throw InputError("--data " + o.data + ": samples of shape " + shape_str(ds.sample_shape()) + " but " +
-                     o.checkpoint + " was trained on " + shape_str(shape));
+  check_eval_data_shape(data, ds.sample_shape(), shape, o.checkpoint);
+  spdlog::info("eval-nll data: {}", data.description);
   if (toy_data && ck.config().data.format == "toy" && ck.config().data.path != dcfg.path)
     spdlog::warn("{} was trained on toy:{}, evaluating on toy:{}", o.checkpoint, ck.config().data.path, dcfg.path);
 
@@ -136,7 +131,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   } else {
     n = ds.size();
     if (n == 0)
-      throw InputError("--data " + o.data + ": no images" + (has_split ? " in split '" + o.split + "'" : ""));
+      throw InputError("--data " + data.spec + ": no images" + (has_split ? " in split '" + dcfg.split + "'" : ""));
     if (!ds.subset.empty()) spdlog::info("--limit {}: {}", o.limit, ds.subset);
   }
   const int64_t dims = [&] {
@@ -170,6 +165,12 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   for (int64_t first = 0; first < n; first += o.batch) {
     const int64_t count = std::min(o.batch, n - first);
     std::vector<torch::Tensor> log_ps;
+    // One probe per item, shared by its K dequantisation draws. Hutchinson's estimate of each draw's log p is unbiased,
+    // but log-mean-exp is convex: independent probe noise in the K terms raises the mean (Jensen) and makes the
+    // importance-weighted "bound" optimistic. With one probe the K terms carry nearly the same noise, which passes
+    // through log-mean-exp unchanged and averages out over items (measured in the README).
+    torch::Tensor e;
+    if (hutch) e = chunked_draw(o.seed, 3, first, count, shape, probe_draw).to(device);
     for (int64_t k = 0; k < draws; ++k) {
       torch::Tensor x;
       if (toy_data) {
@@ -178,8 +179,6 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
         auto u = chunked_draw(o.seed, 2 + 2 * k, first, count, shape, uniform_draw).to(device);
         x = dequantize(ds.images.narrow(0, first, count), u);
       }
-      torch::Tensor e;
-      if (hutch) e = chunked_draw(o.seed, 3 + 2 * k, first, count, shape, probe_draw).to(device);
       auto r = log_likelihood(vf, x, lo, e);
       log_ps.push_back(r.log_p);
       nfe_sum += static_cast<double>(r.nfe);
@@ -227,7 +226,8 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
             {"checkpoint_crc32", file_crc32(o.checkpoint)},
             {"step", ck.step()},
             {"weights", o.weights},
-            {"data", o.data},
+            {"data", data.spec},
+            {"data_description", data.description},
             {"subset", toy_data         ? std::to_string(n) + " points drawn from the seed"
                        : ds.subset.empty() ? std::string("all")
                                            : ds.subset},
@@ -240,7 +240,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
             {"device", device.str()},
             {"fm_version", FM_VERSION},
             {"libtorch_version", TORCH_VERSION}};
-  if (has_split) s.json["split"] = o.split;
+  if (has_split) s.json["split"] = dcfg.split;
   if (!o.out.empty()) write_file_atomic(o.out, s.json.dump(2) + "\n");
   if (!o.per_image.empty()) write_per_item(o.per_image, s.per_item);
   return s;

@@ -11,7 +11,7 @@ namespace fm {
 
 struct EvalNllOptions {
   std::string checkpoint;
-  std::string data;               // a data spec: cifar10:DIR, toy:NAME, ...
+  std::string data;               // a data spec: cifar10:DIR, toy:NAME, ... ("" = the checkpoint's training data)
   std::string split = "test";
   int64_t limit = 0;              // images: the first N (0 = all); toys: points drawn (0 = 1000)
   int64_t batch = 256;

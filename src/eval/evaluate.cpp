@@ -1,0 +1,228 @@
+#include "eval/evaluate.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+
+#include "checkpoint/checkpoint.h"
+#include "data/dataset.h"
+#include "eval/eval_nll.h"
+#include "fid/fid_stats.h"
+#include "fid/frechet.h"
+#include "fid/inception.h"
+#include "io/file_util.h"
+#include "io/npy.h"
+#include "sample/sample_run.h"
+#include "util/device.h"
+#include "util/error.h"
+
+namespace fm {
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// The FID of a samples.npz (arr_0 uint8 N x H x W x C, as run_sampling writes) against reference statistics.
+double fid_of_samples(const std::string& npz, FidInception& net, const FidStats& ref, int64_t batch) {
+  auto images = read_npz(npz, {"arr_0"}).at("arr_0").permute({0, 3, 1, 2}).contiguous();
+  FeatureOptions fo;
+  fo.batch = batch;
+  auto stats = compute_fid_features(net, images, fo).stats;
+  return frechet_distance(stats, ref).distance;
+}
+
+std::string fixed_label(const nlohmann::json& s) {
+  return "FID " + s["solver"].get<std::string>() + " " + std::to_string(s["steps"].get<int64_t>());
+}
+
+}  // namespace
+
+EvaluateResult run_evaluate(const EvaluateOptions& o) {
+  // Cheap checks first: a bad argument fails before hours of work.
+  if (o.fid_ref.empty() != o.fid_weights.empty())
+    throw InputError(std::string(o.fid_ref.empty() ? "--fid-weights" : "--fid-ref") + " given without " +
+                     (o.fid_ref.empty() ? "--fid-ref" : "--fid-weights") + ": FID needs both");
+  if (o.num_samples < 0) throw InputError("--num-samples: must be >= 0");
+  if (o.batch < 1 || o.fid_batch < 1 || o.nll_batch < 1) throw InputError("--batch, --fid-batch, --nll-batch: must be >= 1");
+  if (o.fixed_solver != "euler" && o.fixed_solver != "midpoint" && o.fixed_solver != "heun" && o.fixed_solver != "rk4")
+    throw InputError("--fixed-solver '" + o.fixed_solver + "': expected euler, midpoint, heun or rk4");
+  for (auto s : o.fixed_steps)
+    if (s < 1) throw InputError("--fixed-steps: step counts must be >= 1, got " + std::to_string(s));
+  if (!o.data.empty()) parse_data_spec(o.data);
+
+  std::vector<int64_t> shape;
+  int64_t step = 0;
+  {
+    CheckpointReader ck(o.checkpoint, torch::kCPU);
+    shape = ck.sample_shape();
+    step = ck.step();
+  }
+  const bool toy = shape.size() == 1;
+  const auto device = resolve_device(o.device);
+
+  nlohmann::json j = {{"checkpoint", o.checkpoint}, {"step", step},  {"weights", o.weights},
+                      {"device", device.str()},     {"seed", o.seed}, {"skipped", nlohmann::json::array()}};
+  auto skip = [&](const std::string& what, const std::string& why) {
+    spdlog::warn("evaluate: {} skipped: {}", what, why);
+    j["skipped"].push_back(what + ": " + why);
+  };
+  auto save = [&] {
+    if (!o.out.empty()) write_file_atomic(o.out, j.dump(2) + "\n");
+  };
+
+  // FID inputs are read before any long computation, so a bad file fails at once.
+  std::optional<FidStats> ref;
+  std::optional<FidInception> net;
+  if (o.num_samples > 0) {
+    if (o.fid_ref.empty()) {
+      skip("FID", "no --fid-ref and --fid-weights (the samples are kept; fm fid SAMPLES.npz STATS --weights W gives it later)");
+    } else if (toy) {
+      skip("FID", "a 2-D model; FID needs images");
+    } else if (o.num_samples < 2) {
+      throw InputError("--num-samples: FID needs at least 2 samples");
+    } else {
+      ref = read_fid_stats(o.fid_ref);
+      net = load_fid_inception(o.fid_weights, device);
+    }
+  } else {
+    skip("samples", "--num-samples 0 (no FID, no sampling NFE)");
+  }
+
+  if (o.nll) {
+    EvalNllOptions e;
+    e.checkpoint = o.checkpoint;
+    e.data = o.data;
+    e.split = o.split;
+    e.limit = o.nll_limit;
+    e.batch = o.nll_batch;
+    e.divergence = "hutchinson";
+    e.probe = o.probe;
+    e.dequant_samples = o.dequant_samples;
+    e.atol = o.atol;
+    e.rtol = o.rtol;
+    e.seed = o.seed;
+    e.weights = o.weights;
+    e.device = o.device;
+    auto s = run_eval_nll(e);
+    j["nll"] = s.json;
+    spdlog::info("evaluate: {} = {:.4f} +- {:.4f} over {} items of {}, mean NFE {:.1f}",
+                 s.metric == "bits_per_dim" ? "bits/dim" : "NLL (nats)", s.mean, s.stderr_mean, s.n,
+                 s.json.value("data_description", std::string()), s.mean_nfe);
+    save();
+  } else {
+    skip("NLL", "--no-nll");
+  }
+
+  // One sampling run per setting, through fm sample's own code; its samples.npz stays for other tools.
+  auto sample_setting = [&](const SolveSettings& solve, const std::string& name) {
+    SampleOptions so;
+    so.checkpoint = o.checkpoint;
+    so.out_dir = o.samples_dir + "/" + name;
+    so.weights = o.weights;
+    so.device = o.device;
+    so.n = o.num_samples;
+    so.batch = o.batch;
+    so.seed = o.seed;
+    so.solve = solve;
+    so.resume = o.resume;
+    auto s = run_sampling(so);
+    nlohmann::json r = {{"solver", solve.solver}, {"n", s.n},          {"batch", o.batch},
+                        {"mean_nfe", s.mean_nfe}, {"max_nfe", s.max_nfe}, {"samples", s.npz}};
+    if (solve.solver == "dopri5") {
+      r["atol"] = solve.atol;
+      r["rtol"] = solve.rtol;
+    } else {
+      r["steps"] = solve.steps;
+      r["time_grid"] = solve.time_grid;
+    }
+    if (net) {
+      r["fid"] = fid_of_samples(s.npz, *net, *ref, o.fid_batch);
+      r["fid_ref"] = o.fid_ref;
+      spdlog::info("evaluate: FID {:.4f} of {} samples by {} (mean NFE {:.1f})", r["fid"].get<double>(), s.n, name,
+                   s.mean_nfe);
+    }
+    return r;
+  };
+  if (o.num_samples > 0) {
+    SolveSettings adaptive;
+    adaptive.solver = "dopri5";
+    adaptive.atol = o.atol;
+    adaptive.rtol = o.rtol;
+    j["dopri5"] = sample_setting(adaptive, "dopri5");
+    save();
+    j["fixed"] = nlohmann::json::array();
+    // A fixed-step budget's NFE is known in advance; without FID its samples would say nothing more.
+    if (!net && !o.fixed_steps.empty()) skip("fixed-step FIDs", "no FID to compute");
+    for (auto steps : net ? o.fixed_steps : std::vector<int64_t>{}) {
+      SolveSettings fixed;
+      fixed.solver = o.fixed_solver;
+      fixed.steps = steps;
+      j["fixed"].push_back(sample_setting(fixed, o.fixed_solver + "_" + std::to_string(steps)));
+      save();
+    }
+  }
+
+  EvaluateResult r;
+  r.markdown = evaluate_markdown(j);
+  j["markdown"] = r.markdown;
+  save();
+  r.json = j;
+  return r;
+}
+
+std::string evaluate_markdown(const nlohmann::json& j) {
+  const bool has_nll = j.contains("nll"), has_samples = j.contains("dopri5");
+  const bool nats = has_nll && j["nll"]["metric"] == "nll_nats";
+  std::string head = "| Checkpoint | " + std::string(nats ? "NLL (nats)" : "NLL (bits/dim)") + " | FID | NFE |";
+  std::string sep = "|---|---:|---:|---:|";
+  std::string row = "| " + std::filesystem::path(j["checkpoint"].get<std::string>()).filename().string() + " (step " +
+                    std::to_string(j["step"].get<int64_t>()) + ") | ";
+  row += has_nll ? fmt("%.2f", j["nll"]["mean"].get<double>()) : "-";
+  row += " | ";
+  row += has_samples && j["dopri5"].contains("fid") ? fmt("%.2f", j["dopri5"]["fid"].get<double>()) : "-";
+  row += " | ";
+  row += has_samples ? fmt("%.0f", j["dopri5"]["mean_nfe"].get<double>()) : "-";
+  row += " |";
+  if (j.contains("fixed"))
+    for (const auto& f : j["fixed"]) {
+      head += " " + fixed_label(f) + " |";
+      sep += "---:|";
+      row += " " + (f.contains("fid") ? fmt("%.2f", f["fid"].get<double>()) : std::string("-")) + " |";
+    }
+  std::string md = head + "\n" + sep + "\n" + row + "\n\n";
+  if (has_nll) {
+    const auto& n = j["nll"];
+    md += "- NLL: " + fmt("%.4f", n["mean"].get<double>()) + " +- " + fmt("%.4f", n["stderr"].get<double>()) +
+          " (standard error) over " + std::to_string(n["n"].get<int64_t>()) + " items of " +
+          n.value("data_description", n["data"].get<std::string>()) + "; dopri5 atol " +
+          fmt("%g", n["atol"].get<double>()) + " rtol " + fmt("%g", n["rtol"].get<double>()) + ", Hutchinson (" +
+          n["probe"].get<std::string>() + " probe)" +
+          (nats ? "" : ", K = " + std::to_string(n["dequant_samples"].get<int64_t>()) + " dequantisation draw(s)") +
+          ", mean NFE " + fmt("%.1f", n["mean_nfe"].get<double>()) + "\n";
+  }
+  auto sample_line = [&](const nlohmann::json& s, const std::string& label) {
+    std::string line = "- " + label + ": " + std::to_string(s["n"].get<int64_t>()) + " samples by " +
+                       s["solver"].get<std::string>();
+    if (s.contains("atol"))
+      line += " atol " + fmt("%g", s["atol"].get<double>()) + " rtol " + fmt("%g", s["rtol"].get<double>());
+    else
+      line += ", " + std::to_string(s["steps"].get<int64_t>()) + " steps (" + s["time_grid"].get<std::string>() + " grid)";
+    line += ", seed " + std::to_string(j["seed"].get<uint64_t>()) + ", mean NFE " +
+            fmt("%.1f", s["mean_nfe"].get<double>()) + " per batch of " + std::to_string(s["batch"].get<int64_t>());
+    line += s.contains("fid") ? ", against " + s["fid_ref"].get<std::string>() : ", FID not computed";
+    return line + "; samples in " + s["samples"].get<std::string>() + "\n";
+  };
+  if (has_samples) md += sample_line(j["dopri5"], "FID, NFE");
+  if (j.contains("fixed"))
+    for (const auto& f : j["fixed"]) md += sample_line(f, fixed_label(f));
+  for (const auto& s : j["skipped"]) md += "- skipped: " + s.get<std::string>() + "\n";
+  return md;
+}
+
+}  // namespace fm

@@ -1,0 +1,51 @@
+#pragma once
+// `fm evaluate`: one row of the paper's Table 1 for a checkpoint, with the paper's protocol (Lipman et al. 2022,
+// section 6.1): bits/dim of the test split by dopri5 with Hutchinson's estimator; FID of N samples drawn by dopri5
+// (noise at t=0 integrated to data at t=1) at atol = rtol = 1e-5, with its mean NFE; and FID at fixed-step budgets.
+// It calls the library functions behind `fm eval-nll`, `fm sample` and `fm fid`, so each figure is the one those
+// commands give with the same settings.
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fm {
+
+struct EvaluateOptions {
+  std::string checkpoint;
+  std::string data;          // NLL data spec ("" = the data the checkpoint was trained on)
+  std::string fid_ref;       // FID reference statistics (.npz, mu and sigma as pytorch-fid writes)
+  std::string fid_weights;   // FID Inception weights (.npz from scripts/export_fid_inception.py)
+  // Bits/dim.
+  bool nll = true;
+  std::string split = "test";
+  int64_t nll_limit = 0;     // the first N test images (0 = all)
+  int64_t nll_batch = 256;
+  std::string probe = "rademacher";
+  int64_t dequant_samples = 1;
+  // Samples.
+  int64_t num_samples = 50000;  // 0: no samples (no FID, no NFE)
+  int64_t batch = 500;          // samples per ODE solve (the adaptive steps are shared within a batch)
+  int64_t fid_batch = 50;       // images per Inception pass
+  double atol = 1e-5, rtol = 1e-5;  // dopri5, for both the likelihood and the samples
+  std::vector<int64_t> fixed_steps;  // extra FIDs at these step counts of `fixed_solver`
+  std::string fixed_solver = "euler";
+  std::string samples_dir = "evaluate_samples";  // samples of each setting in a subfolder (samples.npz, as fm sample)
+  bool resume = false;       // keep finished sample shards of an interrupted run
+  uint64_t seed = 0;
+  std::string weights = "ema";
+  std::string device = "auto";
+  std::string out;           // JSON results ("" = none); rewritten after each figure
+};
+
+struct EvaluateResult {
+  nlohmann::json json;        // every figure with its settings, and what was skipped and why
+  std::string markdown;       // the table row with its header and a line of settings per figure
+};
+
+EvaluateResult run_evaluate(const EvaluateOptions& o);
+
+// The Markdown table (header, separator, one row) and the settings lines, from run_evaluate's JSON.
+std::string evaluate_markdown(const nlohmann::json& j);
+
+}  // namespace fm
