@@ -129,7 +129,15 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     so.n = o.num_samples;
     so.batch = o.batch;
     so.seed = o.seed;
-    so.solve = solve;
+    // Only the settings that apply to the solver, so that fm sample warns about nothing it would ignore.
+    so.solve.solver = solve.solver;
+    if (solve.solver == "dopri5") {
+      so.solve.atol = solve.atol;
+      so.solve.rtol = solve.rtol;
+    } else {
+      so.solve.steps = solve.steps;
+      so.solve.time_grid = solve.time_grid;
+    }
     so.resume = o.resume;
     auto s = run_sampling(so);
     nlohmann::json r = {{"solver", solve.solver}, {"n", s.n},          {"batch", o.batch},
