@@ -552,45 +552,47 @@ TEST(DataShapes, TwoColourFractionSeparatesShapesFromNoiseAndBlur) {
 
 TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   auto cfg = parse_data_spec("shapes:12");
-  auto ds = load_dataset(cfg, torch::kCPU);
+  auto ds = load_dataset(cfg, fm::test::device());
   ASSERT_EQ(ds.images.sizes(), (std::vector<int64_t>{12, 3, 32, 32}));
+  EXPECT_EQ(ds.images.device(), fm::test::device());
   EXPECT_EQ(ds.num_classes, 3);
   auto ref = make_shapes(12, 32, 0);
-  EXPECT_TRUE(torch::equal(ds.images, ref.images));
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), ref.images));
 
   cfg.resolution = 16;
   cfg.limit = 5;
-  ds = load_dataset(cfg, torch::kCPU);
+  ds = load_dataset(cfg, fm::test::device());
   ref = make_shapes(12, 16, 0);
-  EXPECT_TRUE(torch::equal(ds.images, ref.images.narrow(0, 0, 5)));
-  EXPECT_TRUE(torch::equal(ds.labels, ref.labels.narrow(0, 0, 5)));
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), ref.images.narrow(0, 0, 5)));
+  EXPECT_TRUE(torch::equal(ds.labels.cpu(), ref.labels.narrow(0, 0, 5)));
 
   cfg.path = "";
   cfg.size = 7;
   cfg.limit = 0;
-  EXPECT_EQ(load_dataset(cfg, torch::kCPU).size(), 7);
+  EXPECT_EQ(load_dataset(cfg, fm::test::device()).size(), 7);
   cfg.path = "checkerboard";
-  EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "shapes takes an image count");
+  EXPECT_HAS(input_error([&] { load_dataset(cfg, fm::test::device()); }), "shapes takes an image count");
 
   TempDir tmp;
   write_cifar(tmp.str());
   cfg = parse_data_spec("cifar10:" + tmp.str());
   cfg.limit = 3;
-  ds = load_dataset(cfg, torch::kCPU);
-  EXPECT_TRUE(torch::equal(ds.images, expected_cifar(0, 3)));
-  EXPECT_TRUE(torch::equal(ds.labels, (torch::arange(3) * 3 + 1) % 10));
+  ds = load_dataset(cfg, fm::test::device());
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), expected_cifar(0, 3)));
+  EXPECT_TRUE(torch::equal(ds.labels.cpu(), (torch::arange(3) * 3 + 1) % 10));
   cfg.resolution = 64;
-  EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "data.resolution");
+  EXPECT_HAS(input_error([&] { load_dataset(cfg, fm::test::device()); }), "data.resolution");
 }
 
 TEST(DataBatchSampler, ImageBatchesInRangeAndExactFlips) {
   torch::manual_seed(0);
   const int64_t n = 40;
   Dataset ds;
-  ds.images = torch::randint(0, 256, {n, 3, 4, 5}, torch::kLong).to(torch::kUInt8);
+  ds.device = fm::test::device();
+  ds.images = torch::randint(0, 256, {n, 3, 4, 5}, torch::kLong).to(ds.device, torch::kUInt8);
   ds.images[0].fill_(0);
   ds.images[1].fill_(255);
-  ds.labels = torch::arange(n);  // each image's own index, to find its source
+  ds.labels = torch::arange(n, fm::test::opts(torch::kLong));  // each image's own index, to find its source
   ds.num_classes = n;
 
   for (bool hflip : {true, false}) {
