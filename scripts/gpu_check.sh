@@ -119,7 +119,8 @@ else
       build_ok=0
       detail="$detail; system headers used: $(echo "$leaks" | head -3 | tr '\n' ' ')"
     else
-      detail="$detail; no header of theirs from /usr/include"
+      staged=$(ninja -C "$BUILD" -t deps 2>/dev/null | grep -c "/.stage/usr/include/")
+      detail="$detail; $staged header uses from .stage, none of theirs from /usr/include"
     fi
     ldd "$BUILD/fm" > "$LOGS/ldd_fm.txt" 2>&1
     if grep -q 'not found' "$LOGS/ldd_fm.txt"; then
