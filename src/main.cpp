@@ -22,7 +22,7 @@ void print_version() {
   if (cuda) std::cout << " (" << torch::cuda::device_count() << " device(s))";
   std::cout << "\ncuDNN available: " << (torch::cuda::cudnn_is_available() ? "yes" : "no") << "\n";
   for (int64_t i = 0; cuda && i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
-    std::cout << "  cuda:" << i << " " << device_name(i) << "\n";
+    std::cout << "  cuda:" << i << " " << cuda_device_summary(i) << "\n";
 }
 }  // namespace fm
 

@@ -73,11 +73,12 @@ TEST(Cli, ConfigPrintsTheResolvedConfig) {
 TEST(Cli, TrainThenSampleWritesNpzAndPng) {
   TempDir d;
   auto r = run(fm_cmd("train --config " + fm::test::source_dir() +
-                      "/configs/toy2d.json --set train.steps=20 train.log_every=10 sample.n=100 --device cpu --out " +
+                      "/configs/toy2d.json --set train.steps=20 train.log_every=10 sample.n=100" +
+                      fm::test::device_flag() + " --out " +
                       d / "run"));
   ASSERT_EQ(r.code, 0) << r.output;
   auto s = run(fm_cmd("sample --checkpoint " + d / "run/checkpoints/ckpt_000000020.pt" +
-                      " --n 300 --batch 128 --solver heun --steps 10 --out " + d / "s"));
+                      " --n 300 --batch 128 --solver heun --steps 10" + fm::test::device_flag() + " --out " + d / "s"));
   ASSERT_EQ(s.code, 0) << s.output;
   auto py = run(fm::test::python() + " -c \"import numpy as np; a = np.load('" + d / "s/samples.npz" +
                 "')['arr_0']; print(a.dtype, a.shape)\"");

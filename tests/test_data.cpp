@@ -583,11 +583,12 @@ TEST(DataShapes, TwoColourFractionSeparatesShapesFromNoiseAndBlur) {
 
 TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   auto cfg = parse_data_spec("shapes:12");
-  auto ds = load_dataset(cfg, torch::kCPU);
+  auto ds = load_dataset(cfg, fm::test::device());
   ASSERT_EQ(ds.images.sizes(), (std::vector<int64_t>{12, 3, 32, 32}));
+  EXPECT_EQ(ds.images.device(), fm::test::device());
   EXPECT_EQ(ds.num_classes, 3);
   auto ref = make_shapes(12, 32, 0);
-  EXPECT_TRUE(torch::equal(ds.images, ref.images));
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), ref.images));
 
   EXPECT_EQ(ds.class_names, (std::vector<std::string>{"circle", "square", "triangle"}));  // ShapeKind's order
   EXPECT_EQ(kShapeCircle, 0);
@@ -595,44 +596,45 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
 
   cfg.resolution = 16;
   cfg.limit = 5;
-  ds = load_dataset(cfg, torch::kCPU);
+  ds = load_dataset(cfg, fm::test::device());
   ref = make_shapes(12, 16, 0);
   auto idx = torch::tensor({0, 2, 4, 7, 9}, torch::kLong);  // floor(i * 12 / 5)
-  EXPECT_TRUE(torch::equal(ds.images, ref.images.index_select(0, idx)));
-  EXPECT_TRUE(torch::equal(ds.labels, ref.labels.index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), ref.images.index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(ds.labels.cpu(), ref.labels.index_select(0, idx)));
   EXPECT_NE(ds.subset.find("5 of 12"), std::string::npos) << ds.subset;
 
   cfg.path = "";
   cfg.size = 7;
   cfg.limit = 0;
-  EXPECT_EQ(load_dataset(cfg, torch::kCPU).size(), 7);
+  EXPECT_EQ(load_dataset(cfg, fm::test::device()).size(), 7);
   cfg.path = "checkerboard";
-  EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "shapes takes an image count");
+  EXPECT_HAS(input_error([&] { load_dataset(cfg, fm::test::device()); }), "shapes takes an image count");
 
   TempDir tmp;
   write_cifar(tmp.str());
   cfg = parse_data_spec("cifar10:" + tmp.str());
   cfg.limit = 3;
-  ds = load_dataset(cfg, torch::kCPU);
+  ds = load_dataset(cfg, fm::test::device());
   idx = torch::tensor({0, 3, 6}, torch::kLong);  // floor(i * 10 / 3)
-  EXPECT_TRUE(torch::equal(ds.images, expected_cifar(0, 10).index_select(0, idx)));
-  EXPECT_TRUE(torch::equal(ds.labels, (idx * 3 + 1) % 10));
+  EXPECT_TRUE(torch::equal(ds.images.cpu(), expected_cifar(0, 10).index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(ds.labels.cpu(), (idx * 3 + 1) % 10));
   ASSERT_EQ(ds.class_names.size(), 10u);  // torchvision's CIFAR10.classes
   EXPECT_EQ(ds.class_names[0], "airplane");
   EXPECT_EQ(ds.class_names[3], "cat");
   EXPECT_EQ(ds.class_names[9], "truck");
   cfg.resolution = 64;
-  EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "data.resolution");
+  EXPECT_HAS(input_error([&] { load_dataset(cfg, fm::test::device()); }), "data.resolution");
 }
 
 TEST(DataBatchSampler, ImageBatchesInRangeAndExactFlips) {
   torch::manual_seed(0);
   const int64_t n = 40;
   Dataset ds;
-  ds.images = torch::randint(0, 256, {n, 3, 4, 5}, torch::kLong).to(torch::kUInt8);
+  ds.device = fm::test::device();
+  ds.images = torch::randint(0, 256, {n, 3, 4, 5}, torch::kLong).to(ds.device, torch::kUInt8);
   ds.images[0].fill_(0);
   ds.images[1].fill_(255);
-  ds.labels = torch::arange(n);  // each image's own index, to find its source
+  ds.labels = torch::arange(n, fm::test::opts(torch::kLong));  // each image's own index, to find its source
   ds.num_classes = n;
 
   for (bool hflip : {true, false}) {

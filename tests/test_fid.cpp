@@ -71,6 +71,7 @@ FidStats stats_of(const torch::Tensor& features) {
 // One test, so that the reference (torch import, 22M random weights, 9 images through pytorch-fid) runs once even
 // when ctest runs every test in its own process.
 TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
+  FM_SKIP_ON_CUDA("compares with pytorch-fid run on the CPU; CudaParity.FidInceptionFeatures compares CUDA with CPU");
   TempDir dir;
   auto ref = run_ref("inception " + dir.str() + " 5");
   ASSERT_EQ(ref.code, 0) << ref.out;
@@ -146,6 +147,7 @@ TEST(FidInception, WeightLoaderListsMissingWrongAndUnexpectedTensors) {
 // ---- the Frechet distance -------------------------------------------------------------------------------------------
 
 TEST(Frechet, MatchesPytorchFidAtFullSizeIncludingRankDeficient) {
+  FM_SKIP_ON_CUDA("the distance is computed on the CPU on every device; its reference, pytorch-fid, runs on the CPU");
   TempDir dir;
   auto ref = run_ref("frechet " + dir.str());
   ASSERT_EQ(ref.code, 0) << ref.out;
@@ -296,7 +298,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   const std::string fm = FM_BINARY;
   auto r = run(fm + " fid-features --weights " + (dir / "w.npz") + " --images npz:" + (dir / "imgs.npz") +
                " --out " + (dir / "s.npz") + " --save-features " + (dir / "f.npy") +
-               " --limit 4 --batch 3 --device cpu");
+               " --limit 4 --batch 3" + fm::test::device_flag());
   ASSERT_EQ(r.code, 0) << r.out;
   auto s = read_fid_stats(dir / "s.npz");
   EXPECT_EQ(s.n, 4);
@@ -317,7 +319,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
 
   // A stats file against the same images given as an image .npz (arr_0): the features are recomputed, so 0.
   r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "imgs.npz") + " --weights " + (dir / "w.npz") +
-          " --limit 4 --json --device cpu");
+          " --limit 4 --json" + fm::test::device_flag());
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_NEAR(j.at("fid").get<double>(), 0.0, 1e-6);

@@ -41,7 +41,7 @@ auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_spli
 // conditional velocity u = x1 - x0 are jointly Gaussian, so the marginal field is the regression of u on x_t:
 //   v(t, x) = E[u] + Cov(u, x_t) Cov(x_t)^-1 (x - E[x_t]) = m + A_t (x - t m),
 //   Cov(x_t) = (1-t)^2 I + t^2 S,  Cov(u, x_t) = t S - (1-t) I,  A_t = Q diag((t s^2 - (1-t)) / ((1-t)^2 + t^2 s^2)) Q^T.
-// It transports N(0, I) at t=0 to N(m, S) at t=1.
+// It transports N(0, I) at t=0 to N(m, S) at t=1. Drawn on the CPU, held on the test device.
 struct GaussianTarget {
   torch::Tensor m, s2, q;  // [D], [D], [D, D] (float64)
 
@@ -51,6 +51,9 @@ struct GaussianTarget {
     m = torch::randn({d}, gen, opts);
     s2 = torch::linspace(0.25, 2.5, d, opts).square();  // stds from 0.25 to 2.5
     q = std::get<0>(at::linalg_qr(torch::randn({d, d}, gen, opts)));
+    m = m.to(fm::test::device());
+    s2 = s2.to(fm::test::device());
+    q = q.to(fm::test::device());
   }
   int64_t dim() const { return m.size(0); }
   torch::Tensor cov() const { return q.matmul(torch::diag(s2)).matmul(q.t()); }
@@ -73,7 +76,7 @@ struct GaussianTarget {
   }
   torch::Tensor sample(int64_t n, uint64_t seed) const {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    auto z = torch::randn({n, dim()}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+    auto z = torch::randn({n, dim()}, gen, torch::TensorOptions().dtype(torch::kFloat64)).to(m.device());
     return m + (z * s2.sqrt()).matmul(q.t());
   }
 };
@@ -81,7 +84,8 @@ struct GaussianTarget {
 // A small toy checkpoint for the CLI tests (seconds to train).
 std::string tiny_checkpoint(const TempDir& dir) {
   auto cfg = fm::load_config(std::string(FM_SOURCE_DIR) + "/configs/toy2d.json",
-                             {"device=cpu", "train.steps=20", "train.batch_size=64", "train.warmup_steps=0",
+                             {"device=" + fm::test::device_spec(), "train.steps=20", "train.batch_size=64",
+                              "train.warmup_steps=0",
                               "model.mlp.hidden=32", "model.mlp.depth=2", "train.ckpt_every=20", "sample.n=100",
                               "sample.steps=4"});
   fm::TrainOptions opts;
@@ -136,7 +140,7 @@ TEST(LikelihoodGaussian, HutchinsonIsUnbiased) {
   o.atol = o.rtol = 1e-6;
   for (const char* kind : {"rademacher", "gaussian"}) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
-    auto e = fm::make_probe(kind, {n, 4}, gen).to(torch::kFloat64);
+    auto e = fm::make_probe(kind, {n, 4}, gen).to(x.device(), torch::kFloat64);
     if (std::string(kind) == "rademacher") EXPECT_TRUE((e.abs() == 1).all().item<bool>());
     auto r = fm::log_likelihood(g.field(), x, o, e);
     auto diff = r.log_p - expected;
@@ -152,7 +156,7 @@ TEST(LikelihoodGaussian, SamplingReachesTarget) {
   GaussianTarget g(3);
   const int64_t n = 4000;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  auto x0 = torch::randn({n, 3}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  auto x0 = torch::randn({n, 3}, gen, torch::TensorOptions().dtype(torch::kFloat64)).to(fm::test::device());
   auto v = g.field();
   fm::OdeFunc f = [&](double t, const torch::Tensor& x) { return v(torch::full({x.size(0)}, t, x.options()), x); };
   auto x1 = fm::solve_ode(f, x0, {0.0, 1.0}, "dopri5").x;
@@ -175,9 +179,9 @@ TEST(LikelihoodZeroField, BitsPerDimClosedForm) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
   auto v = torch::randint(0, 256, {3, 3, 4, 4}, gen, torch::TensorOptions().dtype(torch::kUInt8));
   auto u = torch::rand({3, 3, 4, 4}, gen, torch::TensorOptions().dtype(torch::kFloat64));
-  auto y = fm::dequantize(v, u);
+  auto y = fm::dequantize(v, u).to(fm::test::device());
   fm::VelocityFn zero = [](const torch::Tensor&, const torch::Tensor& x) { return torch::zeros_like(x); };
-  auto e = fm::make_probe("rademacher", {3, 3, 4, 4}, gen);
+  auto e = fm::make_probe("rademacher", {3, 3, 4, 4}, gen).to(fm::test::device());
   auto r = fm::log_likelihood(zero, y, {}, e);
   auto bpd = fm::bits_per_dim(r.log_p, 48);
   auto va = v.accessor<uint8_t, 4>();
@@ -217,15 +221,16 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   auto ckpt = fm::test::trained_toy2d_checkpoint();
 
   // The density at cell midpoints over the plot window (exact divergence) integrates to 1.
-  fm::CheckpointReader ck(ckpt, torch::kCPU);
+  fm::CheckpointReader ck(ckpt, fm::test::device());
   auto model = fm::make_velocity_field(ck.config().model, ck.sample_shape());
   ck.load_module("ema", *model);
+  model->to(fm::test::device());
   model->eval();
   for (auto& p : model->parameters()) p.requires_grad_(false);
   fm::VelocityFn vf = [&](const torch::Tensor& t, const torch::Tensor& x) { return (*model)(t, x); };
   const int64_t k = 40;
   const double lim = fm::kToyPlotLimit, h = 2 * lim / k;
-  auto c = torch::linspace(-lim + h / 2, lim - h / 2, k);
+  auto c = torch::linspace(-lim + h / 2, lim - h / 2, k, fm::test::opts());
   auto grid = torch::stack(torch::meshgrid({c, c}, "ij"), -1).reshape({-1, 2});
   fm::LikelihoodOptions o;
   o.divergence = "exact";
@@ -242,7 +247,7 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   eo.batch = 500;
   eo.divergence = "exact";
   eo.atol = eo.rtol = 1e-4;
-  eo.device = "cpu";
+  eo.device = fm::test::device_spec();
   eo.seed = 123;
   auto s = fm::run_eval_nll(eo);
   EXPECT_EQ(s.metric, "nll_nats");
@@ -259,7 +264,8 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   const std::string fm_bin = FM_BINARY, py = FM_PYTHON_EXE;
 
   auto sdir = dir / "samples";
-  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --n 10 --batch 4 --solver euler --steps 4 --device cpu --out " +
+  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --n 10 --batch 4 --solver euler --steps 4" +
+                    fm::test::device_flag() + " --out " +
                     sdir, dir);
   ASSERT_EQ(rs.code, 0) << rs.err;
   auto rp = run(py + " -c \"import numpy as np; a = np.load('" + sdir + "/samples.npz" +
@@ -270,7 +276,9 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
 
   auto json_path = dir / "nll.json", per_path = dir / "per.npy";
   auto re = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 16 " +
-                    "--atol 1e-7 --rtol 1e-7 --device cpu --out " + json_path + " --per-image " + per_path, dir);
+                    "--atol 1e-7 --rtol 1e-7" + fm::test::device_flag() + " --out " + json_path + " --per-image " +
+                    per_path,
+                dir);
   ASSERT_EQ(re.code, 0) << re.err;
   std::ifstream in(json_path);
   auto j = nlohmann::json::parse(in);
@@ -298,7 +306,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   // to the solver's tolerance, here tight); text output when the name is not .npy.
   auto txt_path = dir / "per.txt";
   auto re2 = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data toy:checkerboard --limit 30 --batch 7 " +
-                     "--atol 1e-7 --rtol 1e-7 --device cpu --per-image " + txt_path, dir);
+                     "--atol 1e-7 --rtol 1e-7" + fm::test::device_flag() + " --per-image " + txt_path, dir);
   ASSERT_EQ(re2.code, 0) << re2.err;
   auto a = fm::read_npy(per_path);
   std::ifstream txt(txt_path);
@@ -314,14 +322,15 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   auto one_line = [](const std::string& s) { return !s.empty() && s.find('\n') == s.size() - 1; };
 
   auto missing = dir / "nope.pt";
-  auto r1 = run(fm_bin + " eval-nll --checkpoint " + missing + " --data toy:checkerboard --device cpu", dir);
+  auto r1 =
+      run(fm_bin + " eval-nll --checkpoint " + missing + " --data toy:checkerboard" + fm::test::device_flag(), dir);
   EXPECT_EQ(r1.code, 2);
   EXPECT_TRUE(one_line(r1.err)) << r1.err;
   EXPECT_NE(r1.err.find(missing), std::string::npos) << r1.err;
 
   auto ckpt = tiny_checkpoint(dir);
   for (const char* spec : {"bogus:x", "checkerboard", "toy:no_such_toy"}) {
-    auto r = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data " + spec + " --device cpu", dir);
+    auto r = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --data " + spec + fm::test::device_flag(), dir);
     EXPECT_EQ(r.code, 2) << spec;
     EXPECT_TRUE(one_line(r.err)) << spec << ": " << r.err;
   }

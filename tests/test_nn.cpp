@@ -13,12 +13,21 @@
 
 #include "io/npy.h"
 #include "nn/unet.h"
+#include "test_util.h"
 #include "util/error.h"
 
 namespace fm {
 namespace {
 
 namespace fs = std::filesystem;
+using fm::test::opts;
+
+// The U-Net built (on the CPU, so the same seed gives the same weights) and moved to the test device.
+std::shared_ptr<VelocityField> unet_on_device(const UNetConfig& cfg, const std::vector<int64_t>& shape) {
+  auto net = make_unet_velocity(cfg, shape);
+  net->to(fm::test::device());
+  return net;
+}
 
 UNetConfig tiny_config() {
   UNetConfig c;
@@ -54,9 +63,9 @@ void perturb_zeros(torch::nn::Module& m) {
 TEST(UNetShape, TinyNetKeepsTheInputShape) {
   torch::manual_seed(0);
   for (int64_t res : {8, 16}) {
-    auto net = make_unet_velocity(tiny_config(), {3, res, res});
-    auto x = torch::randn({2, 3, res, res});
-    auto v = (*net)(torch::rand({2}), x);
+    auto net = unet_on_device(tiny_config(), {3, res, res});
+    auto x = torch::randn({2, 3, res, res}, opts());
+    auto v = (*net)(torch::rand({2}, opts()), x);
     EXPECT_EQ(v.sizes(), x.sizes()) << "resolution " << res;
     EXPECT_EQ(net->num_classes(), 0);
   }
@@ -66,13 +75,13 @@ TEST(UNetShape, ClassConditionalUsesLabelsAndTheNullLabel) {
   torch::manual_seed(0);
   auto cfg = tiny_config();
   cfg.num_classes = 10;
-  auto net = make_unet_velocity(cfg, {3, 16, 16});
+  auto net = unet_on_device(cfg, {3, 16, 16});
   EXPECT_EQ(net->num_classes(), 10);
   perturb_zeros(*net);
   net->eval();
-  auto x = torch::randn({2, 3, 16, 16}).repeat({2, 1, 1, 1});
-  auto t = torch::rand({2}).repeat({2});
-  auto labels = torch::tensor({3, 10, 5, 10}, torch::kLong);
+  auto x = torch::randn({2, 3, 16, 16}, opts()).repeat({2, 1, 1, 1});
+  auto t = torch::rand({2}, opts()).repeat({2});
+  auto labels = torch::tensor({3, 10, 5, 10}, opts(torch::kLong));
   auto v = (*net)(t, x, labels);
   ASSERT_EQ(v.sizes(), x.sizes());
   // Samples 0 and 2 are the same (t, x) with different classes: the label must matter.
@@ -86,8 +95,9 @@ TEST(UNetShape, ClassConditionalUsesLabelsAndTheNullLabel) {
 TEST(UNetInit, OutputIsExactlyZero) {
   torch::manual_seed(0);
   for (const auto& cfg : {tiny_config(), full_config()}) {
-    auto net = make_unet_velocity(cfg, {3, 16, 16});
-    auto v = (*net)(torch::rand({2}), torch::randn({2, 3, 16, 16}), torch::tensor({1, 2}, torch::kLong));
+    auto net = unet_on_device(cfg, {3, 16, 16});
+    auto v = (*net)(torch::rand({2}, opts()), torch::randn({2, 3, 16, 16}, opts()),
+                    torch::tensor({1, 2}, opts(torch::kLong)));
     EXPECT_EQ(v.abs().max().item<float>(), 0.0f);
   }
 }
@@ -98,9 +108,10 @@ TEST(UNetGrad, EveryParameterGetsAGradient) {
   for (auto cfg : cfgs) {
     cfg.conv_resample = !cfg.resblock_updown;
     cfg.dropout = 0.1;
-    auto net = make_unet_velocity(cfg, {3, 16, 16});
+    auto net = unet_on_device(cfg, {3, 16, 16});
     perturb_zeros(*net);
-    auto v = (*net)(torch::rand({2}), torch::randn({2, 3, 16, 16}), torch::tensor({1, 7}, torch::kLong));
+    auto v = (*net)(torch::rand({2}, opts()), torch::randn({2, 3, 16, 16}, opts()),
+                    torch::tensor({1, 7}, opts(torch::kLong)));
     (v - torch::randn_like(v)).pow(2).mean().backward();
     for (const auto& p : net->named_parameters()) {
       ASSERT_TRUE(p.value().grad().defined()) << p.key();
@@ -117,17 +128,17 @@ struct LayoutCase {
 };
 LayoutCase layout_case() {
   torch::manual_seed(0);
-  LayoutCase c{make_unet_velocity(full_config(), {3, 16, 16}), {}, {}};
+  LayoutCase c{unet_on_device(full_config(), {3, 16, 16}), {}, {}};
   perturb_zeros(*c.net);
   c.net->eval();
-  c.x = torch::randn({2, 3, 16, 16});
-  c.t = torch::rand({2});
+  c.x = torch::randn({2, 3, 16, 16}, opts());
+  c.t = torch::rand({2}, opts());
   return c;
 }
 
 TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
   auto [net, x, t] = layout_case();
-  auto y = torch::tensor({0, 9}, torch::kLong);
+  auto y = torch::tensor({0, 9}, opts(torch::kLong));
   auto v = (*net)(t, x, y);
   auto v_cl = (*net)(t, x.contiguous(torch::MemoryFormat::ChannelsLast), y);
   EXPECT_LT((v - v_cl).abs().max().item<float>(), 1e-5);
@@ -138,18 +149,19 @@ TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
 
 TEST(UNetLayout, RunsUnderBf16Autocast) {
   auto [net, x, t] = layout_case();
-  auto y = torch::tensor({4, 10}, torch::kLong);
+  auto y = torch::tensor({4, 10}, opts(torch::kLong));
   auto ref = (*net)(t, x, y);
-  at::autocast::set_autocast_enabled(at::kCPU, true);
-  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  const auto dev = fm::test::device().type();
+  at::autocast::set_autocast_enabled(dev, true);
+  at::autocast::set_autocast_dtype(dev, at::kBFloat16);
   torch::Tensor v;
   try {
     v = (*net)(t, x, y).to(torch::kFloat32);
   } catch (...) {
-    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::set_autocast_enabled(dev, false);
     throw;
   }
-  at::autocast::set_autocast_enabled(at::kCPU, false);
+  at::autocast::set_autocast_enabled(dev, false);
   at::autocast::clear_cache();
   ASSERT_TRUE(torch::isfinite(v).all().item<bool>());
   // bf16 keeps about 3 significant digits; the network is a few dozen layers deep.
@@ -239,6 +251,7 @@ struct RefDir {
 };
 
 TEST(UNetReference, MatchesTorchcfm) {
+  FM_SKIP_ON_CUDA("compares with torchcfm run on the CPU; CudaParity.UNetForwardFp32 compares CUDA with the CPU");
   RefDir dir;
   for (const char* name : {"plain", "film", "updown"})
     for (const char* kind : {"_params.npz", "_io.npz"}) dir.files.push_back(std::string(name) + kind);

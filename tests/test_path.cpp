@@ -3,10 +3,11 @@
 #include <gtest/gtest.h>
 
 #include "path/prob_path.h"
+#include "test_util.h"
 
 namespace {
 
-auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+auto f64 = fm::test::opts(torch::kFloat64);  // on the test device
 
 // d/dt x_t by central differences with x0 and x1 held fixed must equal the path's conditional velocity u_t.
 void check_velocity_is_time_derivative(const fm::ProbPath& path) {

@@ -21,7 +21,7 @@ namespace {
 
 std::string tiny_toy_checkpoint(const TempDir& d, const std::string& run = "run", int64_t steps = 5) {
   fm::Config c;
-  c.device = "cpu";
+  c.device = fm::test::device_spec();
   c.model.mlp.hidden = 16;
   c.model.mlp.depth = 2;
   c.train.steps = steps;
@@ -35,7 +35,7 @@ fm::SampleOptions options(const std::string& ckpt, const std::string& out, int64
   fm::SampleOptions o;
   o.checkpoint = ckpt;
   o.out_dir = out;
-  o.device = "cpu";
+  o.device = fm::test::device_spec();
   o.n = 300;
   o.batch = batch;
   o.seed = 7;
@@ -78,7 +78,7 @@ void preempted_run(const fm::SampleOptions& o) {
 // A small class-conditional U-Net on the shapes set (3 classes), trained for a few steps.
 std::string shapes_unet_checkpoint(const TempDir& d, const std::string& run, double class_dropout) {
   fm::Config c;
-  c.device = "cpu";
+  c.device = fm::test::device_spec();
   c.data = fm::parse_data_spec("shapes:48");
   c.data.resolution = 16;
   c.model.type = "unet";
@@ -276,13 +276,13 @@ TEST(Sample, ClassesNeedAClassConditionalModel) {
 }
 
 TEST(Sample, GuidanceMatchesTheClosedFormOfGaussianClasses) {
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto f64 = fm::test::opts(torch::kFloat64);
   auto means = torch::tensor({1.0, -2.0, 0.5, 3.0, -1.0, -0.5, 0.0, 0.0}, f64).view({4, 2});  // 3 classes + null
   const double s = 0.5;
   ClassGaussians model(means, s);
   torch::manual_seed(0);
   auto x0 = torch::randn({6, 2}, f64);
-  auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, torch::kLong);
+  auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, fm::test::opts(torch::kLong));
   fm::SolveSettings rk4{"rk4", 40};
   for (double w : {0.0, 1.5, 4.0}) {
     model.seen.clear();
@@ -292,7 +292,7 @@ TEST(Sample, GuidanceMatchesTheClosedFormOfGaussianClasses) {
     // Unguided sampling calls the model once per evaluation with the classes; guided, once with the classes and the
     // null label stacked.
     ASSERT_FALSE(model.seen.empty());
-    auto expect = w == 0.0 ? labels : torch::cat({labels, torch::full({6}, 3, torch::kLong)});
+    auto expect = w == 0.0 ? labels : torch::cat({labels, torch::full({6}, 3, fm::test::opts(torch::kLong))});
     for (const auto& l : model.seen) ASSERT_TRUE(torch::equal(l, expect)) << l;
   }
 }

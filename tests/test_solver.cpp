@@ -8,7 +8,7 @@
 
 namespace {
 
-auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+auto f64 = fm::test::opts(torch::kFloat64);  // on the test device
 
 // x' = cos(t) x has the exact solution x(t) = x(t0) exp(sin t - sin t0): time-dependent, so no method is exact.
 fm::OdeFunc cos_growth = [](double t, const torch::Tensor& x) { return std::cos(t) * x; };

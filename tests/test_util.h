@@ -1,15 +1,48 @@
 #pragma once
-// Helpers shared by the tests: temporary directories and running the fm binary or the venv's Python.
+// Helpers shared by the tests: the device they run on, temporary directories and running the fm binary or the venv's
+// Python.
 #include <ftw.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 namespace fm::test {
+
+// The device the suite runs on: FM_TEST_DEVICE=cuda (or cuda:N) runs every test that makes sense on a GPU there;
+// unset or "cpu", everything runs on the CPU as before. Tests build their models and tensors with device() and pass
+// device_spec() to configs and to the CLI's --device.
+inline const std::string& device_spec() {
+  static const std::string spec = [] {
+    const char* e = std::getenv("FM_TEST_DEVICE");
+    return std::string(e && *e ? e : "cpu");
+  }();
+  return spec;
+}
+// "cuda" means cuda:0, as fm's --device takes it, so that it compares equal to a tensor's device.
+inline torch::Device device() {
+  torch::Device d(device_spec());
+  return d.is_cuda() && !d.has_index() ? torch::Device(torch::kCUDA, 0) : d;
+}
+inline bool on_cuda() { return device().is_cuda(); }
+// Float32 (or `dtype`) tensors on the test device.
+inline torch::TensorOptions opts(torch::Dtype dtype = torch::kFloat32) {
+  return torch::TensorOptions().dtype(dtype).device(device());
+}
+// " --device SPEC" for fm command lines.
+inline std::string device_flag() { return " --device " + device_spec(); }
+
+// For the tests that only mean something on the CPU (bitwise reproducibility, comparisons with a Python reference run
+// on the CPU): skips, saying why, when the suite runs on CUDA.
+#define FM_SKIP_ON_CUDA(why)                                                  \
+  do {                                                                        \
+    if (::fm::test::on_cuda()) GTEST_SKIP() << "CPU only on purpose: " << why; \
+  } while (0)
 
 // Deletes a directory tree. Not std::filesystem::remove_all: the torch wheel's libtorch.so exports its own copy of
 // it, built against a newer libstdc++, and calls bind to that copy and crash.

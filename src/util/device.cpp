@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <cstdio>
+
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -61,6 +63,19 @@ double peak_memory_mib(const torch::Device& device) {
 std::string device_name(int64_t index) {
 #ifdef FM_HAVE_CUDA_HEADERS
   if (torch::cuda::is_available()) return at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index))->name;
+#endif
+  return "";
+}
+
+std::string cuda_device_summary(int64_t index) {
+#ifdef FM_HAVE_CUDA_HEADERS
+  if (torch::cuda::is_available()) {
+    const auto* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index));
+    char memory[32];
+    std::snprintf(memory, sizeof memory, "%.1f GiB", static_cast<double>(p->totalGlobalMem) / (1 << 30));
+    return std::string(p->name) + ", compute capability " + std::to_string(p->major) + "." +
+           std::to_string(p->minor) + ", " + memory;
+  }
 #endif
   return "";
 }

@@ -17,4 +17,7 @@ double peak_memory_mib(const torch::Device& device);
 // The marketing name of CUDA device `index` ("NVIDIA H200"), or "" where unknown.
 std::string device_name(int64_t index);
 
+// CUDA device `index` as `fm --version` shows it: "NVIDIA H200, compute capability 9.0, 139.8 GiB"; "" without CUDA.
+std::string cuda_device_summary(int64_t index);
+
 }  // namespace fm

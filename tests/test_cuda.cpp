@@ -1,0 +1,277 @@
+// CPU/CUDA parity: the same code on both devices, each result on the GPU against the CPU's. Every random input is
+// drawn on the CPU and copied, so the two runs see identical numbers; where a run draws on the device (training), the
+// comparison is statistical. fp32 comparisons turn TF32 off (it keeps 10 mantissa bits, about 1e-3 relative, which
+// would hide real errors). Without a GPU every test here skips, saying so.
+#include <fstream>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "fid/fid_stats.h"
+#include "fid/inception.h"
+#include "io/npy.h"
+#include "likelihood/likelihood.h"
+#include "nn/unet.h"
+#include "path/prob_path.h"
+#include "sample/generate.h"
+#include "test_util.h"
+#include "train/trainer.h"
+
+namespace fm {
+namespace {
+
+using fm::test::TempDir;
+
+// A suite started with FM_TEST_DEVICE=cuda on a machine without a GPU must fail, not skip its way to green.
+TEST(TestDevice, RequestedDeviceIsAvailable) {
+  if (!fm::test::on_cuda()) GTEST_SKIP() << "FM_TEST_DEVICE is " << fm::test::device_spec();
+  ASSERT_TRUE(torch::cuda::is_available()) << "FM_TEST_DEVICE=" << fm::test::device_spec() << " but CUDA is not available";
+  EXPECT_LT(fm::test::device().index(), static_cast<int64_t>(torch::cuda::device_count()));
+}
+
+// The GPU for the parity tests: the test device when it is a GPU, else cuda:0.
+torch::Device gpu() { return fm::test::on_cuda() ? fm::test::device() : torch::Device(torch::kCUDA, 0); }
+
+class CudaParity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the CPU/CUDA parity tests need a GPU";
+    auto& ctx = at::globalContext();
+    saved_cublas_tf32_ = ctx.allowTF32CuBLAS();
+    saved_cudnn_tf32_ = ctx.allowTF32CuDNN();
+    ctx.setAllowTF32CuBLAS(false);
+    ctx.setAllowTF32CuDNN(false);
+  }
+  // fm::train turns TF32 on for its run; the next test starts from the state before this one.
+  void TearDown() override {
+    if (!torch::cuda::is_available()) return;
+    auto& ctx = at::globalContext();
+    ctx.setAllowTF32CuBLAS(saved_cublas_tf32_);
+    ctx.setAllowTF32CuDNN(saved_cudnn_tf32_);
+  }
+
+ private:
+  bool saved_cublas_tf32_ = false, saved_cudnn_tf32_ = false;
+};
+
+// Largest difference relative to the largest reference value.
+double max_rel(const torch::Tensor& a, const torch::Tensor& ref) {
+  auto r = ref.detach().to(torch::kCPU, torch::kFloat64);
+  return ((a.detach().to(torch::kCPU, torch::kFloat64) - r).abs().max() / r.abs().max()).item<double>();
+}
+
+// A 16x16 class-conditional U-Net with attention at both levels, scale-shift norm and residual resampling, its
+// zero-initialised layers given random values so that every layer shapes the output.
+UNetConfig parity_unet() {
+  UNetConfig c;
+  c.model_channels = 32;
+  c.num_res_blocks = 1;
+  c.channel_mult = {1, 2};
+  c.attention_resolutions = {16, 8};
+  c.num_heads = 2;
+  c.num_head_channels = -1;
+  c.dropout = 0.0;
+  c.use_scale_shift_norm = true;
+  c.resblock_updown = true;
+  c.num_classes = 4;
+  return c;
+}
+std::shared_ptr<VelocityField> unet_on(const torch::Device& device) {
+  torch::manual_seed(0);  // the same weights on both devices
+  auto net = make_unet_velocity(parity_unet(), {3, 16, 16});
+  {
+    torch::NoGradGuard g;
+    for (auto& p : net->parameters())
+      if (p.abs().max().item<float>() == 0.0f) p.normal_(0.0, 0.05);
+  }
+  net->to(device);
+  net->eval();
+  return net;
+}
+
+struct Inputs {
+  torch::Tensor t, x, y;
+};
+Inputs inputs(int64_t n, uint64_t seed) {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return {torch::rand({n}, g), torch::randn({n, 3, 16, 16}, g), torch::randint(0, 5, {n}, g)};
+}
+
+TEST_F(CudaParity, UNetForwardFp32) {
+  auto [t, x, y] = inputs(4, 1);
+  auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());
+  torch::NoGradGuard g;
+  auto ref = (*cpu)(t, x, y);
+  auto v = (*cuda)(t.to(gpu()), x.to(gpu()), y.to(gpu()));
+  ASSERT_TRUE(v.is_cuda());
+  // fp32 with another summation order (cuDNN, cuBLAS): a few ulps per layer, a few dozen layers.
+  EXPECT_LT(max_rel(v, ref), 1e-4);
+  // Channels-last, as training on CUDA runs it.
+  auto v_cl = (*cuda)(t.to(gpu()), x.to(gpu()).contiguous(at::MemoryFormat::ChannelsLast), y.to(gpu()));
+  EXPECT_LT(max_rel(v_cl, ref), 1e-4);
+}
+
+TEST_F(CudaParity, UNetForwardBf16Autocast) {
+  auto [t, x, y] = inputs(4, 2);
+  auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());
+  torch::NoGradGuard g;
+  auto ref = (*cpu)(t, x, y);
+  torch::Tensor v;
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  try {
+    v = (*cuda)(t.to(gpu()), x.to(gpu()), y.to(gpu()));
+  } catch (...) {
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    throw;
+  }
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::clear_cache();
+  EXPECT_EQ(v.scalar_type(), torch::kBFloat16) << "autocast did not run the last convolution in bf16";
+  ASSERT_TRUE(torch::isfinite(v).all().item<bool>());
+  // bf16 keeps 8 mantissa bits (relative rounding 2^-9, about 2e-3 per operation); over a few dozen layers the
+  // errors add up to a few per cent of the output's norm, the bound the CPU autocast test uses too.
+  auto vf = v.to(torch::kCPU, torch::kFloat32);
+  double rel = ((vf - ref).norm() / ref.norm()).item<double>();
+  EXPECT_LT(rel, 0.05);
+  EXPECT_GT(rel, 1e-5) << "bf16 agreed with fp32 to fp32 precision: autocast cannot have been on";
+}
+
+TEST_F(CudaParity, TrainingStepGradients) {
+  // One flow matching step as the trainer takes it (OT path, MSE to the conditional velocity), in fp32.
+  auto [t, x1, y] = inputs(4, 3);
+  auto x0 = torch::randn_like(x1);
+  auto path = make_path(PathConfig{});
+  auto grads = [&](const torch::Device& d) {
+    auto net = unet_on(d);
+    net->train();
+    auto ps = path->sample(x0.to(d), x1.to(d), t.to(d));
+    auto loss = torch::mse_loss((*net)(t.to(d), ps.x_t, y.to(d)), ps.u_t);
+    loss.backward();
+    std::vector<std::pair<std::string, torch::Tensor>> g;
+    for (auto& p : net->named_parameters()) g.emplace_back(p.key(), p.value().grad().to(torch::kCPU));
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [loss_cpu, g_cpu] = grads(torch::kCPU);
+  auto [loss_gpu, g_gpu] = grads(gpu());
+  EXPECT_NEAR(loss_gpu, loss_cpu, 1e-5 * loss_cpu);
+  ASSERT_EQ(g_cpu.size(), g_gpu.size());
+  for (size_t i = 0; i < g_cpu.size(); ++i) {
+    ASSERT_TRUE(g_gpu[i].second.defined()) << g_gpu[i].first;
+    // Relative to the tensor's norm: single entries of a gradient can be near zero.
+    double rel = ((g_gpu[i].second - g_cpu[i].second).norm() / g_cpu[i].second.norm().clamp_min(1e-12)).item<double>();
+    EXPECT_LT(rel, 1e-3) << g_cpu[i].first;
+  }
+}
+
+TEST_F(CudaParity, ShortTrainingRunLossCurve) {
+  // The trainer draws noise, times and batches on its device, and CUDA's generator is not the CPU's: the two runs
+  // see different random numbers, so their curves agree only statistically. Each point is the mean loss over 25 steps
+  // of the shapes demo's recipe (batch 32 of 16x16 images); the run on CUDA also takes the bf16 autocast,
+  // channels-last and TF32 paths. Measured on the CPU with seeds 0 and 1: 0.936 0.503 0.409 0.370 and
+  // 0.921 0.499 0.405 0.363, within 2% of each other; 10% leaves room for bf16.
+  TempDir d;
+  auto curve = [&](const std::string& device, const std::string& run) {
+    auto cfg = load_config(fm::test::source_dir() + "/configs/shapes_cpu.json",
+                           {"device=" + device, "data.path=2048", "train.steps=100", "train.warmup_steps=10",
+                            "train.log_every=25", "train.ckpt_every=1000", "train.sample_every=0", "sample.steps=2"});
+    fm::train(cfg, {d / run, ""});
+    std::ifstream m(d / run + "/metrics.jsonl");
+    std::vector<double> loss;
+    for (std::string line; std::getline(m, line);) loss.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    return loss;
+  };
+  auto cpu = curve("cpu", "cpu_run"), cuda = curve(gpu().str(), "gpu_run");
+  ASSERT_EQ(cpu.size(), 4u);
+  ASSERT_EQ(cuda.size(), 4u);
+  for (size_t i = 0; i < cpu.size(); ++i)
+    EXPECT_NEAR(cuda[i], cpu[i], 0.1 * cpu[i]) << "point " << i << " (25 steps each)";
+  EXPECT_LT(cuda.back(), 0.6 * cuda.front()) << "the CUDA run did not learn";
+}
+
+TEST_F(CudaParity, SamplingFromTheSameNoise) {
+  auto [t, x0, y] = inputs(4, 4);
+  auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());
+  SolveSettings heun{"heun", 8};
+  auto a = generate(*cpu, x0, y, heun), b = generate(*cuda, x0.to(gpu()), y.to(gpu()), heun);
+  ASSERT_TRUE(b.x.is_cuda());
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+  EXPECT_EQ(b.nfe, a.nfe);
+  // With guidance, which stacks the classes and the null label into one batch.
+  a = generate(*cpu, x0, y, heun, 1.5), b = generate(*cuda, x0.to(gpu()), y.to(gpu()), heun, 1.5);
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+  // dopri5: the step size controller sees the same errors up to rounding, so it takes the same steps. (Two samples
+  // and tolerance 1e-4 keep the CPU's half short.)
+  SolveSettings dopri{"dopri5", 0, 1e-4, 1e-4};
+  auto x2 = x0.narrow(0, 0, 2), y2 = y.narrow(0, 0, 2);
+  a = generate(*cpu, x2, y2, dopri), b = generate(*cuda, x2.to(gpu()), y2.to(gpu()), dopri);
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+  EXPECT_NEAR(static_cast<double>(b.nfe), static_cast<double>(a.nfe), 6.0) << "at most one step apart";
+}
+
+TEST_F(CudaParity, BitsPerDimOfTheSameImages) {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto levels = torch::randint(0, 256, {2, 3, 16, 16}, g, torch::TensorOptions().dtype(torch::kUInt8));
+  auto y = dequantize(levels, torch::rand({2, 3, 16, 16}, g, torch::TensorOptions().dtype(torch::kFloat64)))
+               .to(torch::kFloat32);
+  auto probe = make_probe("rademacher", {2, 3, 16, 16}, g);
+  auto bpd = [&](const torch::Device& d) {
+    auto net = unet_on(d);
+    auto labels = torch::full({2}, 4, torch::TensorOptions().dtype(torch::kLong).device(d));  // the null label
+    for (auto& p : net->parameters()) p.requires_grad_(false);
+    VelocityFn v = [&](const torch::Tensor& t, const torch::Tensor& x) { return (*net)(t, x, labels); };
+    LikelihoodOptions o;
+    o.atol = o.rtol = 1e-4;  // the CPU's half stays short; both devices take the same steps whatever the tolerance
+    auto r = log_likelihood(v, y.to(d), o, probe.to(d));
+    return std::make_pair(bits_per_dim(r.log_p, 3 * 16 * 16).to(torch::kCPU), r.nfe);
+  };
+  auto [cpu, nfe_cpu] = bpd(torch::kCPU);
+  auto [cuda, nfe_cuda] = bpd(gpu());
+  // Rounding differences only (the same steps on both devices); log p is a sum over 768 dimensions.
+  EXPECT_LT((cuda - cpu).abs().max().item<double>(), 1e-3) << "cpu " << cpu << " cuda " << cuda;
+  EXPECT_NEAR(static_cast<double>(nfe_cuda), static_cast<double>(nfe_cpu), 6.0);
+}
+
+TEST_F(CudaParity, FidInceptionFeatures) {
+  // Random weights (as tests/test_fid.cpp), through the file loader so both networks are exactly the same.
+  TempDir dir;
+  {
+    torch::manual_seed(0);
+    FidInception net;
+    std::vector<std::pair<std::string, torch::Tensor>> arrays;
+    for (auto& p : net->named_parameters()) arrays.emplace_back(p.key(), p.value().detach());
+    for (auto& b : net->named_buffers())
+      if (b.key().find("num_batches_tracked") == std::string::npos) arrays.emplace_back(b.key(), b.value());
+    write_npz(dir / "w.npz", arrays);
+  }
+  auto g = at::make_generator<at::CPUGeneratorImpl>(6);
+  auto images = torch::randint(0, 256, {3, 3, 32, 32}, g, torch::TensorOptions().dtype(torch::kUInt8));
+  FeatureOptions opt;
+  opt.batch = 2;
+  opt.progress = false;
+  opt.keep_features = true;
+  auto features = [&](const torch::Device& d) {
+    auto net = load_fid_inception(dir / "w.npz", d);
+    torch::NoGradGuard ng;
+    return compute_fid_features(net, images.to(d), opt).features;
+  };
+  auto cpu = features(torch::kCPU), cuda = features(gpu());
+  ASSERT_EQ(cuda.sizes(), cpu.sizes());
+  EXPECT_GT(cpu.std().item<double>(), 1e-3) << "the random network is degenerate";
+  for (int64_t i = 0; i < cpu.size(0); ++i) EXPECT_LT(max_rel(cuda[i], cpu[i]), 1e-4) << "image " << i;
+}
+
+TEST_F(CudaParity, VersionNamesEachGpu) {
+  auto r = fm::test::run(fm::test::fm_binary() + " --version");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("CUDA available: yes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("cuda:0 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("compute capability "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" GiB"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace fm

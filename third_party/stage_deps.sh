@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Stages the Debian packages fm builds against (headers, CMake files, libraries) into one folder, by default .stage/,
+# for a machine that has a compiler, CMake and torch but no package registry (the GPU machine of scripts/gpu_check.sh).
+# The folder is ignored by git and travels with the working tree; CMake uses it, and nothing from /usr for these
+# libraries, when configured with -DFM_STAGED_DEPS=.stage.
+#
+# Usage: bash third_party/stage_deps.sh [--out DIR] [EXTRA_PACKAGE ...]
+# Needs apt-get (the packages are downloaded, or taken from /var/cache/apt/archives) and dpkg-deb. Re-running
+# replaces the folder. Everything staged is listed with its version in DIR/MANIFEST.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One line per library fm links. A -dev package's shared library lives in a second package: stage both.
+PKGS=(
+  libcli11-dev                    # CLI11 (header-only)
+  nlohmann-json3-dev              # nlohmann/json (header-only)
+  libspdlog-dev libspdlog1.10     # spdlog and its shared library
+  libfmt-dev libfmt9              # fmt, which spdlog is built against
+  libstb-dev libstb0              # stb_image, stb_image_write
+  libgtest-dev                    # GoogleTest (static libraries)
+  zlib1g-dev zlib1g               # zlib (.npz files)
+)
+
+OUT=.stage
+if [ "${1:-}" = --out ]; then OUT=$2; shift 2; fi
+PKGS+=("$@")
+log() { printf '[stage] %s\n' "$*" >&2; }
+
+DEBS=$(mktemp -d)
+trap 'rm -rf "$DEBS"' EXIT
+for p in "${PKGS[@]}"; do
+  ver=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+  [ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "stage_deps.sh: no Debian package '$p' (apt-get update?)" >&2; exit 2; }
+  # apt names files with the epoch's ':' escaped as %3a.
+  cached=/var/cache/apt/archives/${p}_${ver//:/%3a}_$(dpkg --print-architecture).deb
+  [ -f "$cached" ] || cached=/var/cache/apt/archives/${p}_${ver//:/%3a}_all.deb
+  if [ -f "$cached" ]; then
+    cp "$cached" "$DEBS/"
+  else
+    (cd "$DEBS" && apt-get download -q "$p=$ver" >/dev/null 2>&1) ||
+      { echo "stage_deps.sh: cannot download $p=$ver (no network? the apt cache lacks it too)" >&2; exit 1; }
+  fi
+done
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+for deb in "$DEBS"/*.deb; do
+  dpkg-deb -x "$deb" "$OUT"
+  dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb" >> "$OUT/MANIFEST"
+done
+# Merged /usr: runtime libraries some packages ship under /lib go beside the rest, so one prefix (OUT/usr) holds all.
+if [ -d "$OUT/lib" ]; then
+  cp -a "$OUT/lib/." "$OUT/usr/lib/"
+  rm -rf "$OUT/lib"
+fi
+# Absolute links (libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13) would point at this machine's files: repoint them
+# inside the folder, relatively, so that it can move.
+while IFS= read -r link; do
+  target=$(readlink "$link")
+  case $target in
+    /lib/*) inside="$OUT/usr$target" ;;
+    /*) inside="$OUT$target" ;;
+    *) continue ;;
+  esac
+  [ -e "$inside" ] || { echo "stage_deps.sh: $link points to $target, which no staged package holds" >&2; exit 1; }
+  ln -sfr "$inside" "$link"
+done < <(find "$OUT" -type l)
+rm -rf "$OUT/usr/share/doc" "$OUT/usr/share/man" "$OUT/usr/share/lintian"
+find "$OUT" -xtype l -delete  # e.g. usr/src/gtest, into the GoogleTest sources, which are not staged
+log "staged ${#PKGS[@]} packages into $OUT ($(du -sh "$OUT" | cut -f1)); see $OUT/MANIFEST"
