@@ -7,6 +7,7 @@
 #include "io/image.h"
 #include "io/npy.h"
 #include "sample/figures.h"
+#include "sample/straightness.h"
 #include "checkpoint/checkpoint.h"
 #include "util/progress.h"
 #include "util/device.h"
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <optional>
 #include <filesystem>
 
 namespace fm {
@@ -67,7 +69,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
   configure_backend(device);
   CheckpointReader ck(o.checkpoint, device);
   const auto& cfg = ck.config();
-  auto model = make_velocity_field(cfg.model, ck.sample_shape());
+  auto model = make_velocity_field(cfg.model, cfg.path, ck.sample_shape());
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
   const bool toy = ck.sample_shape().size() == 1;
@@ -93,7 +95,11 @@ SampleSummary run_sampling(const SampleOptions& o) {
       x = read_npz(shard, {"arr_0"}).at("arr_0");
     } else {
       auto x0 = sample_noise(o.seed, first, count, ck.sample_shape()).to(device);
-      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, o.solve, o.cfg_scale);
+      std::optional<StraightnessMeter> meter;
+      if (o.straightness) meter.emplace(x0);
+      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, o.solve, o.cfg_scale,
+                        meter ? StepCallback([&](double t, const torch::Tensor& xt) { meter->step(t, xt); }) : nullptr);
+      if (meter) sum.straightness += meter->finish(r.x).sum().item<double>();
       sum.mean_nfe += static_cast<double>(r.nfe);
       sum.max_nfe = std::max(sum.max_nfe, static_cast<double>(r.nfe));
       ++batches_run;
@@ -110,6 +116,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
     if (labels.defined()) labels_out.push_back(labels);
   }
   sum.mean_nfe /= std::max<int64_t>(1, batches_run);
+  if (o.straightness && batches_run > 0) sum.straightness /= static_cast<double>(std::min(o.n, batches_run * o.batch));
   auto all = torch::cat(outs);
   sum.n = all.size(0);
   sum.npz = o.out_dir + "/samples.npz";
