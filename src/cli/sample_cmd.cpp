@@ -33,10 +33,13 @@ void add_sample_command(CLI::App& app) {
       ->excludes(cls);
   cmd->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance w: (1 + w) v(x|c) - w v(x)")
       ->capture_default_str();
+  cmd->add_flag("--straightness", o->straightness,
+                "also report the trajectories' straightness: mean over t of |x_t - ((1-t) x_0 + t x_1)|^2");
   cmd->callback([o] {
     auto s = run_sampling(*o);
     spdlog::info("wrote {} samples to {} and {} (NFE per batch: mean {:.1f}, max {:.0f})", s.n, s.npz, s.png,
                  s.mean_nfe, s.max_nfe);
+    if (o->straightness) spdlog::info("straightness {:.6g} (mean over samples of the integral over t of |x_t - ((1-t) x_0 + t x_1)|^2)", s.straightness);
   });
 }
 

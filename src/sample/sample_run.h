@@ -19,11 +19,13 @@ struct SampleOptions {
   bool resume = false;       // keep finished shards of an interrupted run in out_dir/shards
   std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes) or a class index
   double cfg_scale = 0.0;    // classifier-free guidance w: (1 + w) v(x|c) - w v(x)
+  bool straightness = false; // also measure the trajectories' straightness (sample/straightness.h)
 };
 
 struct SampleSummary {
   int64_t n = 0;
   double mean_nfe = 0, max_nfe = 0;
+  double straightness = 0;  // mean over the samples solved in this run (when asked for)
   std::string npz, png;
 };
 
