@@ -125,3 +125,22 @@ TEST(Config, ShippedConfigsLoad) {
     EXPECT_FALSE(c.comment.empty()) << "every recipe says where its numbers come from";
   }
 }
+
+TEST(Config, ThePapersTable1RecipesDifferOnlyInTargetAndPath) {
+  // Table 1 (CIFAR-10) compares objectives on one network and schedule: each recipe is cifar10.json with its row's
+  // model.target and path, and cites the paper.
+  const std::string dir = std::string(FM_SOURCE_DIR) + "/configs/";
+  auto ot = fm::to_json(fm::load_config(dir + "cifar10.json", {}));
+  for (auto [file, target] : std::vector<std::pair<std::string, std::string>>{
+           {"cifar10_ddpm.json", "noise"}, {"cifar10_score_matching.json", "score"}, {"cifar10_fm_diffusion.json", "velocity"}}) {
+    auto c = fm::load_config(dir + file, {});
+    EXPECT_EQ(c.model.target, target) << file;
+    EXPECT_EQ(c.path.type, "vp") << file;
+    EXPECT_NE(c.comment.find("Table 1"), std::string::npos) << file;
+    auto j = fm::to_json(c);
+    for (const char* same : {"data", "train", "sample", "time", "seed"}) EXPECT_EQ(j[same], ot[same]) << file << " " << same;
+    j["model"]["target"] = "velocity";
+    EXPECT_EQ(j["model"], ot["model"]) << file;
+  }
+  EXPECT_EQ(fm::load_config(dir + "cifar10.json", {}).path.type, "cond_ot");
+}

@@ -1,4 +1,5 @@
 #include <csignal>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -10,6 +11,7 @@
 #include "checkpoint/checkpoint.h"
 #include "sample/figures.h"
 #include "sample/sample_run.h"
+#include "sample/straightness.h"
 #include "test_util.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -347,4 +349,20 @@ TEST(Sample, UntrainedNullLabelIsRefused) {
   EXPECT_NE(input_error([&] { fm::run_sampling(o); }).find("--cfg-scale"), std::string::npos);
   o.cfg_scale = 0.0;
   EXPECT_EQ(fm::run_sampling(o).n, 4);
+}
+
+TEST(Sample, StraightnessMeterIntegratesTheDeviationFromTheChord) {
+  // x_t = x0 + t d + sin(pi t) w deviates from its chord by sin(pi t) w: S = |w|^2 / 2. A straight line gives 0.
+  torch::manual_seed(13);
+  auto x0 = torch::randn({5, 3}), d = torch::randn({5, 3}), w = torch::randn({5, 3});
+  fm::StraightnessMeter bent(x0), straight(x0);
+  const int k = 2000;
+  for (int i = 1; i <= k; ++i) {
+    double t = static_cast<double>(i) / k;
+    bent.step(t, x0 + t * d + std::sin(M_PI * t) * w);
+    straight.step(t, x0 + t * d);
+  }
+  auto s = bent.finish(x0 + d);
+  EXPECT_TRUE(torch::allclose(s, w.to(torch::kFloat64).pow(2).sum(1) / 2, 1e-5, 1e-6)) << s;
+  EXPECT_LT(straight.finish(x0 + d).abs().max().item<double>(), 1e-9);
 }

@@ -46,6 +46,8 @@ void add_sample_command(CLI::App& app) {
       ->excludes(cls);
   cmd->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance w: (1 + w) v(x|c) - w v(x)")
       ->capture_default_str();
+  cmd->add_flag("--straightness", o->straightness,
+                "also report the trajectories' straightness: mean over t of |x_t - ((1-t) x_0 + t x_1)|^2");
   cmd->callback([o, solve, solver, steps, grid, atol, rtol] {
     if (solver->count()) o->solve.solver = solve->solver;
     if (steps->count()) o->solve.steps = solve->steps;
@@ -55,6 +57,9 @@ void add_sample_command(CLI::App& app) {
     auto s = run_sampling(*o);
     spdlog::info("wrote {} samples to {}, {} and {} (NFE per batch: mean {:.1f}, max {:.0f}; {:.1f} s)", s.n, s.npz,
                  s.png, s.json, s.mean_nfe, s.max_nfe, s.wall_s);
+    if (o->straightness)
+      spdlog::info("straightness {:.6g} (mean over samples of the integral over t of |x_t - ((1-t) x_0 + t x_1)|^2)",
+                   s.straightness);
   });
 }
 

@@ -112,15 +112,21 @@ void visit(V& v, UNetConfig& c) {
 template <class V>
 void visit(V& v, ModelConfig& c) {
   v("type", c.type, one_of({"mlp", "unet"}));
+  v("target", c.target, one_of({"velocity", "noise", "data", "score"}));
   v.section("mlp", c.mlp);
   v.section("unet", c.unet);
 }
 template <class V>
 void visit(V& v, PathConfig& c) {
-  v("type", c.type, one_of({"cond_ot", "vp"}));
+  v("type", c.type, one_of({"cond_ot", "vp", "cosine", "polynomial", "linear_vp", "torchcfm_vp"}));
   v("sigma_min", c.sigma_min, in_range(0.0, 1.0, true));
   v("beta_min", c.beta_min, greater_than(0.0));
   v("beta_max", c.beta_max, greater_than(0.0));
+  v("poly_n", c.poly_n, greater_than(0.0));
+  v("coupling", c.coupling, one_of({"independent", "ot", "sinkhorn", "sb"}));
+  v("ot_reg", c.ot_reg, greater_than(0.0));
+  v("sinkhorn_iters", c.sinkhorn_iters, greater_than<int64_t>(0));
+  v("sb_sigma", c.sb_sigma, greater_than(0.0));
 }
 template <class V>
 void visit(V& v, TimeConfig& c) {

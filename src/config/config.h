@@ -47,16 +47,22 @@ struct UNetConfig {
 
 struct ModelConfig {
   std::string type = "mlp";  // mlp | unet
+  std::string target = "velocity";  // what the network predicts: velocity | noise | data | score (see path/target.h)
   MlpConfig mlp;
   UNetConfig unet;
 };
 
 // Noise at t=0, data at t=1 (the paper's convention).
 struct PathConfig {
-  std::string type = "cond_ot";  // cond_ot | vp
+  std::string type = "cond_ot";  // cond_ot | vp | cosine | polynomial | linear_vp | torchcfm_vp
   double sigma_min = 0.0;
   double beta_min = 0.1;
   double beta_max = 20.0;
+  double poly_n = 2.0;                  // polynomial: alpha_t = t^n
+  std::string coupling = "independent";  // independent | ot | sinkhorn | sb: how a batch's noise is paired with its data
+  double ot_reg = 0.05;                 // sinkhorn: entropic regularisation, in units of the squared distance
+  int64_t sinkhorn_iters = 100;         // sinkhorn, sb: Sinkhorn iterations per batch
+  double sb_sigma = 1.0;                // sb: Brownian-bridge noise sigma sqrt(t(1-t)); its plan uses reg 2 sigma^2
 };
 
 struct TimeConfig {

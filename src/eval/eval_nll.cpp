@@ -89,7 +89,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   configure_backend(device);
   CheckpointReader ck(o.checkpoint, device);
   const auto shape = ck.sample_shape();
-  auto model = make_velocity_field(ck.config().model, shape);
+  auto model = make_velocity_field(ck.config().model, ck.config().path, shape);
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
   model->eval();

@@ -1,6 +1,7 @@
 #include "nn/velocity_field.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "nn/mlp.h"
 #include "util/error.h"
@@ -25,7 +26,36 @@ int64_t parameter_count(const torch::nn::Module& m) {
 
 std::shared_ptr<VelocityField> make_unet_velocity(const UNetConfig& cfg, const std::vector<int64_t>& shape);
 
+namespace {
+std::shared_ptr<VelocityField> make_network(const ModelConfig& cfg, const std::vector<int64_t>& shape);
+}  // namespace
+
+TargetVelocity::TargetVelocity(std::shared_ptr<VelocityField> net, Target target, std::shared_ptr<const ProbPath> path)
+    : net_(register_module("net", std::move(net))), target_(target), path_(std::move(path)) {
+  std::tie(t_lo_, t_hi_) = target_time_range(target_, *path_);
+}
+
+torch::Tensor TargetVelocity::forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) {
+  auto tc = t.clamp(t_lo_, t_hi_);
+  return target_to_velocity(target_, *path_, net_->forward(tc, x, labels), x, tc);
+}
+
+std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const PathConfig& path,
+                                                   const std::vector<int64_t>& shape) {
+  auto net = make_network(cfg, shape);
+  const Target target = parse_target(cfg.target);
+  if (target == Target::velocity) return net;
+  return std::make_shared<TargetVelocity>(std::move(net), target, std::shared_ptr<const ProbPath>(make_path(path)));
+}
+
 std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const std::vector<int64_t>& shape) {
+  if (cfg.target != "velocity")
+    throw InputError("model.target: a " + cfg.target + "-predicting model needs its path to give velocities");
+  return make_network(cfg, shape);
+}
+
+namespace {
+std::shared_ptr<VelocityField> make_network(const ModelConfig& cfg, const std::vector<int64_t>& shape) {
   if (cfg.type == "mlp") {
     if (shape.size() != 1) throw InputError("model.type: mlp needs flat (2-D toy) data; use unet for images");
     return std::make_shared<MlpVelocity>(cfg.mlp, shape[0]);
@@ -33,5 +63,6 @@ std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const
   if (shape.size() != 3) throw InputError("model.type: unet needs image data [C, H, W]");
   return make_unet_velocity(cfg.unet, shape);
 }
+}  // namespace
 
 }  // namespace fm

@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include "config/config.h"
+#include "path/prob_path.h"
+#include "path/target.h"
 
 namespace fm {
 
@@ -17,9 +19,36 @@ class VelocityField : public torch::nn::Module {
     return forward(t, x, labels);
   }
   virtual int64_t num_classes() const { return 0; }
+  // The network's own output, which the training loss compares with model.target's target; forward() is always a
+  // velocity. The same for a network that predicts velocity.
+  virtual torch::Tensor prediction(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) {
+    return forward(t, x, labels);
+  }
 };
 
-// Builds the configured network for data of shape `sample_shape` ({2} for toys, {C, H, W} for images).
+// A network that predicts noise, data or a score, seen as a velocity field through the path's alpha_t, sigma_t (see
+// path/target.h), so that sampling and likelihood work unchanged. Times are clamped into target_time_range.
+class TargetVelocity : public VelocityField {
+ public:
+  TargetVelocity(std::shared_ptr<VelocityField> net, Target target, std::shared_ptr<const ProbPath> path);
+  torch::Tensor forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) override;
+  torch::Tensor prediction(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) override {
+    return net_->forward(t, x, labels);
+  }
+  int64_t num_classes() const override { return net_->num_classes(); }
+
+ private:
+  std::shared_ptr<VelocityField> net_;
+  Target target_;
+  std::shared_ptr<const ProbPath> path_;
+  double t_lo_, t_hi_;
+};
+
+// Builds the configured network for data of shape `sample_shape` ({2} for toys, {C, H, W} for images), wrapped in a
+// TargetVelocity unless model.target is velocity (then its parameter names are the bare network's, as before).
+std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const PathConfig& path,
+                                                   const std::vector<int64_t>& sample_shape);
+// For a velocity-target model only (throws InputError naming model.target otherwise).
 std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const std::vector<int64_t>& sample_shape);
 
 // Sinusoidal embedding of t as in ADM: [cos(t f), sin(t f)], f_i = exp(-ln(max_period) i / half).

@@ -15,10 +15,13 @@
 #include "io/image.h"
 #include "io/npy.h"
 #include "sample/figures.h"
+#include "sample/straightness.h"
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
 #include "util/progress.h"
+
+#include <optional>
 
 namespace fm {
 namespace fs = std::filesystem;
@@ -245,7 +248,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
     write_file_atomic(settings_file, settings.dump(2) + "\n");
   }
 
-  auto model = make_velocity_field(cfg.model, ck.sample_shape());
+  auto model = make_velocity_field(cfg.model, cfg.path, ck.sample_shape());
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
 
@@ -253,7 +256,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
   // keeps its NFE so that the summary of a resumed run covers every batch.
   std::vector<torch::Tensor> outs, labels_out;
   double nfe_sum = 0;
-  int64_t batches = 0;
+  int64_t batches = 0, solved = 0;
   Progress progress("sample", o.n, 0, 1);
   for (int64_t first = 0; first < o.n; first += o.batch) {
     int64_t count = std::min(o.batch, o.n - first);
@@ -269,7 +272,14 @@ SampleSummary run_sampling(const SampleOptions& o) {
       nfe = arrays.at("nfe").item<double>();
     } else {
       auto x0 = sample_noise(o.seed, first, count, ck.sample_shape()).to(device);
-      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, solve, o.cfg_scale);
+      std::optional<StraightnessMeter> meter;
+      if (o.straightness) meter.emplace(x0);
+      auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, solve, o.cfg_scale,
+                        meter ? StepCallback([&](double t, const torch::Tensor& xt) { meter->step(t, xt); }) : nullptr);
+      if (meter) {
+        sum.straightness += meter->finish(r.x).sum().item<double>();
+        solved += count;
+      }
       nfe = static_cast<double>(r.nfe);
       x = toy ? r.x.to(torch::kCPU, torch::kFloat32) : to_uint8(r.x).permute({0, 2, 3, 1}).contiguous().cpu();
       write_npz(shard, {{"arr_0", x}, {"nfe", torch::tensor(r.nfe, torch::kLong)}});
@@ -292,6 +302,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
     if (labels.defined()) labels_out.push_back(labels);
   }
   sum.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(1, batches));
+  if (solved > 0) sum.straightness /= static_cast<double>(solved);
   auto all = torch::cat(outs);
   sum.n = all.size(0);
   std::vector<std::pair<std::string, torch::Tensor>> arrays{{"arr_0", all}};

@@ -33,11 +33,13 @@ struct SampleOptions {
   std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes), a class index or name
   double cfg_scale = 0.0;    // classifier-free guidance w: (1 + w) v(x|c) - w v(x)
   int64_t grid_n = 64;       // images shown in samples.png
+  bool straightness = false; // also measure the trajectories' straightness (sample/straightness.h)
 };
 
 struct SampleSummary {
   int64_t n = 0;
   double mean_nfe = 0, max_nfe = 0;  // per batch, over every batch of the run (resumed ones included)
+  double straightness = 0;           // mean over the samples solved in this run (when asked for)
   double wall_s = 0;
   std::string npz, png, json;
   nlohmann::json record;  // what samples.json holds

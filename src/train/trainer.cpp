@@ -12,6 +12,7 @@
 #include "io/file_util.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
+#include "train/cfm_objective.h"
 #include "sample/figures.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/seal.h"
@@ -113,8 +114,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   check_data_fits_model(cfg, data);
   const bool fresh_epoch = ck && check_resume_data(*ck, cfg, data, shape);
 
-  auto model = make_velocity_field(cfg.model, shape);
-  auto ema_model = make_velocity_field(cfg.model, shape);
+  auto model = make_velocity_field(cfg.model, cfg.path, shape);
+  auto ema_model = make_velocity_field(cfg.model, cfg.path, shape);
   model->to(device);
   ema_model->to(device);
   // Convolutions on CUDA run fastest in channels-last (NHWC) layout with bf16.
@@ -132,6 +133,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
                                             .weight_decay(cfg.train.weight_decay));
   BatchSampler sampler(data, cfg.data.hflip && !data.is_toy());
   auto path = make_path(cfg.path);
+  CfmObjective objective(cfg, *path, model->num_classes());
 
   int64_t step = 0;
   TrainResult result;
@@ -193,22 +195,10 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     const double lr = lr_at(cfg.train, step);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
-    Batch b = sampler.next(bsz);
-    auto x0 = torch::randn_like(b.x);
-    auto t = sample_times(cfg.time, bsz, b.x.options());
-    auto ps = path->sample(x0, b.x, t);
-    torch::Tensor labels = b.labels;
-    if (labels.defined() && model->num_classes() > 0 && cfg.model.unet.class_dropout > 0) {
-      // Train the unconditional model alongside (the null label) for classifier-free guidance.
-      auto drop = torch::rand({bsz}, b.x.options()) < cfg.model.unet.class_dropout;
-      labels = torch::where(drop, torch::full_like(labels, model->num_classes()), labels);
-    }
-    torch::Tensor v;
-    {
+    auto loss = objective.loss(sampler.next(bsz), [&](const auto& t, const auto& x, const auto& labels) {
       AutocastScope ac(autocast);
-      v = (*model)(t, channels_last ? ps.x_t.contiguous(at::MemoryFormat::ChannelsLast) : ps.x_t, labels);
-    }
-    auto loss = torch::mse_loss(v.to(torch::kFloat32), ps.u_t);
+      return model->prediction(t, channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
+    });
     optimizer.zero_grad();
     loss.backward();
     // The norm costs a pass over every gradient: only when clipping, or for the metrics line.

@@ -1,0 +1,45 @@
+#include "train/cfm_objective.h"
+
+#include <algorithm>
+#include <tuple>
+
+#include "path/coupling.h"
+#include "util/error.h"
+
+namespace fm {
+
+CfmObjective::CfmObjective(const Config& cfg, const ProbPath& path, int64_t num_classes)
+    : cfg_(cfg), path_(path), target_(parse_target(cfg.model.target)), num_classes_(num_classes) {
+  std::tie(t_lo_, t_hi_) = target_time_range(target_, path);
+  if (cfg.path.coupling == "sb") {
+    // SB's bridge noise is not part of alpha_t x1 + sigma_t x0, so only the velocity target accounts for it.
+    if (target_ != Target::velocity)
+      throw InputError("path.coupling: sb trains model.target velocity only (got \"" + cfg.model.target + "\")");
+    t_lo_ = std::max(t_lo_, kSingularEndGap);
+    t_hi_ = std::min(t_hi_, 1.0 - kSingularEndGap);
+  }
+}
+
+torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict) const {
+  const int64_t n = batch.x.size(0);
+  auto x0 = torch::randn_like(batch.x);
+  auto t = sample_times(cfg_.time, n, batch.x.options()).clamp(t_lo_, t_hi_);
+  Pairing p = couple(cfg_.path, x0, batch.x, batch.labels);
+  auto ps = path_.sample(p.x0, p.x1, t);
+  torch::Tensor labels = p.labels;
+  if (labels.defined() && num_classes_ > 0 && cfg_.model.unet.class_dropout > 0) {
+    // Train the unconditional model alongside (the null label) for classifier-free guidance.
+    auto drop = torch::rand({n}, batch.x.options()) < cfg_.model.unet.class_dropout;
+    labels = torch::where(drop, torch::full_like(labels, num_classes_), labels);
+  }
+  if (cfg_.path.coupling == "sb") {
+    auto noise = bridge_noise(cfg_.path.sb_sigma, broadcast_time(t, ps.x_t));
+    auto eps = torch::randn_like(ps.x_t);
+    auto out = predict(t, ps.x_t + noise.std * eps, labels).to(torch::kFloat32);
+    return torch::mse_loss(out, ps.u_t + noise.d_std * eps);
+  }
+  auto out = predict(t, ps.x_t, labels).to(torch::kFloat32);
+  return target_loss(target_, path_, out, p.x0, p.x1, t, ps);
+}
+
+}  // namespace fm
