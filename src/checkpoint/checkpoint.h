@@ -13,13 +13,20 @@
 
 namespace fm {
 
+// State with its own archive form that a checkpoint carries without knowing its type (the optimizer, from train/).
+struct ArchiveState {
+  virtual ~ArchiveState() = default;
+  virtual void save(torch::serialize::OutputArchive& ar) const = 0;
+  virtual void load(torch::serialize::InputArchive& ar) = 0;
+};
+
 struct CheckpointContents {
   const Config* config = nullptr;
   int64_t step = 0;
   std::vector<int64_t> sample_shape;
   torch::nn::Module* model = nullptr;
   torch::nn::Module* ema = nullptr;
-  torch::optim::Optimizer* optimizer = nullptr;  // optional
+  const ArchiveState* optimizer = nullptr;       // optional
   const BatchSampler* sampler = nullptr;         // optional
 };
 
@@ -35,7 +42,7 @@ class CheckpointReader {
 
   // key: "model" or "ema".
   void load_module(const std::string& key, torch::nn::Module& m);
-  void load_optimizer(torch::optim::Optimizer& opt);
+  void load_optimizer(ArchiveState& opt);
   void load_sampler(BatchSampler& s);
   void restore_rng();
 

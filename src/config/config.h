@@ -83,6 +83,7 @@ struct TrainConfig {
   int64_t keep_last = 3;
   int64_t sample_every = 0;  // images: a sample grid every N steps (0 = at the end only)
   bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
+  int64_t max_nonfinite_steps = 100;  // this many skipped (non-finite) steps in a row stop the run
 };
 
 struct SampleConfig {

@@ -16,6 +16,16 @@ void Ema::update() {
   for (size_t i = 0; i < ema_buffers_.size(); ++i) ema_buffers_[i].copy_(model_buffers_[i]);
 }
 
+void Ema::update(const torch::Tensor& found_inf) {
+  torch::NoGradGuard ng;
+  // ema += w (model - ema) with a tensor weight: _foreach_lerp_ takes its weight only as a host scalar (or one tensor
+  // per parameter, which falls off the fused path).
+  auto diff = at::_foreach_sub(model_params_, ema_params_);
+  at::_foreach_mul_(diff, (1.0 - found_inf) * (1.0 - decay_));
+  at::_foreach_add_(ema_params_, diff);
+  for (size_t i = 0; i < ema_buffers_.size(); ++i) ema_buffers_[i].copy_(model_buffers_[i]);
+}
+
 void Ema::reset() {
   torch::NoGradGuard ng;
   for (size_t i = 0; i < ema_params_.size(); ++i) ema_params_[i].copy_(model_params_[i]);
