@@ -1,5 +1,7 @@
 // Fault injection on the fm binary: signals and kill -9 at a random step of a running `fm train`, then --resume auto,
 // must give exactly the parameters of an uninterrupted run; a diverging run must stop without writing a bad checkpoint.
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 
