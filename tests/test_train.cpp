@@ -19,8 +19,12 @@
 #include "checkpoint/checkpoint.h"
 #include "path/prob_path.h"
 #include "train/cfm_objective.h"
+#include "train/adamw.h"
 #include "train/ema.h"
+#include "train/grad_clip.h"
 #include "train/lr_schedule.h"
+#include "train/metrics_log.h"
+#include "train/nonfinite_guard.h"
 #include "util/progress.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -96,6 +100,163 @@ TEST(Train, EmaIsAnExponentialMovingAverage) {
   EXPECT_TRUE(torch::allclose(b->weight, 0.9 * (0.9 * w0 + 0.1 * (w0 + 1.0)) + 0.1 * (w0 + 1.0)));
 }
 
+namespace {
+
+// Parameters of a small network, with gradients set from a seeded stream (so two copies see the same gradients).
+std::vector<torch::Tensor> make_params(int64_t seed) {
+  torch::manual_seed(seed);
+  std::vector<torch::Tensor> p = {torch::randn({4, 3}), torch::randn({4}), torch::randn({2, 3, 3, 3})};
+  for (auto& t : p) t.set_requires_grad(true);
+  return p;
+}
+void set_grads(std::vector<torch::Tensor>& ps, int64_t seed) {
+  torch::manual_seed(seed);
+  for (auto& p : ps) p.mutable_grad() = torch::randn_like(p);
+}
+std::vector<torch::Tensor> clones(const std::vector<torch::Tensor>& v) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : v) out.push_back(t.detach().clone());
+  return out;
+}
+bool bitwise_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST(Train, FusedAdamWMatchesLibTorchAdamW) {
+  // The reference is LibTorch's own (unfused, per-tensor) AdamW; changing learning rates as a schedule would.
+  auto a = make_params(1), b = make_params(1);
+  fm::AdamW fused(a, {0.9, 0.99, 1e-8, 0.05});
+  torch::optim::AdamW ref(b, torch::optim::AdamWOptions(1e-2).betas({0.9, 0.99}).eps(1e-8).weight_decay(0.05));
+  for (int64_t k = 0; k < 6; ++k) {
+    const double lr = 1e-2 * (k + 1) / 3.0;
+    for (auto& g : ref.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    set_grads(a, 100 + k);
+    set_grads(b, 100 + k);
+    fused.step(lr);
+    ref.step();
+  }
+  EXPECT_EQ(fused.updates(), 6);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-6)) << "parameter " << i << " max diff "
+                                                         << (a[i] - b[i]).abs().max().item<double>();
+    EXPECT_FALSE(torch::equal(a[i], make_params(1)[i])) << "the step did nothing";
+  }
+}
+
+TEST(Train, SkippedStepLeavesParametersOptimizerAndEmaUntouched) {
+  torch::nn::Linear model(3, 2), avg(3, 2);
+  fm::Ema ema(*model, *avg, 0.9);
+  ema.reset();
+  auto params = model->parameters();
+  fm::AdamW opt(params, {0.9, 0.999, 1e-8, 0.01});
+  fm::NonFiniteGuard guard(torch::kCPU, 3);
+  auto finite_step = [&](int64_t seed) {
+    set_grads(params, seed);
+    auto flag = guard.check(torch::tensor(1.0f), fm::clip_grad_norm(params, 0.0));
+    EXPECT_EQ(flag.item<float>(), 0.0f);
+    opt.step(1e-2, flag);
+    ema.update(flag);
+  };
+  finite_step(1);
+  finite_step(2);
+  auto p0 = clones(params), m0 = clones(opt.exp_avg()), v0 = clones(opt.exp_avg_sq()),
+       s0 = clones(opt.step_counts()), e0 = clones(avg->parameters());
+  std::stringstream saved;  // the optimizer before the skipped steps, through its archive form
+  {
+    torch::serialize::OutputArchive ar;
+    opt.save(ar);
+    ar.save_to(saved);
+  }
+  // A gradient with a NaN in one element, and (separately) a finite gradient with an infinite loss.
+  for (int k = 0; k < 2; ++k) {
+    set_grads(params, 3);
+    if (k == 0) params[0].mutable_grad()[0][1].fill_(NAN);
+    auto loss = torch::tensor(k == 0 ? 1.0f : INFINITY);
+    auto flag = guard.check(loss, fm::clip_grad_norm(params, 0.0));
+    EXPECT_EQ(flag.item<float>(), 1.0f);
+    opt.step(1e-2, flag);
+    ema.update(flag);
+    EXPECT_TRUE(bitwise_equal(params, p0));
+    EXPECT_TRUE(bitwise_equal(opt.exp_avg(), m0));
+    EXPECT_TRUE(bitwise_equal(opt.exp_avg_sq(), v0));
+    EXPECT_TRUE(bitwise_equal(opt.step_counts(), s0));
+    EXPECT_TRUE(bitwise_equal(avg->parameters(), e0));
+  }
+  EXPECT_EQ(guard.take_interval_skips(), 2);
+  EXPECT_EQ(guard.take_interval_skips(), 0);
+  EXPECT_NO_THROW(guard.check_consecutive(4));  // 2 in a row, below the limit of 3
+  // The next finite step is exactly the one taken by an optimizer that never saw the skipped steps.
+  auto tp = clones(p0);
+  for (auto& t : tp) t.set_requires_grad(true);
+  fm::AdamW twin(tp, {0.9, 0.999, 1e-8, 0.01});
+  torch::serialize::InputArchive in;
+  in.load_from(saved);
+  twin.load(in);
+  finite_step(4);
+  set_grads(tp, 4);
+  twin.step(1e-2);
+  EXPECT_TRUE(bitwise_equal(params, tp));
+  EXPECT_FALSE(bitwise_equal(params, p0));
+  EXPECT_EQ(opt.updates(), 3);
+}
+
+TEST(Train, GuardStopsAfterTooManyConsecutiveSkips) {
+  fm::NonFiniteGuard guard(torch::kCPU, 3);
+  auto g = torch::tensor(1.0f), bad = torch::tensor(NAN);
+  guard.check(bad, g);
+  guard.check(bad, g);
+  guard.check(g, g);  // a finite step ends the run of skips
+  guard.check(bad, g);
+  guard.check(g, bad);
+  EXPECT_NO_THROW(guard.check_consecutive(5));
+  guard.check(bad, g);
+  try {
+    guard.check_consecutive(6);
+    FAIL() << "three skipped steps in a row did not stop the run";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("(4 to 6)"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fm::all_finite({torch::ones({3}), torch::zeros({0})}));
+  EXPECT_FALSE(fm::all_finite({torch::ones({3}), torch::tensor({1.0f, -INFINITY})}));
+  EXPECT_FALSE(fm::all_finite({torch::tensor({NAN})}));
+}
+
+TEST(Train, MetricsLogStartsFreshOrKeepsTheLinesUpToTheCheckpoint) {
+  TempDir d;
+  const std::string path = d / "metrics.jsonl";
+  auto write_stale = [&] {
+    std::ofstream f(path);
+    f << R"({"step": 10, "elapsed_s": 5.0})" "\n" R"({"step": 20, "elapsed_s": 9.0})" "\n"
+      << R"({"step": 30, "elapsed_s": 12.0})" "\n" R"({"step": 40, "ela)";  // the last line cut by a kill
+  };
+  auto read_steps = [&] {
+    std::ifstream f(path);
+    std::vector<int64_t> steps;
+    for (std::string line; std::getline(f, line);) steps.push_back(nlohmann::json::parse(line)["step"]);
+    return steps;
+  };
+  write_stale();
+  {
+    fm::MetricsLog log(path, 20);
+    EXPECT_DOUBLE_EQ(log.elapsed_before(), 9.0);
+    log.write({{"step", 30}});
+  }
+  EXPECT_EQ(read_steps(), (std::vector<int64_t>{10, 20, 30}));
+  write_stale();
+  {
+    fm::MetricsLog log(path, std::nullopt);  // a fresh run: nothing of the stale file survives
+    EXPECT_DOUBLE_EQ(log.elapsed_before(), 0.0);
+    log.write({{"step", 10}});
+  }
+  EXPECT_EQ(read_steps(), (std::vector<int64_t>{10}));
+}
+
 TEST(Train, ResumeIsBitwiseExact) {
   FM_SKIP_ON_CUDA("bitwise equality holds on the CPU only: CUDA kernels (atomic adds in backward) sum in any order");
   TempDir d;
@@ -118,8 +279,34 @@ TEST(Train, ResumeIsBitwiseExact) {
   // Metrics of the resumed run continue where the first part stopped, without duplicates.
   std::ifstream m(d / "resumed/metrics.jsonl");
   std::vector<int64_t> steps;
-  for (std::string line; std::getline(m, line);) steps.push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+  std::vector<double> elapsed;
+  for (std::string line; std::getline(m, line);) {
+    auto j = nlohmann::json::parse(line);
+    steps.push_back(j["step"].get<int64_t>());
+    elapsed.push_back(j["elapsed_s"].get<double>());
+  }
   EXPECT_EQ(steps, (std::vector<int64_t>{10, 20, 30, 40}));
+  // elapsed_s goes on from the first part's figure rather than restarting at zero.
+  ASSERT_EQ(elapsed.size(), 4u);
+  EXPECT_GE(elapsed[2], elapsed[1]);
+}
+
+TEST(Train, FreshRunRestartsAStaleMetricsFile) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 20;
+  std::filesystem::create_directories(d / "run");
+  { std::ofstream(d / "run/metrics.jsonl") << R"({"step": 100, "loss": 1.0})" "\n"; }
+  fm::train(cfg, {d / "run", ""});
+  std::ifstream m(d / "run/metrics.jsonl");
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(m, line);) {
+    auto j = nlohmann::json::parse(line);
+    steps.push_back(j["step"].get<int64_t>());
+    EXPECT_EQ(j["skipped_steps"], 0);
+    EXPECT_EQ(j["skipped_steps_total"], 0);
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{10, 20}));
 }
 
 TEST(Train, KeepsOnlyTheLastCheckpointsAndWritesTheConfig) {

@@ -142,10 +142,16 @@ void CheckpointReader::load_module(const std::string& key, torch::nn::Module& m)
   }
 }
 
-void CheckpointReader::load_optimizer(torch::optim::Optimizer& opt) {
+void CheckpointReader::load_optimizer(ArchiveState& opt) {
   torch::serialize::InputArchive sub;
   if (!ar_.try_read("optimizer", sub)) throw file_error(path_, "checkpoint has no optimizer state to resume from");
-  opt.load(sub);
+  try {
+    opt.load(sub);
+  } catch (const c10::Error& e) {
+    throw file_error(path_, std::string("optimizer state: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw file_error(path_, e.what());
+  }
 }
 
 void CheckpointReader::load_sampler(BatchSampler& s) {

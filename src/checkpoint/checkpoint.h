@@ -22,6 +22,13 @@ struct DataIdentity {
   int64_t num_classes = 0;  // 0 without labels
 };
 
+// State with its own archive form that a checkpoint carries without knowing its type (the optimizer, from train/).
+struct ArchiveState {
+  virtual ~ArchiveState() = default;
+  virtual void save(torch::serialize::OutputArchive& ar) const = 0;
+  virtual void load(torch::serialize::InputArchive& ar) = 0;
+};
+
 struct CheckpointContents {
   const Config* config = nullptr;
   int64_t step = 0;
@@ -29,7 +36,7 @@ struct CheckpointContents {
   DataIdentity data;
   torch::nn::Module* model = nullptr;
   torch::nn::Module* ema = nullptr;
-  torch::optim::Optimizer* optimizer = nullptr;  // optional
+  const ArchiveState* optimizer = nullptr;       // optional
   const BatchSampler* sampler = nullptr;         // optional
   std::vector<std::string> class_names;          // the data's class index -> name (empty: none known)
 };
@@ -52,7 +59,7 @@ class CheckpointReader {
 
   // key: "model" or "ema".
   void load_module(const std::string& key, torch::nn::Module& m);
-  void load_optimizer(torch::optim::Optimizer& opt);
+  void load_optimizer(ArchiveState& opt);
   void load_sampler(BatchSampler& s);
   void restore_rng();
 

@@ -20,6 +20,10 @@ void add_config_command(CLI::App& app) {
 
 void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a flow matching model");
+  cmd->footer(
+      "Exit status: 0 done (or stopped at --stop-after); 2 bad usage, config or input file; 75 stopped by SIGTERM,\n"
+      "SIGUSR1 or SIGINT after checkpointing the current step (run again with --resume auto; a second signal ends\n"
+      "at once); 1 anything else, including train.max_nonfinite_steps non-finite steps in a row.");
   struct Args {
     std::string config, out, resume, device;
     int64_t stop_after = 0;

@@ -10,6 +10,9 @@ class Ema {
   Ema(torch::nn::Module& model, torch::nn::Module& ema, double decay);
   // ema <- decay * ema + (1 - decay) * model, for every parameter; buffers are copied.
   void update();
+  // The same, unless found_inf (a float32 device scalar from the non-finite guard) is 1: then the average stays as
+  // it is (its weight 1 - decay is multiplied by 1 - found_inf on the device, so skipping needs no host sync).
+  void update(const torch::Tensor& found_inf);
   // Sets the average to the model's current weights.
   void reset();
 

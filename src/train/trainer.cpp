@@ -2,6 +2,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -16,12 +18,17 @@
 #include "sample/figures.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/seal.h"
+#include "train/adamw.h"
 #include "train/ema.h"
+#include "train/grad_clip.h"
 #include "train/lr_schedule.h"
+#include "train/metrics_log.h"
+#include "train/nonfinite_guard.h"
 #include "train/preflight.h"
-#include "util/progress.h"
 #include "util/device.h"
 #include "util/error.h"
+#include "util/preemption.h"
+#include "util/progress.h"
 
 namespace fm {
 namespace fs = std::filesystem;
@@ -43,34 +50,15 @@ struct AutocastScope {
   }
 };
 
-// Global gradient norm, and clipping to max_norm (> 0) without a host sync.
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
-  std::vector<torch::Tensor> grads;
-  for (const auto& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  if (grads.empty()) return torch::zeros({});
-  auto total = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat32).norm();
-  if (max_norm > 0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
-  return total;
-}
-
-// Keeps the metrics lines up to `step` (a resumed run rewrites what came after its checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    try {
-      if (nlohmann::json::parse(line).value("step", int64_t(0)) <= step) kept += line + "\n";
-    } catch (const nlohmann::json::exception&) {
-    }
-  }
-  write_file_atomic(path, kept);
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace
 
 TrainResult train(const Config& config, const TrainOptions& opts) {
+  // From here on SIGTERM, SIGUSR1 and SIGINT only ask the loop to checkpoint and stop after its current step.
+  install_stop_handlers();
   const auto device = resolve_device(config.device);
   configure_backend(device);
   const std::string out = opts.out_dir, ckpt_dir = out + "/checkpoints";
@@ -127,16 +115,14 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   Ema ema(*model, *ema_model, cfg.train.ema_decay);
   ema.reset();
   auto params = model->parameters();
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(cfg.train.lr)
-                                            .betas({cfg.train.betas[0], cfg.train.betas[1]})
-                                            .eps(cfg.train.eps)
-                                            .weight_decay(cfg.train.weight_decay));
+  AdamW optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay});
   BatchSampler sampler(data, cfg.data.hflip && !data.is_toy());
   auto path = make_path(cfg.path);
   CfmObjective objective(cfg, *path, model->num_classes());
 
   int64_t step = 0;
   TrainResult result;
+  const bool resumed = ck.has_value();
   if (ck) {
     ck->load_module("model", *model);
     ck->load_module("ema", *ema_model);
@@ -152,29 +138,40 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     ck.reset();  // the archive's tensors are no longer needed
   }
   make_dirs(out);
-  if (step > 0) truncate_metrics(out + "/metrics.jsonl", step);
   write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
                data.name, device.str(), parameter_count(*model), cfg.train.steps, cfg.train.batch_size, out);
 
   const bool autocast = device.is_cuda() && cfg.train.bf16;
   const int64_t bsz = cfg.train.batch_size;
-  std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+  MetricsLog metrics(out + "/metrics.jsonl", resumed ? std::optional<int64_t>(step) : std::nullopt);
   Progress progress("train", cfg.train.steps, step, cfg.train.log_every);
+  NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
   int64_t interval_steps = 0;
   auto interval_t0 = std::chrono::steady_clock::now();
+  double interval_pause_s = 0.0;  // spent writing checkpoints and grids: left out of the throughput
   model->train();
 
   const DataIdentity data_id{data.name, data.size(), data.num_classes};
+  // Everything a checkpoint stores as floats; checked before each write so that no checkpoint holds an inf or NaN.
+  std::vector<torch::Tensor> float_state = params;
+  for (const auto& v : {ema_model->parameters(), optimizer.exp_avg(), optimizer.exp_avg_sq()})
+    float_state.insert(float_state.end(), v.begin(), v.end());
   auto save = [&](int64_t s) {
+    auto t0 = std::chrono::steady_clock::now();
+    if (!all_finite(float_state))
+      throw std::runtime_error("non-finite values in the weights or optimizer state at step " + std::to_string(s) +
+                               "; no checkpoint written, the earlier ones are kept. Lower train.lr or raise "
+                               "train.warmup_steps, and continue from one with --resume PATH");
     make_dirs(ckpt_dir);  // only now: a run that fails before its first checkpoint leaves no empty checkpoints/
     std::string p = ckpt_dir + "/" + checkpoint_name(s);
     save_checkpoint(p, {&cfg, s, shape, data_id, model.get(), ema_model.get(), &optimizer, &sampler,
                         data.class_names});
     prune_checkpoints(ckpt_dir, cfg.train.keep_last);  // only after the new one is safely written
     result.checkpoint = p;
+    interval_pause_s += seconds_since(t0);
   };
 
   const int64_t last_step = opts.stop_after > 0 ? std::min(opts.stop_after, cfg.train.steps) : cfg.train.steps;
@@ -193,7 +190,6 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
 
   while (step < last_step) {
     const double lr = lr_at(cfg.train, step);
-    for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
     auto loss = objective.loss(sampler.next(bsz), [&](const auto& t, const auto& x, const auto& labels) {
       AutocastScope ac(autocast);
@@ -201,41 +197,61 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     });
     optimizer.zero_grad();
     loss.backward();
-    // The norm costs a pass over every gradient: only when clipping, or for the metrics line.
-    const bool log_now = (step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps;
-    if (cfg.train.grad_clip > 0 || log_now) gnorm = clip_grad_norm(params, cfg.train.grad_clip);
-    optimizer.step();
-    ema.update();
+    // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
+    gnorm = clip_grad_norm(params, cfg.train.grad_clip);
+    auto found_inf = guard.check(loss, gnorm);  // 1: skip this step, decided on the device
+    optimizer.step(lr, found_inf);
+    ema.update(found_inf);
     ++step;
-    loss_sum += loss.detach();
+    loss_sum += torch::where(found_inf > 0, torch::zeros_like(loss), loss.detach());
     ++interval_steps;
 
     if (step % cfg.train.log_every == 0 || step == cfg.train.steps) {
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - interval_t0).count();
-      double mean_loss = loss_sum.item<double>() / interval_steps;
-      double sps = interval_steps / std::max(dt, 1e-9);
+      const int64_t skipped = guard.take_interval_skips();
+      const double dt = seconds_since(interval_t0) - interval_pause_s;
+      const double mean_loss = interval_steps > skipped ? loss_sum.item<double>() / (interval_steps - skipped) : NAN;
+      const double sps = interval_steps / std::max(dt, 1e-9);
       nlohmann::json m = {{"step", step},
                           {"loss", mean_loss},
                           {"lr", lr},
                           {"grad_norm", gnorm.item<double>()},
+                          {"skipped_steps", skipped},
+                          {"skipped_steps_total", step - optimizer.updates()},
                           {"steps_per_s", sps},
                           {"samples_per_s", sps * bsz},
                           {"peak_mem_mib", peak_memory_mib(device)},
-                          {"elapsed_s", progress.elapsed_s()}};
-      metrics << m.dump() << "\n" << std::flush;
+                          {"elapsed_s", metrics.elapsed_before() + progress.elapsed_s()}};
+      metrics.write(m);
       char extra[160];
-      std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f samples/s", mean_loss, lr, sps * bsz);
+      std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f samples/s%s", mean_loss, lr, sps * bsz,
+                    skipped ? (", " + std::to_string(skipped) + " non-finite steps skipped").c_str() : "");
       progress.update(step, extra, true);
       result.last_loss = mean_loss;
       loss_sum.zero_();
       interval_steps = 0;
+      interval_pause_s = 0.0;
       interval_t0 = std::chrono::steady_clock::now();
     }
-    if (step % cfg.train.ckpt_every == 0 || step == last_step) save(step);
+    const bool ckpt_now = step % cfg.train.ckpt_every == 0 || step == last_step;
+    // A run of skipped steps is caught within one log interval, one checkpoint or max_nonfinite_steps steps, and
+    // before a checkpoint of a diverged run is written.
+    if (ckpt_now || step % cfg.train.log_every == 0 || step % cfg.train.max_nonfinite_steps == 0)
+      guard.check_consecutive(step);
+    if (ckpt_now) save(step);
     if (!data.is_toy() && cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 && step != cfg.train.steps) {
+      auto t0 = std::chrono::steady_clock::now();
       char name[64];
       std::snprintf(name, sizeof name, "/grid_%09lld.png", static_cast<long long>(step));
       write_grid(out + name);
+      interval_pause_s += seconds_since(t0);
+    }
+    // Preemption: the step is complete; checkpoint it (unless just done) and leave with exit 75. At last_step the
+    // run ends normally anyway.
+    if (stop_requested() && step < last_step) {
+      if (!ckpt_now) save(step);
+      spdlog::warn("signal {}: stopped at step {} with checkpoint {}; continue with --resume auto", stop_signal(),
+                   step, result.checkpoint);
+      throw StopRequested{stop_signal()};
     }
   }
   result.step = step;

@@ -1,0 +1,138 @@
+// Fault injection on the fm binary: signals and kill -9 at a random step of a running `fm train`, then --resume auto,
+// must give exactly the parameters of an uninterrupted run; a diverging run must stop without writing a bad checkpoint.
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "checkpoint/checkpoint.h"
+#include "nn/velocity_field.h"
+#include "test_util.h"
+#include "train/nonfinite_guard.h"
+
+using fm::test::run;
+using fm::test::TempDir;
+
+namespace {
+
+constexpr int64_t kSteps = 600;
+
+// A tiny 2-D run, long enough (a few seconds) that a signal lands mid-run. `extra` continues the --set list, or starts
+// with another option.
+std::string train_cmd(const std::string& out, const std::string& extra = "") {
+  return fm::test::fm_binary() + " train --config " + fm::test::source_dir() +
+         "/configs/toy2d.json --set device=cpu model.mlp.hidden=32 model.mlp.depth=2 train.batch_size=64 "
+         "train.steps=" + std::to_string(kSteps) + " train.log_every=10 train.ckpt_every=50 train.keep_last=2 "
+         "sample.n=100 sample.steps=2 " + extra + " --out " + out;
+}
+
+// Starts the run in the background, waits until its metrics file has `lines` lines (so the loop is running and the
+// step is random to within the polling), sends `sig`, and returns the run's exit status.
+int interrupt_at(const std::string& cmd, const std::string& out, int lines, const std::string& sig) {
+  const std::string metrics = out + "/metrics.jsonl";
+  auto r = fm::test::run_stdout(
+      "(" + cmd + " >>" + out + ".log 2>&1 & pid=$!; "
+      "while kill -0 $pid 2>/dev/null && { [ ! -f " + metrics + " ] || [ $(wc -l < " + metrics + ") -lt " +
+      std::to_string(lines) + " ]; }; do sleep 0.01; done; kill -" + sig + " $pid; wait $pid; echo rc=$?)");
+  auto at = r.output.rfind("rc=");
+  return at == std::string::npos ? -1 : std::stoi(r.output.substr(at + 3));
+}
+
+std::vector<torch::Tensor> weights(const std::string& ckpt, const std::string& key) {
+  fm::CheckpointReader r(ckpt, torch::kCPU);
+  auto m = fm::make_velocity_field(r.config().model, r.sample_shape());
+  r.load_module(key, *m);
+  return m->parameters();
+}
+
+void expect_same_weights(const std::string& a, const std::string& b) {
+  for (const char* key : {"model", "ema"}) {
+    auto x = weights(a, key), y = weights(b, key);
+    ASSERT_EQ(x.size(), y.size());
+    for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(torch::equal(x[i], y[i])) << key << " parameter " << i;
+  }
+}
+
+std::string final_ckpt(const std::string& out) {
+  char name[64];
+  std::snprintf(name, sizeof name, "/checkpoints/ckpt_%09lld.pt", static_cast<long long>(kSteps));
+  return out + name;
+}
+
+int random_lines() {
+  std::random_device rd;
+  return std::uniform_int_distribution<int>(2, kSteps / 10 / 2)(rd);  // somewhere in the first half
+}
+
+}  // namespace
+
+TEST(Preemption, HelpNamesTheExitStatuses) {
+  auto h = run(fm::test::fm_binary() + " train --help");
+  EXPECT_EQ(h.code, 0);
+  EXPECT_NE(h.output.find("75 stopped by SIGTERM"), std::string::npos) << h.output;
+  EXPECT_NE(h.output.find("max_nonfinite_steps"), std::string::npos) << h.output;
+}
+
+TEST(Preemption, SignalsCheckpointExitResumableAndResumeExactly) {
+  TempDir d;
+  ASSERT_EQ(run(train_cmd(d / "straight")).code, 0);
+  for (const std::string sig : {"TERM", "USR1"}) {
+    const std::string out = d / ("run_" + sig);
+    const int lines = random_lines();
+    EXPECT_EQ(interrupt_at(train_cmd(out), out, lines, sig), 75) << "SIG" << sig << " after " << lines << " lines";
+    // The checkpoint of the interrupted step is there, before the end.
+    auto ck = fm::latest_checkpoint(out + "/checkpoints");
+    ASSERT_TRUE(ck.has_value());
+    const int64_t stopped = fm::CheckpointReader(*ck, torch::kCPU).step();
+    EXPECT_GE(stopped, lines * 10);
+    EXPECT_LT(stopped, kSteps);
+    RecordProperty("stopped_at_step_" + sig, std::to_string(stopped));
+    auto r = run(train_cmd(out, "--resume auto"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+    expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
+  }
+}
+
+TEST(Preemption, KillNineInALoopThenResumeIsExact) {
+  TempDir d;
+  ASSERT_EQ(run(train_cmd(d / "straight")).code, 0);
+  const std::string out = d / "killed";
+  int lines = 0;
+  for (int k = 0; k < 3; ++k) {
+    // Each resumed part gets a little further before the next kill (metrics lines past the checkpoint are dropped).
+    lines += 6 + random_lines() / 3;
+    const int rc = interrupt_at(train_cmd(out, "--resume auto"), out, lines, "KILL");
+    EXPECT_EQ(rc, 128 + 9) << "kill " << k;
+  }
+  auto r = run(train_cmd(out, "--resume auto"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
+}
+
+TEST(Preemption, DivergingRunSkipsStepsThenStopsWithoutABadCheckpoint) {
+  TempDir d;
+  const std::string out = d / "run";
+  // lr = 1e6 reached by a slow warmup (lr = step + 1) with weight decay: the weights shrink-and-flip by 1 - lr * wd,
+  // which passes -1 after step 200 and overflows float32 a few dozen steps later (measured: skips from step 267).
+  auto r = run(train_cmd(out, "train.lr=1e6 train.warmup_steps=1000000 train.weight_decay=0.01 "
+                              "train.max_nonfinite_steps=5"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" step"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("fm: error:"), r.output.rfind("fm: error:")) << "one error line";
+  // Every checkpoint left on disk holds finite weights, EMA and optimizer state.
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(out + "/checkpoints")) {
+    ++n;
+    for (const char* key : {"model", "ema"}) EXPECT_TRUE(fm::all_finite(weights(e.path(), key))) << e.path();
+  }
+  EXPECT_GE(n, 1) << "the run should have diverged after its first checkpoints";
+  // The metrics count the skipped steps.
+  std::ifstream m(out + "/metrics.jsonl");
+  int64_t total = 0;
+  for (std::string line; std::getline(m, line);) total = nlohmann::json::parse(line)["skipped_steps_total"];
+  EXPECT_GT(total, 0);
+}
