@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "checkpoint/checkpoint.h"
+#include "train/adamw.h"
 #include "checkpoint/seal.h"
 #include "data/batch_sampler.h"
 #include "io/file_util.h"
@@ -58,10 +59,10 @@ void write_small_checkpoint(const std::string& path, int64_t step = 7) {
   auto cfg = tiny_mlp_config();
   auto model = fm::make_velocity_field(cfg.model, {2});
   auto ema = fm::make_velocity_field(cfg.model, {2});
-  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
+  fm::AdamW opt(model->parameters(), {0.9, 0.999, 1e-8, 0.0});
   auto loss = (*model)(torch::rand({4}), torch::randn({4, 2}), {}).square().mean();
   loss.backward();
-  opt.step();
+  opt.step(1e-3);
   fm::save_checkpoint(path, {&cfg, step, {2}, {"toy:eight_gaussians", 0, 0}, model.get(), ema.get(), &opt, nullptr});
 }
 
