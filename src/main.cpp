@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   fm::add_config_command(app);
   fm::add_eval_nll_command(app);
   fm::add_fid_commands(app);
+  fm::add_export_command(app);
+  fm::add_import_command(app);
 
   try {
     app.parse(argc, argv);
