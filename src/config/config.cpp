@@ -146,6 +146,7 @@ void visit(V& v, TrainConfig& c) {
   v("keep_last", c.keep_last, greater_than<int64_t>(0));
   v("sample_every", c.sample_every, at_least<int64_t>(0));
   v("bf16", c.bf16);
+  v("tensorboard", c.tensorboard);
 }
 template <class V>
 void visit(V& v, SampleConfig& c) {

@@ -83,6 +83,7 @@ struct TrainConfig {
   int64_t keep_last = 3;
   int64_t sample_every = 0;  // images: a sample grid every N steps (0 = at the end only)
   bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
+  bool tensorboard = true;   // TensorBoard event file in the run directory: metrics as scalars, sample grids as images
 };
 
 struct SampleConfig {

@@ -4,11 +4,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "data/batch_sampler.h"
+#include "interop/tensorboard_writer.h"
 #include "io/file_util.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
@@ -132,6 +134,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   const bool autocast = device.is_cuda() && cfg.train.bf16;
   const int64_t bsz = cfg.train.batch_size;
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+  std::optional<TensorBoardWriter> tensorboard;
+  if (cfg.train.tensorboard) tensorboard.emplace(out);
   Progress progress("train", cfg.train.steps, step, cfg.train.log_every);
   TrainResult result;
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
@@ -205,6 +209,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
                           {"peak_mem_mib", peak_memory_mib(device)},
                           {"elapsed_s", progress.elapsed_s()}};
       metrics << m.dump() << "\n" << std::flush;
+      if (tensorboard) tensorboard->scalars(m);
       char extra[160];
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f samples/s", mean_loss, lr, sps * bsz);
       progress.update(step, extra, true);
@@ -218,6 +223,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       char name[64];
       std::snprintf(name, sizeof name, "/grid_%09lld.png", static_cast<long long>(step));
       write_grid(out + name);
+      if (tensorboard) tensorboard->image("samples", out + name, step);
     }
   }
   result.step = step;
@@ -233,6 +239,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     spdlog::info("wrote {0}/samples.png and {0}/trajectories.png", out);
   } else {
     write_grid(out + "/samples.png");
+    if (tensorboard) tensorboard->image("samples", out + "/samples.png", step);
     spdlog::info("wrote {}/samples.png", out);
   }
   return result;
