@@ -88,7 +88,9 @@ void add_fid_commands(CLI::App& app) {
     auto images = std::make_shared<std::string>();
     auto out = std::make_shared<std::string>();
     auto save_features = std::make_shared<std::string>();
-    cmd->add_option("--weights", o->weights, "FID Inception weights (.npz from scripts/export_fid_inception.py)")
+    cmd->add_option("--weights", o->weights,
+                    "FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the .npz from "
+                    "scripts/export_fid_inception.py")
         ->required();
     cmd->add_option("--images", *images, "data spec: cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE")->required();
     cmd->add_option("--out", *out, "statistics .npz to write (mu, sigma as pytorch-fid; n)")->required();
