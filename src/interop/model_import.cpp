@@ -1,5 +1,7 @@
 #include "interop/model_import.h"
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/checkpoint.h"
@@ -9,6 +11,7 @@
 #include "interop/state_dict.h"
 #include "interop/torch_file.h"
 #include "interop/torchcfm_unet.h"
+#include "io/file_util.h"
 #include "nn/velocity_field.h"
 #include "util/error.h"
 
@@ -108,6 +111,7 @@ ImportResult import_weights(const ImportOptions& o) {
                                                          .weight_decay(cfg.train.weight_decay));
   Dataset none;
   BatchSampler sampler(none, false);
+  if (auto dir = std::filesystem::path(o.out).parent_path(); !dir.empty()) make_dirs(dir.string());
   save_checkpoint(o.out, {&cfg, w.step, shape, model.get(), ema.get(), &optimizer, &sampler});
   ImportResult r;
   r.step = w.step;

@@ -122,7 +122,8 @@ def torchfile(d):
     torch.save(obj, os.path.join(d, "values.pt"))
     torch.save(obj, os.path.join(d, "values_legacy.pt"), _use_new_zipfile_serialization=False)
     np.savez(os.path.join(d, "values.npz"),
-             **{k: (v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy() for k, v in values.items()})
+             **{k: np.ascontiguousarray((v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy())
+                for k, v in values.items()})
 
 
 def fidpth(d):
