@@ -17,7 +17,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages: toolchain and the C++ libraries fm uses.
 PKGS=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip zlib1g-dev
-      libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev libxxhash-dev)
+      libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev libxxhash-dev
+      libprotobuf-dev protobuf-compiler)
 if [ "${FM_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -36,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-REQS=(numpy scipy torchdiffeq pytorch-fid torchcfm==1.0.7)
+REQS=(numpy scipy torchdiffeq pytorch-fid safetensors tensorboard torchcfm==1.0.7)
 if [ -z "${Torch_DIR:-}" ]; then REQS=("torch==${TORCH_VERSION}" "${REQS[@]}"); fi
 if ! "$VPY" - "${REQS[@]}" <<'PY' 2>/dev/null
 import sys
@@ -58,7 +59,8 @@ then
   # torchcfm is a test reference for the U-Net only; its training dependencies are not needed.
   # pytorch-fid pulls torchvision; pinning torch alongside keeps pip from upgrading it.
   PIN=(); [ -z "${Torch_DIR:-}" ] && PIN=("torch==${TORCH_VERSION}")
-  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid "${PIN[@]}"
+  # safetensors and tensorboard read back what fm export and fm train's event files write (tests/test_interop.cpp).
+  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid safetensors tensorboard "${PIN[@]}"
   "$VPY" -m pip install -q --no-deps torchcfm==1.0.7
 fi
 

@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   fm::add_eval_nll_command(app);
   fm::add_fid_commands(app);
   fm::add_evaluate_command(app);
+  fm::add_export_command(app);
+  fm::add_import_command(app);
 
   try {
     fm::parse_command_line(app, argc, argv);

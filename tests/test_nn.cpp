@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "interop/torchcfm_unet.h"
 #include "io/npy.h"
 #include "nn/unet.h"
 #include "test_util.h"
@@ -218,20 +219,9 @@ TEST(UNetConfigErrors, ShapesThatDoNotFitAreInputErrors) {
   expect_error(tiny_config(), {16, 16}, "model.type");
 }
 
-// Loads a state_dict exported (and renamed) by tests/ref/unet_torchcfm.py; every name must match exactly once.
-void load_params(torch::nn::Module& m, const std::string& path) {
-  auto arrays = read_npz(path);
-  std::set<std::string> used;
-  torch::NoGradGuard g;
-  for (auto& p : m.named_parameters()) {
-    auto it = arrays.find(p.key());
-    ASSERT_NE(it, arrays.end()) << "no reference value for " << p.key();
-    ASSERT_EQ(it->second.sizes(), p.value().sizes()) << p.key();
-    p.value().copy_(it->second);
-    used.insert(p.key());
-  }
-  for (const auto& a : arrays) EXPECT_TRUE(used.count(a.first)) << "reference parameter not in the net: " << a.first;
-}
+// Loads a state_dict written by tests/ref/unet_torchcfm.py under torchcfm's names, through fm's own mapping of the
+// two layouts (which must account for every tensor both ways).
+void load_params(torch::nn::Module& m, const std::string& path) { load_torchcfm_state(m, read_npz(path), path); }
 
 // A fresh temporary directory for the files the reference script writes, removed with them at the end.
 // (std::filesystem::remove_all is avoided: the libtorch wheel exports its own std::filesystem symbols and its

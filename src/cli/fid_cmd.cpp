@@ -112,7 +112,9 @@ void add_fid_commands(CLI::App& app) {
     auto images = std::make_shared<std::string>();
     auto out = std::make_shared<std::string>();
     auto save_features = std::make_shared<std::string>();
-    cmd->add_option("--weights", o->weights, "FID Inception weights (.npz from scripts/export_fid_inception.py)")
+    cmd->add_option("--weights", o->weights,
+                    "FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the .npz from "
+                    "scripts/export_fid_inception.py")
         ->required();
     auto checkpoint = std::make_shared<std::string>();
     cmd->add_option("--images", *images,

@@ -156,6 +156,7 @@ void visit(V& v, TrainConfig& c) {
   v("resume_new_data", c.resume_new_data);
   v("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
   v("max_nonfinite_steps", c.max_nonfinite_steps, greater_than<int64_t>(0));
+  v("tensorboard", c.tensorboard);
 }
 template <class V>
 void visit(V& v, SampleConfig& c) {

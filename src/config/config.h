@@ -92,6 +92,7 @@ struct TrainConfig {
   bool resume_new_data = false;        // a resume may continue on other data than the checkpoint's (a fresh epoch)
   std::vector<int64_t> earlier_steps;  // train.steps before resumes changed it, oldest first (fm train records it)
   int64_t max_nonfinite_steps = 100;  // this many skipped (non-finite) steps in a row stop the run
+  bool tensorboard = true;   // TensorBoard event file in the run directory: metrics as scalars, sample grids as images
 };
 
 struct SampleConfig {

@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "interop/torch_file.h"
 #include "io/npy.h"
 #include "util/error.h"
 
@@ -175,7 +176,16 @@ FidInception load_fid_inception(const std::string& weights_path, const torch::De
   for (auto& b : net->named_buffers())
     if (b.key().find("num_batches_tracked") == std::string::npos) expected[b.key()] = b.value();
 
-  auto arrays = read_npz(weights_path);
+  // pytorch-fid's own pt_inception-2015-12-05-6726825d.pth (a torch.save'd state_dict) or the .npz of
+  // scripts/export_fid_inception.py. The .pth also holds the 1008-class classifier and, from newer torch versions,
+  // BatchNorm step counters: FID uses neither.
+  std::map<std::string, torch::Tensor> arrays;
+  if (looks_like_torch_file(weights_path)) {
+    for (auto& [k, v] : tensor_dict(*load_torch_file(weights_path), weights_path, "the file"))
+      if (k.rfind("fc.", 0) != 0 && k.find("num_batches_tracked") == std::string::npos) arrays[k] = v;
+  } else {
+    arrays = read_npz(weights_path);
+  }
   std::vector<std::string> missing, mismatched, unexpected;
   for (const auto& [name, target] : expected) {
     auto it = arrays.find(name);
@@ -199,7 +209,7 @@ FidInception load_fid_inception(const std::string& weights_path, const torch::De
       if (names.size() > shown) s += ", ... " + std::to_string(names.size() - shown) + " more";
       return s;
     };
-    throw file_error(weights_path, "not FID Inception weights as scripts/export_fid_inception.py writes them (" +
+    throw file_error(weights_path, "not FID Inception weights (pytorch-fid's .pth or the .npz of scripts/export_fid_inception.py) (" +
                                        std::to_string(missing.size()) + " missing, " +
                                        std::to_string(mismatched.size()) + " wrong shape or dtype, " +
                                        std::to_string(unexpected.size()) + " unexpected)" + list("missing", missing) +

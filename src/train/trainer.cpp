@@ -6,11 +6,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "data/batch_sampler.h"
+#include "interop/tensorboard_writer.h"
 #include "io/file_util.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
@@ -145,6 +147,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   const bool autocast = device.is_cuda() && cfg.train.bf16;
   const int64_t bsz = cfg.train.batch_size;
   MetricsLog metrics(out + "/metrics.jsonl", resumed ? std::optional<int64_t>(step) : std::nullopt);
+  std::optional<TensorBoardWriter> tensorboard;
+  if (cfg.train.tensorboard) tensorboard.emplace(out);
   Progress progress("train", cfg.train.steps, step, cfg.train.log_every);
   NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
@@ -222,6 +226,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
                           {"peak_mem_mib", peak_memory_mib(device)},
                           {"elapsed_s", metrics.elapsed_before() + progress.elapsed_s()}};
       metrics.write(m);
+      if (tensorboard) tensorboard->scalars(m);
       char extra[160];
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f samples/s%s", mean_loss, lr, sps * bsz,
                     skipped ? (", " + std::to_string(skipped) + " non-finite steps skipped").c_str() : "");
@@ -243,6 +248,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
       char name[64];
       std::snprintf(name, sizeof name, "/grid_%09lld.png", static_cast<long long>(step));
       write_grid(out + name);
+      if (tensorboard) tensorboard->image("samples", out + name, step);
       interval_pause_s += seconds_since(t0);
     }
     // Preemption: the step is complete; checkpoint it (unless just done) and leave with exit 75. At last_step the
@@ -267,6 +273,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     spdlog::info("wrote {0}/samples.png and {0}/trajectories.png", out);
   } else {
     write_grid(out + "/samples.png");
+    if (tensorboard) tensorboard->image("samples", out + "/samples.png", step);
     spdlog::info("wrote {}/samples.png", out);
   }
   return result;

@@ -1,11 +1,10 @@
 """Reference outputs of torchcfm's ADM U-Net (torchcfm.models.unet.unet) for tests/test_nn.cpp.
 
-Usage: unet_torchcfm.py OUT_DIR. For each case writes OUT_DIR/<case>_params.npz (the state_dict renamed to fm's
-parameter names and shapes) and OUT_DIR/<case>_io.npz (x, t, y, out). Exits with 77 when torchcfm is not installed.
+Usage: unet_torchcfm.py OUT_DIR. For each case writes OUT_DIR/<case>_params.npz (the state_dict as torchcfm names
+it) and OUT_DIR/<case>_io.npz (x, t, y, out). Exits with 77 when torchcfm is not installed.
 """
 import importlib.util
 import os
-import re
 import sys
 import types
 
@@ -20,68 +19,7 @@ if spec is None:
 pkg = types.ModuleType("torchcfm")
 pkg.__path__ = list(spec.submodule_search_locations)
 sys.modules["torchcfm"] = pkg
-from torchcfm.models.unet.unet import (  # noqa: E402
-    AttentionBlock,
-    Downsample,
-    ResBlock,
-    UNetModel,
-    Upsample,
-)
-
-RES_LEAVES = {
-    "in_layers.0": "in_norm",
-    "in_layers.2": "in_conv",
-    "emb_layers.1": "emb_proj",
-    "out_layers.0": "out_norm",
-    "out_layers.3": "out_conv",
-    "skip_connection": "skip",
-}
-
-
-def child_name(child, decoder):
-    if isinstance(child, ResBlock):
-        if child.updown:
-            return "up" if decoder else "down"
-        return "res"
-    if isinstance(child, AttentionBlock):
-        return "attn"
-    if isinstance(child, Downsample):
-        return "down"
-    if isinstance(child, Upsample):
-        return "up"
-    raise TypeError(type(child))
-
-
-def leaf_name(child, rest):
-    if isinstance(child, ResBlock):
-        for src, dst in RES_LEAVES.items():
-            if rest.startswith(src + "."):
-                return dst + rest[len(src):]
-        raise KeyError(rest)
-    if isinstance(child, Downsample):
-        return rest.replace("op.", "conv.", 1)
-    return rest  # attention (norm, qkv, proj_out) and Upsample (conv) already match
-
-
-def fm_name(model, name):
-    fixed = {"time_embed.0.": "time_fc1.", "time_embed.2.": "time_fc2.", "input_blocks.0.0.": "input_conv.",
-             "out.0.": "out_norm.", "out.2.": "out_conv.", "label_emb.": "label_emb."}
-    for src, dst in fixed.items():
-        if name.startswith(src):
-            return dst + name[len(src):]
-    m = re.match(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.*)", name)
-    if m:
-        blocks, i, j, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-        child = getattr(model, blocks)[i][j]
-        decoder = blocks == "output_blocks"
-        index = i if decoder else i - 1  # fm keeps the stem conv apart from input_blocks
-        return f"{blocks}.{index}.{child_name(child, decoder)}.{leaf_name(child, rest)}"
-    m = re.match(r"middle_block\.(\d)\.(.*)", name)
-    if m:
-        j, rest = int(m.group(1)), m.group(2)
-        child = model.middle_block[j]
-        return "middle." + ["res", "attn", "res2"][j] + "." + leaf_name(child, rest)
-    raise KeyError(name)
+from torchcfm.models.unet.unet import UNetModel  # noqa: E402
 
 
 def export(model, name, out_dir, x, t, y):
@@ -91,14 +29,8 @@ def export(model, name, out_dir, x, t, y):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model.eval()
-    params = {}
-    for key, value in model.state_dict().items():
-        v = value.detach().float()
-        if key.endswith(("qkv.weight", "proj_out.weight")):
-            v = v.unsqueeze(-1)  # conv1d [O, I, 1] -> conv2d [O, I, 1, 1]
-        if key == "label_emb.weight":
-            v = torch.cat([v, torch.zeros_like(v[:1])])  # fm's extra null-label row
-        params[fm_name(model, key)] = v.numpy()
+    # torchcfm's own names and shapes: fm maps them onto its U-Net with src/interop/torchcfm_unet.h.
+    params = {key: value.detach().float().numpy() for key, value in model.state_dict().items()}
     with torch.no_grad():
         out = model(t, x, y)
     np.savez(os.path.join(out_dir, f"{name}_params.npz"), **params)

@@ -1,0 +1,40 @@
+#include "interop/model_export.h"
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/checkpoint.h"
+#include "interop/safetensors.h"
+#include "interop/torchcfm_unet.h"
+#include "nn/velocity_field.h"
+
+namespace fm {
+
+ExportResult export_safetensors(const ExportOptions& o) {
+  CheckpointReader ck(o.checkpoint, torch::kCPU);
+  const auto& cfg = ck.config();
+  auto model = make_velocity_field(cfg.model, ck.sample_shape());
+  ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
+
+  SafeTensors st;
+  ExportResult r;
+  if (cfg.model.type == "unet") {
+    st.metadata["torchcfm_unet_wrapper"] = torchcfm_wrapper_kwargs(cfg.model.unet, ck.sample_shape()).dump();
+    st.tensors = to_torchcfm_state(*model);
+    r.names = "torchcfm";
+  } else {
+    for (const auto& p : model->named_parameters()) st.tensors.emplace_back(p.key(), p.value().detach());
+    r.names = "fm";
+  }
+  // safetensors metadata is string -> string: structured values are stored as JSON text.
+  st.metadata["format"] = "pt";
+  st.metadata["fm_config"] = to_json(cfg).dump();
+  st.metadata["fm_sample_shape"] = nlohmann::json(ck.sample_shape()).dump();
+  st.metadata["fm_step"] = std::to_string(ck.step());
+  st.metadata["fm_weights"] = o.weights;
+  write_safetensors(o.out, st);
+  r.tensors = static_cast<int64_t>(st.tensors.size());
+  for (const auto& kv : st.tensors) r.parameters += kv.second.numel();
+  return r;
+}
+
+}  // namespace fm
