@@ -239,7 +239,7 @@ std::string write_checkpoint(const std::string& path, const nlohmann::json& cfg_
   auto ema = make_velocity_field(cfg.model, shape);
   randomize(*model, 1);
   randomize(*ema, 2);
-  save_checkpoint(path, {&cfg, 7, shape, model.get(), ema.get(), nullptr, nullptr});
+  save_checkpoint(path, {&cfg, 7, shape, DataIdentity{}, model.get(), ema.get(), nullptr, nullptr});
   return path;
 }
 

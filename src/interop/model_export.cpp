@@ -6,13 +6,17 @@
 #include "interop/safetensors.h"
 #include "interop/torchcfm_unet.h"
 #include "nn/velocity_field.h"
+#include "util/error.h"
 
 namespace fm {
 
 ExportResult export_safetensors(const ExportOptions& o) {
   CheckpointReader ck(o.checkpoint, torch::kCPU);
   const auto& cfg = ck.config();
-  auto model = make_velocity_field(cfg.model, ck.sample_shape());
+  if (cfg.model.target != "velocity")
+    throw file_error(o.checkpoint, "predicts model.target '" + cfg.model.target +
+                                       "'; fm export writes velocity models (the layout torchcfm and fm import read)");
+  auto model = make_velocity_field(cfg.model, cfg.path, ck.sample_shape());
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
 
   SafeTensors st;

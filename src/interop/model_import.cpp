@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/checkpoint.h"
+#include "train/adamw.h"
 #include "data/batch_sampler.h"
 #include "data/dataset.h"
 #include "interop/safetensors.h"
@@ -90,8 +91,8 @@ ImportResult import_weights(const ImportOptions& o) {
     }
   }
 
-  auto model = make_velocity_field(cfg.model, shape);
-  auto ema = make_velocity_field(cfg.model, shape);
+  auto model = make_velocity_field(cfg.model, cfg.path, shape);
+  auto ema = make_velocity_field(cfg.model, cfg.path, shape);
   auto load = [&](torch::nn::Module& m, const std::map<std::string, torch::Tensor>& sd, const std::string& what) {
     const std::string source = o.weights + (what.empty() ? "" : " (" + what + ")");
     if (o.from == "torchcfm")
@@ -105,14 +106,12 @@ ImportResult import_weights(const ImportOptions& o) {
 
   // fm train --resume needs an optimizer and a data position: a fresh AdamW with the config's settings and a sampler
   // that starts a new epoch.
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(cfg.train.lr)
-                                                         .betas({cfg.train.betas[0], cfg.train.betas[1]})
-                                                         .eps(cfg.train.eps)
-                                                         .weight_decay(cfg.train.weight_decay));
+  AdamW optimizer(model->parameters(), {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay});
   Dataset none;
   BatchSampler sampler(none, false);
   if (auto dir = std::filesystem::path(o.out).parent_path(); !dir.empty()) make_dirs(dir.string());
-  save_checkpoint(o.out, {&cfg, w.step, shape, model.get(), ema.get(), &optimizer, &sampler});
+  // The data it was trained on is unknown (DataIdentity{}): a resume takes the config's data from a fresh epoch.
+  save_checkpoint(o.out, {&cfg, w.step, shape, DataIdentity{}, model.get(), ema.get(), &optimizer, &sampler});
   ImportResult r;
   r.step = w.step;
   r.parameters = parameter_count(*model);

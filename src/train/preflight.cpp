@@ -71,6 +71,12 @@ void check_resume_config(const CheckpointReader& ck, const Config& cfg) {
 
 bool check_resume_data(const CheckpointReader& ck, const Config& cfg, const Dataset& data,
                        const std::vector<int64_t>& sample_shape) {
+  if (ck.data().name.empty()) {  // written by fm import: the weights came without their data
+    if (ck.sample_shape() != sample_shape)
+      throw file_error(ck.path(), "holds a model of another sample shape than this run's data");
+    spdlog::info("{} does not record its training data (imported weights): training starts a fresh epoch", ck.path());
+    return true;
+  }
   auto identity = [](const DataConfig& d, const DataIdentity& id, const std::vector<int64_t>& shape) {
     Config c;
     c.data = d;
