@@ -219,6 +219,16 @@ TEST(DataImageNet32, WrongDtypeShapeLabelsAndTruncation) {
   EXPECT_HAS(msg, "no train_data_batch_1.npz");
 }
 
+TEST(DataImageNet32, EmptyBatchIsRefused) {
+  // Known bug 4: zero images passed every check, and training then looped forever in the batch sampler.
+  TempDir tmp;
+  write_npz(tmp / "val_data.npz",
+            {{"data", torch::zeros({0, 3072}, torch::kUInt8)}, {"labels", torch::zeros({0}, torch::kLong)}});
+  auto msg = input_error([&] { read_imagenet32(tmp.str(), "test"); });
+  EXPECT_HAS(msg, tmp / "val_data.npz");
+  EXPECT_HAS(msg, "'data' holds no images");
+}
+
 // --- image folders -------------------------------------------------------------------------------------------------
 
 // Writes a uint8 [H, W, C] tensor as PNG (C = 1, 3 or 4).
@@ -381,6 +391,17 @@ TEST(DataImageFolder, BadFolders) {
   msg = input_error([&] { read_image_folder(tmp / "classes"); });
   EXPECT_HAS(msg, tmp / "classes/b");
   EXPECT_HAS(msg, "holds no");
+
+  // A 70-byte PNG whose header claims 10000 x 10000 pixels is refused from the header, before anything is allocated.
+  png(tmp / "huge/a.png", flat(1, 1, {1, 2, 3}));
+  auto bytes = read_bytes(tmp / "huge/a.png");
+  const char side[4] = {0, 0, 0x27, 0x10};  // big-endian 10000, IHDR width then height
+  bytes.replace(16, 4, side, 4);
+  bytes.replace(20, 4, side, 4);
+  write_bytes(tmp / "huge/a.png", bytes);
+  msg = input_error([&] { read_image_folder(tmp / "huge"); });
+  EXPECT_HAS(msg, tmp / "huge/a.png");
+  EXPECT_HAS(msg, "image is 10000x10000, larger than fm reads");
 }
 
 // --- npz samples ---------------------------------------------------------------------------------------------------
@@ -419,6 +440,12 @@ TEST(DataNpzImages, Errors) {
   write_npz(f, {{"images", torch::zeros({2, 4, 4, 3}, torch::kUInt8)}});
   msg = input_error([&] { read_npz_images(f); });
   EXPECT_HAS(msg, "no array 'arr_0'");
+
+  // The largest label sizes the class count: INT64_MAX overflowed it, and any huge one would size an embedding.
+  write_npz(f, {{"arr_0", torch::zeros({2, 4, 4, 3}, torch::kUInt8)},
+                {"labels", torch::tensor({int64_t(3), INT64_MAX}, torch::kLong)}});
+  msg = input_error([&] { read_npz_images(f); });
+  EXPECT_HAS(msg, "'labels' entry 1 is 9223372036854775807, expected < 1048576");
 
   write_npz(f, {{"arr_0", torch::zeros({2, 4, 4, 3}, torch::kUInt8)}});
   auto bytes = read_bytes(f);
@@ -581,6 +608,18 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   EXPECT_TRUE(torch::equal(ds.labels, (torch::arange(3) * 3 + 1) % 10));
   cfg.resolution = 64;
   EXPECT_HAS(input_error([&] { load_dataset(cfg, torch::kCPU); }), "data.resolution");
+}
+
+TEST(DataBatchSampler, RefusesAnEmptyDataSet) {
+  // Known bug 4, second half: whatever reader lets an empty set through, the sampler must not spin on it.
+  Dataset ds;
+  ds.name = "npz:empty.npz";
+  ds.images = torch::zeros({0, 3, 4, 4}, torch::kUInt8);
+  auto msg = input_error([&] { BatchSampler sampler(ds, false); });
+  EXPECT_HAS(msg, "npz:empty.npz: the data set holds no images");
+  Dataset toy;
+  toy.toy = "checkerboard";
+  EXPECT_EQ(BatchSampler(toy, false).next(3).x.size(0), 3);  // toys have no images and are fine
 }
 
 TEST(DataBatchSampler, ImageBatchesInRangeAndExactFlips) {

@@ -60,9 +60,10 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   if (!fs::is_regular_file(path)) throw file_error(path, "no such checkpoint file");
   try {
     ar_.load_from(path, device);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {  // c10::Error mostly, but a corrupt archive's tables also throw std::out_of_range
     throw file_error(path, "not a readable checkpoint (truncated or not a LibTorch archive)");
   }
+  try {  // a field of the wrong type or shape throws c10::Error
   torch::Tensor version, step, shape;
   c10::IValue cfg;
   if (!ar_.try_read("fm_format", version) || !ar_.try_read("config", cfg) || !ar_.try_read("step", step) ||
@@ -79,6 +80,9 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   step_ = step.item<int64_t>();
   auto s = shape.cpu();
   shape_.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
+  } catch (const c10::Error& e) {
+    throw file_error(path, "not an fm checkpoint (fm_format, config, step or sample_shape is malformed)");
+  }
 }
 
 void CheckpointReader::load_module(const std::string& key, torch::nn::Module& m) {

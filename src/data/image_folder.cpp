@@ -31,6 +31,9 @@ bool is_hidden(const fs::path& p) {
 
 std::string size_str(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
 
+constexpr int64_t kMaxImageSide = 16384;
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;  // 8192 x 8192
+
 // One decoded image as RGB HWC bytes, or the reason it could not be decoded.
 struct Decoded {
   std::vector<uint8_t> rgb;
@@ -57,6 +60,15 @@ Decoded decode(const std::string& path) {
     return d;
   }
   int c = 0;
+  // The header alone can claim 2^24 pixels a side, and a few hundred bytes of BMP decode to that much; refuse what no
+  // training image needs before stb allocates and fills it.
+  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &d.w, &d.h,
+                            &c) &&
+      (d.w > kMaxImageSide || d.h > kMaxImageSide || static_cast<int64_t>(d.w) * d.h > kMaxImagePixels)) {
+    d.error = "image is " + size_str(d.w, d.h) + ", larger than fm reads (" + std::to_string(kMaxImageSide) +
+              " a side, " + std::to_string(kMaxImagePixels) + " pixels)";
+    return d;
+  }
   // Forcing 3 components makes stb_image replicate grey and drop alpha.
   uint8_t* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
                                       &d.w, &d.h, &c, 3);
