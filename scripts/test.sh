@@ -4,8 +4,9 @@
 #
 # Environment:
 #   FM_BUILD_DIR=build-asan   run the suite in the sanitizer build (FM_SANITIZE=1 bash scripts/setup.sh) instead
-#   FM_FUZZ_SECONDS=5         seconds per libFuzzer harness afterwards (0: none); they run only where build-asan is
-#                             configured, since building it is a second full build
+#   FM_FUZZ_SECONDS=5         seconds per libFuzzer harness afterwards (0: none). By default they run only where
+#                             build-asan is configured; set it to run them anyway (needs clang and libclang-rt-14-dev:
+#                             scripts/fuzz.sh then configures build-asan and builds only the harnesses, not all of fm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${FM_BUILD_DIR:-build}
@@ -20,6 +21,7 @@ if [ "$BUILD" = build-asan ]; then
 fi
 ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" "$@"
 # A few seconds per reader harness: enough to replay the corpus and catch a reader that regressed.
-if [ "${FM_FUZZ_SECONDS:-5}" != 0 ] && [ -f build-asan/build.ninja ] && [ $# -eq 0 ]; then
+if [ "${FM_FUZZ_SECONDS:-5}" != 0 ] && { [ -f build-asan/build.ninja ] || [ -n "${FM_FUZZ_SECONDS:-}" ]; } &&
+   [ $# -eq 0 ]; then
   bash scripts/fuzz.sh "${FM_FUZZ_SECONDS:-5}"
 fi
