@@ -402,6 +402,18 @@ TEST(DataImageFolder, BadFolders) {
   msg = input_error([&] { read_image_folder(tmp / "huge"); });
   EXPECT_HAS(msg, tmp / "huge/a.png");
   EXPECT_HAS(msg, "image is 10000x10000, larger than fm reads");
+
+  // A 54-byte BMP of 2 x 0 pixels (found by fuzz_image): stb decodes it, and resizing it aborted on an assertion.
+  write_bytes(tmp / "empty_bmp/a.bmp",
+              std::string("\x42\x4d\xde\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00\x02\x00\x00\x00"
+                          "\x00\x00\x00\x00\x01\x00\x18\x00\x00\x00\x00\x00\x00\xc4\x0e\x00\x00\xc4\x0e\x00\x00\x60"
+                          "\xbf\xd2\xe9\xba\xc5\x36\xe0\xd4\x0b\x00",
+                          54));
+  ImageFolderOptions eight;
+  eight.resolution = 8;
+  msg = input_error([&] { read_image_folder(tmp / "empty_bmp", eight); });
+  EXPECT_HAS(msg, tmp / "empty_bmp/a.bmp");
+  EXPECT_HAS(msg, "image is 2x0: no pixels");
 }
 
 // --- npz samples ---------------------------------------------------------------------------------------------------

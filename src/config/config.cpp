@@ -440,7 +440,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   json doc;
   try {
     doc = json::parse(f);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number past double's range (1e500)
     throw file_error(path, std::string("invalid JSON: ") + e.what());
   }
   if (!doc.is_object()) throw file_error(path, "expected a JSON object at the top level");

@@ -79,6 +79,8 @@ Decoded decode(const std::string& path) {
   }
   d.rgb.assign(px, px + static_cast<size_t>(d.w) * d.h * 3);
   stbi_image_free(px);
+  // stb decodes a BMP header's zero height as an image without pixels, which the resizer then asserts on.
+  if (d.w <= 0 || d.h <= 0) d.error = "image is " + size_str(d.w, d.h) + ": no pixels";
   return d;
 }
 
