@@ -414,6 +414,15 @@ TEST(DataImageFolder, BadFolders) {
   msg = input_error([&] { read_image_folder(tmp / "empty_bmp", eight); });
   EXPECT_HAS(msg, tmp / "empty_bmp/a.bmp");
   EXPECT_HAS(msg, "image is 2x0: no pixels");
+
+  // Its sibling of 9 x 16777210 pixels (height -16777210: top-down rows) decoded and then took minutes to resize.
+  auto tall = read_bytes(tmp / "empty_bmp/a.bmp");
+  const char header[8] = {9, 0, 0, 0, 6, 0, 0, static_cast<char>(0xff)};
+  tall.replace(18, 8, header, 8);
+  write_bytes(tmp / "tall_bmp/a.bmp", tall);
+  msg = input_error([&] { read_image_folder(tmp / "tall_bmp", eight); });
+  EXPECT_HAS(msg, tmp / "tall_bmp/a.bmp");
+  EXPECT_HAS(msg, "image is 9x16777210, larger than fm reads");
 }
 
 // --- npz samples ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -62,10 +63,18 @@ Decoded decode(const std::string& path) {
   int c = 0;
   // The header alone can claim 2^24 pixels a side, and a few hundred bytes of BMP decode to that much; refuse what no
   // training image needs before stb allocates and fills it.
-  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &d.w, &d.h,
-                            &c) &&
-      (d.w > kMaxImageSide || d.h > kMaxImageSide || static_cast<int64_t>(d.w) * d.h > kMaxImagePixels)) {
-    d.error = "image is " + size_str(d.w, d.h) + ", larger than fm reads (" + std::to_string(kMaxImageSide) +
+  // A header stb cannot read for its size is refused too: stb's decoders accept some (a BMP of 9 x 16.7 M rows,
+  // found by fuzz_image) that its size probe does not.
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &d.w,
+                             &d.h, &c)) {
+    const char* why = stbi_failure_reason();
+    d.error = std::string("cannot decode image (") + (why ? why : "unknown reason") + ")";
+    return d;
+  }
+  // stb's BMP probe reports a top-down image's height as negative, as the header stores it.
+  const int64_t w = std::abs(static_cast<int64_t>(d.w)), h = std::abs(static_cast<int64_t>(d.h));
+  if (w > kMaxImageSide || h > kMaxImageSide || w * h > kMaxImagePixels) {
+    d.error = "image is " + size_str(w, h) + ", larger than fm reads (" + std::to_string(kMaxImageSide) +
               " a side, " + std::to_string(kMaxImagePixels) + " pixels)";
     return d;
   }
