@@ -8,6 +8,9 @@
 #   FM_TORCH_VERSION=2.11.0                         the torch wheel to pin (default 2.11.0)
 #   FM_SKIP_APT=1                                   do not call apt-get (packages already present)
 #   FM_BUILD_TYPE=Release                           CMake build type
+#   FM_SANITIZE=1                                   build build-asan instead of build: clang with AddressSanitizer and
+#                                                   UBSan, the unit tests and the libFuzzer harnesses (scripts/fuzz.sh);
+#                                                   installs clang and its sanitizer runtimes first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,7 +21,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # 1. Debian packages: toolchain and the C++ libraries fm uses.
 PKGS=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip zlib1g-dev
       libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev libxxhash-dev
-      libprotobuf-dev protobuf-compiler)
+      libprotobuf-dev protobuf-compiler libzip-dev)
+SANITIZE=${FM_SANITIZE:-0}
+[ "$SANITIZE" = 1 ] && PKGS+=(clang libclang-rt-14-dev)
 if [ "${FM_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -65,13 +70,18 @@ then
 fi
 
 # 3. Configure and build.
-CMAKE_ARGS=(-S . -B build -G Ninja -DCMAKE_BUILD_TYPE="${FM_BUILD_TYPE:-Release}")
-[ -n "${Torch_DIR:-}" ] && CMAKE_ARGS+=(-DTorch_DIR="$Torch_DIR")
-if [ ! -f build/build.ninja ]; then
-  log "configuring"
-  cmake "${CMAKE_ARGS[@]}" >/dev/null
+BUILD=build
+CMAKE_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE="${FM_BUILD_TYPE:-Release}")
+if [ "$SANITIZE" = 1 ]; then
+  BUILD=build-asan
+  CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER=clang++ -DFM_FUZZ=ON)
 fi
-log "building (a clean build takes a few minutes on 2 cores)"
+[ -n "${Torch_DIR:-}" ] && CMAKE_ARGS+=(-DTorch_DIR="$Torch_DIR")
+if [ ! -f "$BUILD/build.ninja" ]; then
+  log "configuring $BUILD"
+  cmake -S . -B "$BUILD" "${CMAKE_ARGS[@]}" >/dev/null
+fi
+log "building $BUILD (a clean build takes a few minutes on 2 cores)"
 start=$(date +%s)
-cmake --build build -j "$(nproc)"
-log "built in $(( $(date +%s) - start )) s: $ROOT/build/fm"
+cmake --build "$BUILD" -j "$(nproc)"
+log "built in $(( $(date +%s) - start )) s: $ROOT/$BUILD/fm"

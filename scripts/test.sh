@@ -1,10 +1,34 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (unit tests and the Python reference tests) against the build made by scripts/setup.sh.
 # Extra arguments go to ctest, e.g.: scripts/test.sh -R Solver
+#
+# Environment:
+#   FM_BUILD_DIR=build-asan   run the suite in the sanitizer build (FM_SANITIZE=1 bash scripts/setup.sh) instead
+#   FM_FUZZ_SECONDS=5         seconds per libFuzzer harness afterwards (0: none). By default they run only where
+#                             build-asan is configured; set it to run them anyway (needs clang and libclang-rt-14-dev:
+#                             scripts/fuzz.sh then configures build-asan and builds only the harnesses, not all of fm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake --build build -j "$(nproc)" >/dev/null
+BUILD=${FM_BUILD_DIR:-build}
+cmake --build "$BUILD" -j "$(nproc)" >/dev/null
 # Each test process uses one intra-op thread and ctest runs one per core: torch threads spinning on shared cores
 # slow everything down many times over.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"
+if [ "$BUILD" = build-asan ]; then
+  # LibTorch keeps caches for the life of the process, which LeakSanitizer would report at exit.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" "$@"
+# A few seconds per reader harness: enough to replay the corpus and catch a reader that regressed.
+if [ "${FM_FUZZ_SECONDS:-5}" != 0 ] && { [ -f build-asan/build.ninja ] || [ -n "${FM_FUZZ_SECONDS:-}" ]; } &&
+   [ $# -eq 0 ]; then
+  # Not fuzz_checkpoint: LibTorch's own unpickler allocates whatever a corrupt length field says (found by it; until
+  # checkpoints are verified before they are parsed it would fail CI at random). scripts/fuzz.sh runs it on request.
+  harnesses=()
+  for f in fuzz/fuzz_*.cpp; do
+    h=$(basename "$f" .cpp)
+    [ "$h" != fuzz_checkpoint ] && harnesses+=("$h")
+  done
+  bash scripts/fuzz.sh "${FM_FUZZ_SECONDS:-5}" "${harnesses[@]}"
+fi

@@ -108,6 +108,31 @@ TEST(Config, MistypedFormatInDataPathIsNamed) {
   EXPECT_EQ(fm::load_config(p, {"data.path=/data/run:1/cifar"}).data.path, "/data/run:1/cifar");
 }
 
+TEST(Config, HostileValuesAndOverridesGiveOneLineErrors) {
+  TempDir d;
+  // Deep nesting: the message names the key without printing (recursively) what it holds.
+  std::string deep = std::string(50000, '[') + std::string(50000, ']');
+  auto msg = error_of([&] { fm::load_config(write(d, R"({"train": {"lr": 1e500}})"), {}); });
+  EXPECT_NE(msg.find("invalid JSON"), std::string::npos) << msg;  // nlohmann's out_of_range, not a parse_error
+  msg = error_of([&] { fm::load_config(write(d, R"({"seed": )" + deep + "}"), {}); });
+  EXPECT_NE(msg.find("seed: expected an integer, got a nested list"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"seed": 18446744073709551615})"), {}); });
+  EXPECT_NE(msg.find("seed: expected an integer"), std::string::npos) << msg;
+  // Overrides that are JSON-pointer syntax rather than keys, and list items too large for an integer.
+  auto p = write(d, "{}");
+  for (const char* bad : {"train.~2=1", "train/lr=1", "train.betas.0=0.5"}) {
+    msg = error_of([&] { fm::load_config(p, {bad}); });
+    EXPECT_NE(msg.find("unknown key"), std::string::npos) << bad << " -> " << msg;
+  }
+  msg = error_of([&] { fm::load_config(p, {"model.unet.channel_mult=1,1e300"}); });
+  EXPECT_NE(msg.find("--set model.unet.channel_mult: expected a list of integers"), std::string::npos) << msg;
+  // Sizes that allocate have an upper bound too, checked before anything is built.
+  msg = error_of([&] { fm::load_config(p, {"train.batch_size=1e12"}); });
+  EXPECT_NE(msg.find("train.batch_size: must be in [1, 16777216] (got 1000000000000)"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(p, {"model.unet.channel_mult=1,2,1000"}); });
+  EXPECT_NE(msg.find("model.unet.channel_mult: element 2 must be in [1, 64]"), std::string::npos) << msg;
+}
+
 TEST(Config, FileErrorsNameTheFile) {
   TempDir d;
   auto msg = error_of([&] { fm::load_config(d / "missing.json", {}); });

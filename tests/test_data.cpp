@@ -219,6 +219,16 @@ TEST(DataImageNet32, WrongDtypeShapeLabelsAndTruncation) {
   EXPECT_HAS(msg, "no train_data_batch_1.npz");
 }
 
+TEST(DataImageNet32, EmptyBatchIsRefused) {
+  // Known bug 4: zero images passed every check, and training then looped forever in the batch sampler.
+  TempDir tmp;
+  write_npz(tmp / "val_data.npz",
+            {{"data", torch::zeros({0, 3072}, torch::kUInt8)}, {"labels", torch::zeros({0}, torch::kLong)}});
+  auto msg = input_error([&] { read_imagenet32(tmp.str(), "test"); });
+  EXPECT_HAS(msg, tmp / "val_data.npz");
+  EXPECT_HAS(msg, "'data' holds no images");
+}
+
 // --- image folders -------------------------------------------------------------------------------------------------
 
 // Writes a uint8 [H, W, C] tensor as PNG (C = 1, 3 or 4).
@@ -412,6 +422,38 @@ TEST(DataImageFolder, BadFolders) {
   msg = input_error([&] { read_image_folder(tmp / "classes"); });
   EXPECT_HAS(msg, tmp / "classes/b");
   EXPECT_HAS(msg, "holds no");
+
+  // A 70-byte PNG whose header claims 10000 x 10000 pixels is refused from the header, before anything is allocated.
+  png(tmp / "huge/a.png", flat(1, 1, {1, 2, 3}));
+  auto bytes = read_bytes(tmp / "huge/a.png");
+  const char side[4] = {0, 0, 0x27, 0x10};  // big-endian 10000, IHDR width then height
+  bytes.replace(16, 4, side, 4);
+  bytes.replace(20, 4, side, 4);
+  write_bytes(tmp / "huge/a.png", bytes);
+  msg = input_error([&] { read_image_folder(tmp / "huge"); });
+  EXPECT_HAS(msg, tmp / "huge/a.png");
+  EXPECT_HAS(msg, "image is 10000x10000, larger than fm reads");
+
+  // A 54-byte BMP of 2 x 0 pixels (found by fuzz_image): stb decodes it, and resizing it aborted on an assertion.
+  write_bytes(tmp / "empty_bmp/a.bmp",
+              std::string("\x42\x4d\xde\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00\x02\x00\x00\x00"
+                          "\x00\x00\x00\x00\x01\x00\x18\x00\x00\x00\x00\x00\x00\xc4\x0e\x00\x00\xc4\x0e\x00\x00\x60"
+                          "\xbf\xd2\xe9\xba\xc5\x36\xe0\xd4\x0b\x00",
+                          54));
+  ImageFolderOptions eight;
+  eight.resolution = 8;
+  msg = input_error([&] { read_image_folder(tmp / "empty_bmp", eight); });
+  EXPECT_HAS(msg, tmp / "empty_bmp/a.bmp");
+  EXPECT_HAS(msg, "image is 2x0: no pixels");
+
+  // Its sibling of 9 x 16777210 pixels (height -16777210: top-down rows) decoded and then took minutes to resize.
+  auto tall = read_bytes(tmp / "empty_bmp/a.bmp");
+  const char header[8] = {9, 0, 0, 0, 6, 0, 0, static_cast<char>(0xff)};
+  tall.replace(18, 8, header, 8);
+  write_bytes(tmp / "tall_bmp/a.bmp", tall);
+  msg = input_error([&] { read_image_folder(tmp / "tall_bmp", eight); });
+  EXPECT_HAS(msg, tmp / "tall_bmp/a.bmp");
+  EXPECT_HAS(msg, "image is 9x16777210, larger than fm reads");
 }
 
 // --- npz samples ---------------------------------------------------------------------------------------------------
@@ -450,6 +492,12 @@ TEST(DataNpzImages, Errors) {
   write_npz(f, {{"images", torch::zeros({2, 4, 4, 3}, torch::kUInt8)}});
   msg = input_error([&] { read_npz_images(f); });
   EXPECT_HAS(msg, "no array 'arr_0'");
+
+  // The largest label sizes the class count: INT64_MAX overflowed it, and any huge one would size an embedding.
+  write_npz(f, {{"arr_0", torch::zeros({2, 4, 4, 3}, torch::kUInt8)},
+                {"labels", torch::tensor({int64_t(3), INT64_MAX}, torch::kLong)}});
+  msg = input_error([&] { read_npz_images(f); });
+  EXPECT_HAS(msg, "'labels' entry 1 is 9223372036854775807, expected < 1048576");
 
   write_npz(f, {{"arr_0", torch::zeros({2, 4, 4, 3}, torch::kUInt8)}});
   auto bytes = read_bytes(f);
@@ -624,6 +672,18 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
   EXPECT_EQ(ds.class_names[9], "truck");
   cfg.resolution = 64;
   EXPECT_HAS(input_error([&] { load_dataset(cfg, fm::test::device()); }), "data.resolution");
+}
+
+TEST(DataBatchSampler, RefusesAnEmptyDataSet) {
+  // Known bug 4, second half: whatever reader lets an empty set through, the sampler must not spin on it.
+  Dataset ds;
+  ds.name = "npz:empty.npz";
+  ds.images = torch::zeros({0, 3, 4, 4}, torch::kUInt8);
+  auto msg = input_error([&] { BatchSampler sampler(ds, false); });
+  EXPECT_HAS(msg, "npz:empty.npz: the data set holds no images");
+  Dataset toy;
+  toy.toy = "checkerboard";
+  EXPECT_EQ(BatchSampler(toy, false).next(3).x.size(0), 3);  // toys have no images and are fine
 }
 
 TEST(DataBatchSampler, ImageBatchesInRangeAndExactFlips) {

@@ -96,39 +96,44 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
     const size_t payload = verify_seal(bytes.data(), bytes.size(), path);
     try {
       ar_.load_from(bytes.data(), payload, device);
-    } catch (const c10::Error& e) {
+    } catch (const std::exception& e) {  // c10::Error mostly, but a corrupt archive's tables also throw std::out_of_range
       throw file_error(path, "checksum matches but the payload is not a LibTorch archive");
     }
   }
-  torch::Tensor version, step, shape, data_size, data_classes;
-  c10::IValue cfg, data_name;
-  if (!ar_.try_read("fm_format", version) || !ar_.try_read("config", cfg) || !ar_.try_read("step", step) ||
-      !ar_.try_read("sample_shape", shape))
-    throw file_error(path, "not an fm checkpoint (missing fm_format, config, step or sample_shape)");
-  if (version.item<int64_t>() != kFormatVersion)
-    throw file_error(path, "checkpoint format " + std::to_string(version.item<int64_t>()) + ", this fm reads " +
-                               std::to_string(kFormatVersion));
-  if (!ar_.try_read("data_name", data_name) || !data_name.isString() || !ar_.try_read("data_size", data_size) ||
-      !ar_.try_read("data_classes", data_classes))
-    throw file_error(path, "not an fm checkpoint (missing data_name, data_size or data_classes)");
-  if (!cfg.isString()) throw file_error(path, "stored config is not a string");
-  try {
-    config_ = config_from_json(nlohmann::json::parse(cfg.toStringRef()), path + " (stored config)");
-  } catch (const nlohmann::json::exception& e) {
-    throw file_error(path, std::string("stored config is not valid JSON: ") + e.what());
-  }
-  step_ = step.item<int64_t>();
-  auto s = shape.cpu();
-  shape_.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
-  data_ = {data_name.toStringRef(), data_size.item<int64_t>(), data_classes.item<int64_t>()};
-  c10::IValue names;  // optional: checkpoints of unlabelled data (and older ones) have none
-  if (ar_.try_read("class_names", names)) {
+  try {  // a field of the wrong type or shape throws c10::Error
+    torch::Tensor version, step, shape, data_size, data_classes;
+    c10::IValue cfg, data_name;
+    if (!ar_.try_read("fm_format", version) || !ar_.try_read("config", cfg) || !ar_.try_read("step", step) ||
+        !ar_.try_read("sample_shape", shape))
+      throw file_error(path, "not an fm checkpoint (missing fm_format, config, step or sample_shape)");
+    if (version.item<int64_t>() != kFormatVersion)
+      throw file_error(path, "checkpoint format " + std::to_string(version.item<int64_t>()) + ", this fm reads " +
+                                 std::to_string(kFormatVersion));
+    if (!ar_.try_read("data_name", data_name) || !data_name.isString() || !ar_.try_read("data_size", data_size) ||
+        !ar_.try_read("data_classes", data_classes))
+      throw file_error(path, "not an fm checkpoint (missing data_name, data_size or data_classes)");
+    if (!cfg.isString()) throw file_error(path, "stored config is not a string");
     try {
-      auto j = nlohmann::json::parse(names.toStringRef());
-      class_names_ = j.get<std::vector<std::string>>();
-    } catch (const std::exception&) {
-      throw file_error(path, "class_names is not a JSON list of strings");
+      config_ = config_from_json(nlohmann::json::parse(cfg.toStringRef()), path + " (stored config)");
+    } catch (const nlohmann::json::exception& e) {
+      throw file_error(path, std::string("stored config is not valid JSON: ") + e.what());
     }
+    step_ = step.item<int64_t>();
+    auto s = shape.cpu();
+    shape_.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
+    data_ = {data_name.toStringRef(), data_size.item<int64_t>(), data_classes.item<int64_t>()};
+    c10::IValue names;  // optional: checkpoints of unlabelled data (and older ones) have none
+    if (ar_.try_read("class_names", names)) {
+      try {
+        auto j = nlohmann::json::parse(names.toStringRef());
+        class_names_ = j.get<std::vector<std::string>>();
+      } catch (const std::exception&) {
+        throw file_error(path, "class_names is not a JSON list of strings");
+      }
+    }
+  } catch (const c10::Error& e) {
+    throw file_error(path, "not an fm checkpoint (a field is malformed: " +
+                               std::string(e.what_without_backtrace()).substr(0, 200) + ")");
   }
 }
 

@@ -40,6 +40,13 @@ Check<T> greater_than(T lo) {
     return s.str();
   };
 }
+// Sizes that allocate: the upper bound is far beyond any real run, and keeps a typo from asking for petabytes.
+Check<int64_t> between(int64_t lo, int64_t hi) {
+  return [=](const int64_t& v) -> std::optional<std::string> {
+    if (v >= lo && v <= hi) return std::nullopt;
+    return "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (got " + std::to_string(v) + ")";
+  };
+}
 Check<double> in_range(double lo, double hi, bool hi_open = false) {
   return [=](const double& v) -> std::optional<std::string> {
     if (v >= lo && (hi_open ? v < hi : v <= hi)) return std::nullopt;
@@ -78,24 +85,24 @@ void visit(V& v, DataConfig& c) {
   v("format", c.format, one_of({"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"}));
   v("path", c.path);
   v("split", c.split, one_of({"train", "test"}));
-  v("resolution", c.resolution, at_least<int64_t>(0));
+  v("resolution", c.resolution, between(0, 8192));
   v("center_crop", c.center_crop);
   v("hflip", c.hflip);
   v("limit", c.limit, at_least<int64_t>(0));
-  v("size", c.size, greater_than<int64_t>(0));
+  v("size", c.size, between(1, 100000000));
 }
 template <class V>
 void visit(V& v, MlpConfig& c) {
-  v("hidden", c.hidden, greater_than<int64_t>(0));
-  v("depth", c.depth, greater_than<int64_t>(0));
-  v("time_features", c.time_features, at_least<int64_t>(2));
-  v("x_frequencies", c.x_frequencies, at_least<int64_t>(0));
+  v("hidden", c.hidden, between(1, 1 << 16));
+  v("depth", c.depth, between(1, 1024));
+  v("time_features", c.time_features, between(2, 1 << 16));
+  v("x_frequencies", c.x_frequencies, between(0, 30));
 }
 template <class V>
 void visit(V& v, UNetConfig& c) {
-  v("model_channels", c.model_channels, greater_than<int64_t>(0));
-  v("num_res_blocks", c.num_res_blocks, greater_than<int64_t>(0));
-  v("channel_mult", c.channel_mult, each(greater_than<int64_t>(0), 1));
+  v("model_channels", c.model_channels, between(1, 1 << 14));
+  v("num_res_blocks", c.num_res_blocks, between(1, 64));
+  v("channel_mult", c.channel_mult, each(between(1, 64), 1, 16));
   v("attention_resolutions", c.attention_resolutions, each(greater_than<int64_t>(0)));
   v("num_heads", c.num_heads, greater_than<int64_t>(0));
   v("num_head_channels", c.num_head_channels, [](const int64_t& x) -> std::optional<std::string> {
@@ -106,7 +113,7 @@ void visit(V& v, UNetConfig& c) {
   v("use_scale_shift_norm", c.use_scale_shift_norm);
   v("resblock_updown", c.resblock_updown);
   v("conv_resample", c.conv_resample);
-  v("num_classes", c.num_classes, at_least<int64_t>(0));
+  v("num_classes", c.num_classes, between(0, 1 << 20));
   v("class_dropout", c.class_dropout, in_range(0.0, 1.0, true));
 }
 template <class V>
@@ -137,7 +144,7 @@ void visit(V& v, TimeConfig& c) {
 template <class V>
 void visit(V& v, TrainConfig& c) {
   v("steps", c.steps, greater_than<int64_t>(0));
-  v("batch_size", c.batch_size, greater_than<int64_t>(0));
+  v("batch_size", c.batch_size, between(1, 1 << 24));
   v("lr", c.lr, greater_than(0.0));
   v("betas", c.betas, each(in_range(0.0, 1.0, true), 2, 2));
   v("eps", c.eps, greater_than(0.0));
@@ -165,7 +172,7 @@ void visit(V& v, SampleConfig& c) {
   v("atol", c.atol, greater_than(0.0));
   v("rtol", c.rtol, greater_than(0.0));
   v("time_grid", c.time_grid, one_of({"uniform", "edm"}));
-  v("n", c.n, greater_than<int64_t>(0));
+  v("n", c.n, between(1, int64_t(1) << 30));
 }
 template <class V>
 void visit(V& v, Config& c) {
@@ -208,6 +215,7 @@ bool convert(const json& j, bool& out) {
   return true;
 }
 bool convert(const json& j, int64_t& out) {
+  if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return false;
   if (j.is_number_integer()) {
     out = j.get<int64_t>();
     return true;
@@ -264,6 +272,16 @@ std::string closest_key(const std::string& key) {
   return best;
 }
 
+// A value as it appears in an error message: on one line, short, and without recursing into deep nesting (dump()
+// recurses once per level, and a hostile file can nest tens of thousands of levels).
+std::string shown(const json& v) {
+  if (v.is_structured())
+    for (const auto& e : v)
+      if (e.is_structured()) return v.is_array() ? "a nested list" : "an object";
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
 InputError unknown_key(const std::string& source, const std::string& key) {
   return InputError(source + ": unknown key '" + key + "' (did you mean '" + closest_key(key) + "'?)");
 }
@@ -282,7 +300,7 @@ struct Reader {
     auto it = j.find(key);
     if (it == j.end()) return;
     if (!convert(*it, value))
-      throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + it->dump());
+      throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + shown(*it));
     if (auto err = check(value)) throw InputError(source + ": " + path(key) + ": " + *err);
   }
   template <class S>
@@ -290,7 +308,7 @@ struct Reader {
     seen.insert(key);
     auto it = j.find(key);
     if (it == j.end()) return;
-    if (!it->is_object()) throw InputError(source + ": " + path(key) + ": expected an object, got " + it->dump());
+    if (!it->is_object()) throw InputError(source + ": " + path(key) + ": expected an object, got " + shown(*it));
     Reader r{*it, path(key) + ".", source};
     visit(r, s);
     r.finish();
@@ -360,7 +378,7 @@ json parse_override(const std::string& key, const std::string& text, const json&
         if (used != item.size()) throw bad("a list of numbers");
         bool integral = like.empty() || like[0].is_number_integer();
         if (integral) {
-          if (d != std::floor(d)) throw bad("a list of integers");
+          if (d != std::floor(d) || !(std::fabs(d) < 9.0e18)) throw bad("a list of integers");
           arr.push_back(static_cast<int64_t>(d));
         } else {
           arr.push_back(d);
@@ -422,12 +440,16 @@ void apply_overrides(json& doc, const std::vector<std::string>& overrides) {
     auto eq = ov.find('=');
     if (eq == std::string::npos || eq == 0) throw InputError("--set '" + ov + "': expected KEY=VALUE");
     std::string key = trim(ov.substr(0, eq));
+    // Only the config's own dotted keys: "~" (a JSON-pointer escape) and list indices are not keys.
+    if (key.find_first_of("~/") != std::string::npos) throw unknown_key("--set", key);
     json::json_pointer ptr("/" + [&] {
       std::string p = key;
       std::replace(p.begin(), p.end(), '.', '/');
       return p;
     }());
-    if (!defaults.contains(ptr) || defaults.at(ptr).is_object()) throw unknown_key("--set", key);
+    if (!defaults.contains(ptr) || defaults.at(ptr).is_object() ||
+        (!ptr.parent_pointer().empty() && defaults.at(ptr.parent_pointer()).is_array()))
+      throw unknown_key("--set", key);
     doc[ptr] = parse_override(key, ov.substr(eq + 1), defaults.at(ptr));
   }
 }
@@ -438,7 +460,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   json doc;
   try {
     doc = json::parse(f);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number past double's range (1e500)
     throw file_error(path, std::string("invalid JSON: ") + e.what());
   }
   if (!doc.is_object()) throw file_error(path, "expected a JSON object at the top level");

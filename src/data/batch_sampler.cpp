@@ -7,7 +7,11 @@ namespace fm {
 
 torch::Tensor images_to_unit_range(const torch::Tensor& u8) { return u8.to(torch::kFloat32) / 127.5 - 1.0; }
 
-BatchSampler::BatchSampler(const Dataset& data, bool hflip) : data_(data), hflip_(hflip) {}
+BatchSampler::BatchSampler(const Dataset& data, bool hflip) : data_(data), hflip_(hflip) {
+  // With nothing to permute, next() would start a fresh epoch forever without filling a batch.
+  if (!data.is_toy() && (!data.images.defined() || data.size() == 0))
+    throw InputError((data.name.empty() ? "data" : data.name) + ": the data set holds no images");
+}
 
 Batch BatchSampler::next(int64_t batch_size) {
   if (data_.is_toy()) return {sample_toy(data_.toy, batch_size, torch::TensorOptions().device(data_.device)), {}};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -31,6 +32,9 @@ bool is_hidden(const fs::path& p) {
 
 std::string size_str(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
 
+constexpr int64_t kMaxImageSide = 16384;
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;  // 8192 x 8192
+
 // One decoded image as RGB HWC bytes, or the reason it could not be decoded.
 struct Decoded {
   std::vector<uint8_t> rgb;
@@ -57,6 +61,23 @@ Decoded decode(const std::string& path) {
     return d;
   }
   int c = 0;
+  // The header alone can claim 2^24 pixels a side, and a few hundred bytes of BMP decode to that much; refuse what no
+  // training image needs before stb allocates and fills it.
+  // A header stb cannot read for its size is refused too: stb's decoders accept some (a BMP of 9 x 16.7 M rows,
+  // found by fuzz_image) that its size probe does not.
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &d.w,
+                             &d.h, &c)) {
+    const char* why = stbi_failure_reason();
+    d.error = std::string("cannot decode image (") + (why ? why : "unknown reason") + ")";
+    return d;
+  }
+  // stb's BMP probe reports a top-down image's height as negative, as the header stores it.
+  const int64_t w = std::abs(static_cast<int64_t>(d.w)), h = std::abs(static_cast<int64_t>(d.h));
+  if (w > kMaxImageSide || h > kMaxImageSide || w * h > kMaxImagePixels) {
+    d.error = "image is " + size_str(w, h) + ", larger than fm reads (" + std::to_string(kMaxImageSide) +
+              " a side, " + std::to_string(kMaxImagePixels) + " pixels)";
+    return d;
+  }
   // Forcing 3 components makes stb_image replicate grey and drop alpha.
   uint8_t* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
                                       &d.w, &d.h, &c, 3);
@@ -67,6 +88,8 @@ Decoded decode(const std::string& path) {
   }
   d.rgb.assign(px, px + static_cast<size_t>(d.w) * d.h * 3);
   stbi_image_free(px);
+  // stb decodes a BMP header's zero height as an image without pixels, which the resizer then asserts on.
+  if (d.w <= 0 || d.h <= 0) d.error = "image is " + size_str(d.w, d.h) + ": no pixels";
   return d;
 }
 

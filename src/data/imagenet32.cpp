@@ -30,6 +30,8 @@ void read_batch(const fs::path& file, std::vector<torch::Tensor>& images, std::v
   if (data.dim() != 2 || data.size(1) != 3 * 32 * 32)
     throw file_error(name, "array 'data' has shape " + shape_str(data) +
                                ", expected [N, 3072] (32x32 RGB, channel-major)");
+  // An empty batch would pass every other check and leave training nothing to draw from.
+  if (data.size(0) == 0) throw file_error(name, "array 'data' holds no images (shape " + shape_str(data) + ")");
   if (!is_integer(lab))
     throw file_error(name, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
                                ", expected integers");

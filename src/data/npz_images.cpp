@@ -14,6 +14,8 @@ std::string shape_str(const torch::Tensor& t) {
   return s + "]";
 }
 
+constexpr int64_t kMaxLabel = int64_t(1) << 20;
+
 }  // namespace
 
 Dataset read_npz_images(const std::string& file) {
@@ -43,6 +45,12 @@ Dataset read_npz_images(const std::string& file) {
       int64_t i = (lab < 0).nonzero()[0].item<int64_t>();
       throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " +
                                  std::to_string(lab[i].item<int64_t>()) + ", expected >= 0");
+    }
+    // Labels index embedding tables; a stray huge one must not size one (or overflow max + 1).
+    if (lab.max().item<int64_t>() >= kMaxLabel) {
+      int64_t i = (lab >= kMaxLabel).nonzero()[0].item<int64_t>();
+      throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " +
+                                 std::to_string(lab[i].item<int64_t>()) + ", expected < " + std::to_string(kMaxLabel));
     }
     ds.labels = lab;
     ds.num_classes = lab.max().item<int64_t>() + 1;

@@ -1,8 +1,11 @@
 #include "io/npy.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
-#include <regex>
+#include <memory>
+#include <filesystem>
+#include <zip.h>
 #include <zlib.h>
 
 #include "io/file_util.h"
@@ -34,7 +37,6 @@ const DType* find_dtype(torch::ScalarType s) {
 
 uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t le32(const uint8_t* p) { return static_cast<uint32_t>(le16(p)) | (static_cast<uint32_t>(le16(p + 2)) << 16); }
-uint64_t le64(const uint8_t* p) { return static_cast<uint64_t>(le32(p)) | (static_cast<uint64_t>(le32(p + 4)) << 32); }
 void put16(std::string& s, uint16_t v) {
   s.push_back(static_cast<char>(v & 0xff));
   s.push_back(static_cast<char>(v >> 8));
@@ -46,6 +48,119 @@ void put32(std::string& s, uint32_t v) {
 void put64(std::string& s, uint64_t v) {
   put32(s, static_cast<uint32_t>(v & 0xffffffffu));
   put32(s, static_cast<uint32_t>(v >> 32));
+}
+
+}  // namespace
+
+namespace {
+
+// numpy refuses headers longer than this by default (np.load's max_header_size), and writes none near it: every real
+// header fits, and a hostile one cannot make the parser walk gigabytes.
+constexpr size_t kMaxHeaderBytes = 10000;
+constexpr size_t kMaxDims = 32;
+
+struct NpyHeader {
+  std::string descr;
+  bool fortran_order = false;
+  std::vector<int64_t> shape;
+  bool has_fortran_order = false, has_shape = false;
+};
+
+// The header is a Python dict literal, as numpy writes it: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }
+// A small linear scan over exactly that grammar (strings, True/False, a tuple of integers); anything else, such as the
+// list that describes a structured dtype, is refused.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& what) : s_(text), what_(what) {}
+
+  NpyHeader parse() {
+    NpyHeader h;
+    bool descr = false;
+    expect('{');
+    while (!peek('}')) {
+      const std::string key = quoted();
+      expect(':');
+      if (key == "descr") {
+        if (!peek('\'') && !peek('"')) throw bad("unsupported dtype (structured arrays are not supported)");
+        h.descr = quoted(), descr = true;
+      } else if (key == "fortran_order") {
+        h.fortran_order = boolean(), h.has_fortran_order = true;
+      } else if (key == "shape") {
+        h.shape = tuple(), h.has_shape = true;
+      } else {
+        throw bad("malformed .npy header (unexpected key '" + key + "')");
+      }
+      if (!peek('}')) expect(',');
+    }
+    expect('}');
+    if (!descr) throw bad("malformed .npy header (no descr)");
+    return h;
+  }
+
+ private:
+  InputError bad(const std::string& m) const { return InputError(what_ + ": " + m); }
+  InputError malformed(const std::string& expected) const {
+    return bad("malformed .npy header (expected " + expected + " at header byte " + std::to_string(i_) + ")");
+  }
+  void skip_space() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  bool peek(char c) {
+    skip_space();
+    return i_ < s_.size() && s_[i_] == c;
+  }
+  void expect(char c) {
+    if (!peek(c)) throw malformed(std::string("'") + c + "'");
+    ++i_;
+  }
+  std::string quoted() {
+    skip_space();
+    if (i_ >= s_.size() || (s_[i_] != '\'' && s_[i_] != '"')) throw malformed("a quoted string");
+    const char q = s_[i_++];
+    const size_t close = s_.find(q, i_);
+    if (close == std::string::npos) throw malformed("a closing quote");
+    std::string out = s_.substr(i_, close - i_);
+    i_ = close + 1;
+    return out;
+  }
+  bool boolean() {
+    skip_space();
+    for (const char* word : {"True", "False"})
+      if (s_.compare(i_, std::strlen(word), word) == 0) {
+        i_ += std::strlen(word);
+        return word[0] == 'T';
+      }
+    throw malformed("True or False");
+  }
+  std::vector<int64_t> tuple() {
+    std::vector<int64_t> dims;
+    expect('(');
+    while (!peek(')')) {
+      if (dims.size() == kMaxDims) throw bad("shape has more than " + std::to_string(kMaxDims) + " dimensions");
+      size_t digits = 0;
+      int64_t d = 0;
+      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') {
+        if (++digits > 18) throw bad("shape has a dimension with more than 18 digits");
+        d = d * 10 + (s_[i_++] - '0');
+      }
+      if (digits == 0) throw malformed("a dimension (non-negative integer)");
+      if (i_ < s_.size() && s_[i_] == 'L') ++i_;  // Python 2's long literal, in files numpy wrote long ago
+      dims.push_back(d);
+      if (!peek(')')) expect(',');
+    }
+    expect(')');
+    return dims;
+  }
+
+  const std::string& s_;
+  const std::string& what_;
+  size_t i_ = 0;
+};
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
 }
 
 }  // namespace
@@ -63,34 +178,35 @@ torch::Tensor parse_npy(const uint8_t* data, size_t size, const std::string& wha
   } else {
     throw bad("unsupported .npy format version " + std::to_string(major));
   }
-  if (header_start + header_len > size) throw bad("truncated .npy header");
-  std::string header(reinterpret_cast<const char*>(data + header_start), header_len);
-
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')")))
-    throw bad("malformed .npy header (no descr)");
-  const DType* dt = find_dtype(m[1].str());
-  if (!dt) throw bad("unsupported dtype '" + m[1].str() + "' (uint8, int8, bool, int32, int64, float16/32/64)");
-  if (!std::regex_search(header, m, std::regex(R"('fortran_order'\s*:\s*(True|False))")))
-    throw bad("malformed .npy header (no fortran_order)");
-  if (m[1].str() == "True") throw bad("Fortran-ordered arrays are not supported (save with np.ascontiguousarray)");
-  if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))")))
-    throw bad("malformed .npy header (no shape)");
-  std::vector<int64_t> shape;
-  std::string dims = m[1].str();
-  std::regex num(R"(\d+)");
-  uint64_t count = 1;
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it) {
-    int64_t d = std::stoll(it->str());
-    shape.push_back(d);
+  if (header_len > kMaxHeaderBytes)
+    throw bad(".npy header length " + std::to_string(header_len) + " is over numpy's limit of " +
+              std::to_string(kMaxHeaderBytes) + " bytes");
+  if (header_len > size - header_start) throw bad("truncated .npy header");
+  const std::string text(reinterpret_cast<const char*>(data + header_start), header_len);
+  const NpyHeader h = HeaderParser(text, what).parse();
+  const DType* dt = find_dtype(h.descr);
+  if (!dt) throw bad("unsupported dtype '" + h.descr + "' (uint8, int8, bool, int32, int64, float16/32/64)");
+  if (!h.has_fortran_order) throw bad("malformed .npy header (no fortran_order)");
+  if (!h.has_shape) throw bad("malformed .npy header (no shape)");
+  if (h.fortran_order) throw bad("Fortran-ordered arrays are not supported (save with np.ascontiguousarray)");
+  // The byte count must fit in int64 before it is compared with the file; zero-length dimensions do not excuse huge
+  // ones, since torch checks the product of the others too.
+  uint64_t count = 1, nonzero = 1;
+  for (int64_t d : h.shape) {
     count *= static_cast<uint64_t>(d);
+    if (d > 0 && __builtin_mul_overflow(nonzero, static_cast<uint64_t>(d), &nonzero)) nonzero = UINT64_MAX;
   }
-  size_t offset = header_start + header_len;
-  uint64_t nbytes = count * dt->size;
+  if (nonzero > static_cast<uint64_t>(INT64_MAX) / dt->size)
+    throw bad("shape " + shape_text(h.shape) + " is too large (more than 2^63 bytes)");
+  const size_t offset = header_start + header_len;
+  const uint64_t nbytes = count * dt->size;
   if (size - offset != nbytes)
-    throw bad("data holds " + std::to_string(size - offset) + " bytes but shape and dtype " + m[1].str() + " need " +
-              std::to_string(nbytes));
-  auto t = torch::empty(shape, torch::TensorOptions().dtype(dt->type));
+    throw bad("data holds " + std::to_string(size - offset) + " bytes but shape " + shape_text(h.shape) + " and dtype " +
+              h.descr + " need " + std::to_string(nbytes));
+  // A bool byte other than 0 or 1 is undefined behaviour in every op that reads it; numpy never writes one.
+  if (dt->type == torch::kBool && std::any_of(data + offset, data + size, [](uint8_t b) { return b > 1; }))
+    throw bad("bool array holds a byte other than 0 and 1");
+  auto t = torch::empty(h.shape, torch::TensorOptions().dtype(dt->type));
   if (nbytes) std::memcpy(t.data_ptr(), data + offset, nbytes);
   return t;
 }
@@ -126,124 +242,87 @@ void write_npy(const std::string& path, const torch::Tensor& t) { write_file_ato
 // --- .npz: a zip archive of .npy members ---------------------------------------------------------------------------
 namespace {
 
+// Deflate expands at most 1032-fold, so a member that claims more is corrupt; checking this before allocating keeps a
+// hostile size field from reserving gigabytes.
+constexpr uint64_t kMaxDeflateRatio = 1032;
+
 struct ZipEntry {
   std::string name;
-  uint16_t method = 0;
-  uint32_t crc = 0;
-  uint64_t comp_size = 0, size = 0, local_offset = 0;
+  zip_uint64_t index = 0;
+  uint64_t size = 0;
 };
 
+// The zip container, read with libzip (which checks the directory, the local headers against it, and each member's
+// CRC); what is left here is the members' names, their declared sizes, and the clear one-line messages.
 class ZipReader {
  public:
-  explicit ZipReader(const std::string& path) : path_(path), f_(path, std::ios::binary) {
-    if (!f_) throw file_error(path, "cannot open");
-    f_.seekg(0, std::ios::end);
-    file_size_ = static_cast<uint64_t>(f_.tellg());
-    read_directory();
+  explicit ZipReader(const std::string& path) : path_(path) {
+    std::error_code ec;
+    file_size_ = std::filesystem::file_size(path, ec);
+    if (ec) file_size_ = UINT64_MAX;  // not a regular file: libzip says why below
+    if (file_size_ == 0) throw bad("empty file, not an .npz archive");
+    int code = 0;
+    za_.reset(zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code));
+    if (!za_) {
+      zip_error_t err;
+      zip_error_init_with_code(&err, code);
+      std::string why = zip_error_strerror(&err);
+      zip_error_fini(&err);
+      if (code == ZIP_ER_OPEN || code == ZIP_ER_NOENT || code == ZIP_ER_READ) throw bad("cannot open (" + why + ")");
+      throw bad("not a zip/.npz archive, or a truncated one (" + why + ")");
+    }
+    const zip_int64_t n = zip_get_num_entries(za_.get(), 0);
+    for (zip_int64_t i = 0; i < n; ++i) {
+      zip_stat_t st;
+      zip_stat_init(&st);
+      if (zip_stat_index(za_.get(), static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &st) != 0 || !(st.valid & ZIP_STAT_NAME))
+        throw bad("corrupt central directory (member " + std::to_string(i) + ")");
+      entries_.push_back({st.name, static_cast<zip_uint64_t>(i), st.size});
+    }
   }
   const std::vector<ZipEntry>& entries() const { return entries_; }
 
   std::vector<uint8_t> read(const ZipEntry& e) {
-    auto lh = bytes(e.local_offset, 30, "local header of " + e.name);
-    if (le32(lh.data()) != 0x04034b50) throw bad("bad local header for member " + e.name);
-    uint64_t data_off = e.local_offset + 30 + le16(lh.data() + 26) + le16(lh.data() + 28);
-    auto comp = bytes(data_off, e.comp_size, "member " + e.name);
-    std::vector<uint8_t> out;
-    if (e.method == 0) {
-      if (e.comp_size != e.size) throw bad("member " + e.name + ": stored sizes disagree");
-      out = std::move(comp);
-    } else if (e.method == 8) {
-      out.resize(e.size);
-      z_stream zs{};
-      if (inflateInit2(&zs, -15) != Z_OK) throw std::runtime_error("zlib: inflateInit2 failed");
-      zs.next_in = comp.data();
-      zs.avail_in = static_cast<uInt>(comp.size());
-      zs.next_out = out.data();
-      zs.avail_out = static_cast<uInt>(out.size());
-      int rc = inflate(&zs, Z_FINISH);
-      uint64_t produced = zs.total_out;
-      inflateEnd(&zs);
-      if (rc != Z_STREAM_END || produced != e.size) throw bad("member " + e.name + ": corrupt deflate data");
-    } else {
-      throw bad("member " + e.name + ": unsupported compression method " + std::to_string(e.method));
-    }
-    uint32_t crc = static_cast<uint32_t>(crc32_z(0L, out.data(), out.size()));
-    if (crc != e.crc) throw bad("member " + e.name + ": CRC mismatch (file corrupt)");
+    const std::string what = "member " + e.name;
+    zip_stat_t st;
+    zip_stat_init(&st);
+    if (zip_stat_index(za_.get(), e.index, 0, &st) != 0) throw bad(what + ": " + zip_strerror(za_.get()));
+    if (st.valid & ZIP_STAT_ENCRYPTION_METHOD && st.encryption_method != ZIP_EM_NONE)
+      throw bad(what + ": encrypted members are not supported");
+    if (st.comp_method != ZIP_CM_STORE && st.comp_method != ZIP_CM_DEFLATE)
+      throw bad(what + ": unsupported compression method " + std::to_string(st.comp_method) +
+                " (numpy writes stored or deflated members)");
+    if (st.comp_size > file_size_ ||
+        (st.comp_method == ZIP_CM_STORE ? st.size != st.comp_size : st.size / kMaxDeflateRatio > st.comp_size))
+      throw bad(what + ": declares " + std::to_string(st.size) + " bytes from " + std::to_string(st.comp_size) +
+                " compressed (corrupt size field)");
+    zip_file_t* zf = zip_fopen_index(za_.get(), e.index, 0);
+    if (!zf) throw bad(what + ": cannot read (" + zip_strerror(za_.get()) + ")");
+    std::vector<uint8_t> out(st.size);
+    uint64_t got = 0;
+    zip_int64_t r = 0;
+    while (got < out.size() && (r = zip_fread(zf, out.data() + got, out.size() - got)) > 0) got += r;
+    // One more read must find the end: that is where libzip compares the CRC, and it catches a member longer than
+    // its declared size.
+    uint8_t extra;
+    if (r >= 0 && got == out.size()) r = zip_fread(zf, &extra, 1);
+    std::string why = zip_file_strerror(zf);
+    const bool crc = zip_error_code_zip(zip_file_get_error(zf)) == ZIP_ER_CRC;
+    zip_fclose(zf);
+    if (crc) throw bad(what + ": CRC mismatch (file corrupt)");
+    if (r < 0) throw bad(what + ": corrupt or truncated data (" + why + ")");
+    if (got != out.size() || r != 0)
+      throw bad(what + ": holds " + (r != 0 ? "more than" : std::to_string(got) + " bytes, not") + " the " +
+                std::to_string(out.size()) + " bytes its directory entry declares");
     return out;
   }
 
+ private:
   InputError bad(const std::string& m) const { return file_error(path_, m); }
 
- private:
-  std::vector<uint8_t> bytes(uint64_t off, uint64_t n, const std::string& what) {
-    if (off > file_size_ || n > file_size_ - off) throw bad("truncated (" + what + " runs past the end of the file)");
-    std::vector<uint8_t> b(n);
-    f_.seekg(static_cast<std::streamoff>(off));
-    f_.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(n));
-    if (!f_) throw bad("read error in " + what);
-    return b;
-  }
-
-  void read_directory() {
-    // The end-of-central-directory record sits in the last 22 + 65535 bytes.
-    uint64_t tail = std::min<uint64_t>(file_size_, 22 + 65535);
-    if (file_size_ < 22) throw bad("not a zip/.npz file (too short)");
-    auto t = bytes(file_size_ - tail, tail, "end of archive");
-    int64_t pos = -1;
-    for (int64_t i = static_cast<int64_t>(tail) - 22; i >= 0; --i)
-      if (le32(&t[i]) == 0x06054b50) {
-        pos = i;
-        break;
-      }
-    if (pos < 0) throw bad("not a zip/.npz file (no end-of-central-directory record; truncated?)");
-    const uint8_t* e = &t[pos];
-    uint64_t count = le16(e + 10), cd_size = le32(e + 12), cd_off = le32(e + 16);
-    uint64_t eocd_abs = file_size_ - tail + pos;
-    if (count == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
-      if (eocd_abs < 20) throw bad("zip64 locator missing");
-      auto loc = bytes(eocd_abs - 20, 20, "zip64 locator");
-      if (le32(loc.data()) != 0x07064b50) throw bad("zip64 locator missing");
-      auto z = bytes(le64(loc.data() + 8), 56, "zip64 end record");
-      if (le32(z.data()) != 0x06064b50) throw bad("bad zip64 end record");
-      count = le64(z.data() + 32), cd_size = le64(z.data() + 40), cd_off = le64(z.data() + 48);
-    }
-    auto cd = bytes(cd_off, cd_size, "central directory");
-    size_t p = 0;
-    for (uint64_t i = 0; i < count; ++i) {
-      if (p + 46 > cd.size() || le32(&cd[p]) != 0x02014b50) throw bad("corrupt central directory");
-      ZipEntry en;
-      en.method = le16(&cd[p + 10]);
-      en.crc = le32(&cd[p + 16]);
-      en.comp_size = le32(&cd[p + 20]);
-      en.size = le32(&cd[p + 24]);
-      size_t n = le16(&cd[p + 28]), x = le16(&cd[p + 30]), c = le16(&cd[p + 32]);
-      en.local_offset = le32(&cd[p + 42]);
-      if (p + 46 + n + x + c > cd.size()) throw bad("corrupt central directory");
-      en.name.assign(reinterpret_cast<const char*>(&cd[p + 46]), n);
-      // zip64 extra field: 64-bit values for whichever 32-bit fields are saturated, in this order.
-      size_t q = p + 46 + n, qend = q + x;
-      while (q + 4 <= qend) {
-        uint16_t id = le16(&cd[q]), len = le16(&cd[q + 2]);
-        if (q + 4 + len > qend) break;
-        if (id == 0x0001) {
-          size_t r = q + 4;
-          auto take = [&](uint64_t& v) {
-            if (v == 0xffffffffu && r + 8 <= q + 4 + len) v = le64(&cd[r]), r += 8;
-          };
-          take(en.size);
-          take(en.comp_size);
-          take(en.local_offset);
-        }
-        q += 4 + len;
-      }
-      entries_.push_back(en);
-      p += 46 + n + x + c;
-    }
-  }
-
   std::string path_;
-  std::ifstream f_;
   uint64_t file_size_ = 0;
+  std::unique_ptr<zip_t, decltype(&zip_discard)> za_{nullptr, zip_discard};
   std::vector<ZipEntry> entries_;
 };
 
