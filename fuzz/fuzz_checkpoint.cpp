@@ -1,6 +1,6 @@
-// Checkpoints: everything the reader does before weights are loaded into a network (the LibTorch archive, the format
-// version, the stored config, step and sample shape). When checkpoints carry a checksum, read_checkpoint below is the
-// one place to change: fuzz the payload parser past the checksum (a fuzzer cannot forge it), and the verifier alone.
+// Checkpoints: everything the reader does before weights are loaded into a network. The XXH3 trailer is verified
+// first (checkpoint/seal), so mutated bytes exercise the verifier; the payload parser behind it (LibTorch's archive,
+// the format version, the stored config) is reached only by bytes whose checksum matches.
 #include "checkpoint/checkpoint.h"
 #include "fuzz_util.h"
 
