@@ -6,7 +6,6 @@
 
 #include "checkpoint/checkpoint.h"
 #include "train/adamw.h"
-#include "data/batch_sampler.h"
 #include "data/dataset.h"
 #include "interop/safetensors.h"
 #include "interop/state_dict.h"
@@ -104,14 +103,12 @@ ImportResult import_weights(const ImportOptions& o) {
   load(*model, w.model, separate ? "net_model" : "");
   load(*ema, separate ? w.ema : w.model, separate ? "ema_model" : "");
 
-  // fm train --resume needs an optimizer and a data position: a fresh AdamW with the config's settings and a sampler
-  // that starts a new epoch.
+  // fm train --resume needs an optimizer: a fresh AdamW with the config's settings. There is no data position to
+  // keep; the resume starts a fresh epoch.
   AdamW optimizer(model->parameters(), {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay});
-  Dataset none;
-  BatchSampler sampler(none, false);
   if (auto dir = std::filesystem::path(o.out).parent_path(); !dir.empty()) make_dirs(dir.string());
   // The data it was trained on is unknown (DataIdentity{}): a resume takes the config's data from a fresh epoch.
-  save_checkpoint(o.out, {&cfg, w.step, shape, DataIdentity{}, model.get(), ema.get(), &optimizer, &sampler});
+  save_checkpoint(o.out, {&cfg, w.step, shape, DataIdentity{}, model.get(), ema.get(), &optimizer, nullptr, {}});
   ImportResult r;
   r.step = w.step;
   r.parameters = parameter_count(*model);
