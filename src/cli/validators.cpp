@@ -7,31 +7,24 @@
 
 namespace fm {
 
-CLI::Validator at_least(double min) {
+namespace {
+// A number bounded below: "must be >= 1, got 0" (or "> 0"), where CLI11's Range would print its 300-digit maximum.
+CLI::Validator bounded_below(double min, bool strict) {
   std::ostringstream bound;
-  bound << min;
+  bound << (strict ? "> " : ">= ") << min;
   const std::string b = bound.str();
   return CLI::Validator(
-      [min, b](std::string& s) -> std::string {
+      [min, strict, b](std::string& s) -> std::string {
         double v = 0;
         if (!CLI::detail::lexical_cast(s, v)) return "'" + s + "' is not a number";
-        return v >= min ? std::string() : "must be >= " + b + ", got " + s;
+        return (strict ? v > min : v >= min) ? std::string() : "must be " + b + ", got " + s;
       },
-      "NUMBER >= " + b);
+      "NUMBER " + b);
 }
+}  // namespace
 
-CLI::Validator greater_than(double min) {
-  std::ostringstream bound;
-  bound << min;
-  const std::string b = bound.str();
-  return CLI::Validator(
-      [min, b](std::string& s) -> std::string {
-        double v = 0;
-        if (!CLI::detail::lexical_cast(s, v)) return "'" + s + "' is not a number";
-        return v > min ? std::string() : "must be > " + b + ", got " + s;
-      },
-      "NUMBER > " + b);
-}
+CLI::Validator at_least(double min) { return bounded_below(min, false); }
+CLI::Validator greater_than(double min) { return bounded_below(min, true); }
 
 CLI::Validator seed_value() {
   return CLI::Validator(
