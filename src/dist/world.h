@@ -1,0 +1,37 @@
+#pragma once
+// The process group as the trainer and the evaluators see it: this process's rank, the world size and the few
+// collectives fm needs. Everything about how the processes found each other (torchrun, SLURM, c10d stores, NCCL or
+// Gloo) stays behind this header; with no launcher in the environment the world is one process and every collective
+// is the identity, so single-process code paths need no special case.
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace fm::dist {
+
+class World {
+ public:
+  virtual ~World() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Index of this process's device on its node (cuda:local_rank()).
+  virtual int local_rank() const = 0;
+  bool is_main() const { return rank() == 0; }
+  bool distributed() const { return size() > 1; }
+
+  // In place: every tensor becomes the sum over ranks (same shapes and dtypes on every rank).
+  virtual void all_reduce_sum(std::vector<torch::Tensor>& tensors) = 0;
+  // In place: every rank's tensors take root's values.
+  virtual void broadcast(std::vector<torch::Tensor>& tensors, int root = 0) = 0;
+  // Each rank's tensor (any length along dim 0, same trailing shape and dtype) concatenated in rank order, on every
+  // rank.
+  virtual torch::Tensor all_gather_cat(const torch::Tensor& t) = 0;
+  virtual void barrier() = 0;
+  // True on every rank when `flag` is true on any rank (stop agreement: one rank's signal stops all at one step).
+  virtual bool any(bool flag) = 0;
+};
+
+// The process-wide world: one process until init_world() (in dist/) replaces it.
+World& world();
+
+}  // namespace fm::dist
