@@ -1,5 +1,7 @@
 // Fault injection on the fm binary: signals and kill -9 at a random step of a running `fm train`, then --resume auto,
 // must give exactly the parameters of an uninterrupted run; a diverging run must stop without writing a bad checkpoint.
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -11,6 +13,7 @@
 #include "nn/velocity_field.h"
 #include "test_util.h"
 #include "train/nonfinite_guard.h"
+#include "util/preemption.h"
 
 using fm::test::run;
 using fm::test::TempDir;
@@ -67,6 +70,21 @@ int random_lines() {
 }
 
 }  // namespace
+
+// The first signal only records itself (the loop saves and exits 75); a second one, from an impatient person or a
+// scheduler's follow-up, ends the process at once with the shell's 128 + signal.
+TEST(Preemption, SecondSignalExitsAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        fm::install_stop_handlers();
+        std::raise(SIGTERM);
+        if (!fm::stop_requested() || fm::stop_signal() != SIGTERM) std::_Exit(3);
+        std::raise(SIGUSR1);
+        std::_Exit(4);  // still here: the second signal was swallowed
+      },
+      testing::ExitedWithCode(128 + SIGUSR1), "");
+}
 
 TEST(Preemption, HelpNamesTheExitStatuses) {
   auto h = run(fm::test::fm_binary() + " train --help");
