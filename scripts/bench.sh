@@ -10,10 +10,13 @@
 #         eval-nll's likelihood (dopri5 1e-5, Hutchinson) of 4 images
 #   cuda: configs/cifar10_torchcfm.json at batch 128 and configs/cifar10.json (the paper's) at batch 256, both with
 #         bf16 autocast; sampling 256 images and the likelihood of 64 with torchcfm's network
-#   --quick  fewer steps and one repeat (the gpu_check hook; FM_DRY_RUN=1 runs a tiny CPU version)
+#   --quick  one round of 20 steps, torch.compile for torchcfm's network's training only (the gpu_check hook, about
+#            2-3 minutes on an H200, unmeasured); FM_DRY_RUN=1 runs a tiny CPU version
 # MFU uses the device's stated peak: FM_BENCH_PEAK_TFLOPS, else H200 989 TFLOP/s (dense bf16, NVIDIA's data sheet),
 # else on the CPU cores x clock x 32 FP32 FLOPs per cycle (AVX2, two 256-bit FMA units).
-# Environment (as scripts/gpu_check.sh sets it for its hooks): FM_BIN, FM_DEVICE, FM_DRY_RUN, FM_HOOK_OUT; FM_PYTHON.
+# Environment (as scripts/gpu_check.sh sets it for its hooks): FM_BIN, FM_DEVICE, FM_DRY_RUN, FM_HOOK_OUT; FM_PYTHON;
+# FM_BENCH_STEPS (timed CPU steps, default 20). Both sides use OMP_NUM_THREADS threads: on a CPU shared with other
+# work, OMP_NUM_THREADS=1 gives steadier figures (two threads that must meet at every op wait for each other).
 # Exit status 0, or 77 (skipped) for cuda without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,15 +88,22 @@ bench() {
   local cfg=$OUT/$label.config.json w=$OUT/$label.weights.npz in=$OUT/$label.inputs.npz
   "$FM" config --config "$config" --set device="$DEVICE" "$@" > "$cfg"
   local warm=5 euler=100
-  [ "$QUICK" = 1 ] && warm=3
+  [ "${FM_DRY_RUN:-0}" = 1 ] && warm=2  # (on CUDA the graph is captured at the fourth step: keep 5 there)
   local shape=(--shape 3 32 32)
-  local modes=(eager)
-  [ "$COMPILE" = 1 ] && modes+=(compile)
+  local modes=(eager) compile=$COMPILE
+  # The quick GPU run compiles one network only: each torch.compile of a training step costs a minute or more.
+  [ "$QUICK" = 1 ] && [ "$DEVICE" != cpu ] && [ "$label" != torchcfm_b128 ] && compile=0
+  [ "$compile" = 1 ] && modes+=(compile)
   local solve=(--sample-batch "$sbatch" --nll-batch "$nbatch" --euler-steps "$euler" --tol 1e-5)
   echo "== $label: training at batch $batch, $steps steps after $warm, $REPEATS rounds (fm, then ${modes[*]})" >&2
   for r in $(seq "$REPEATS"); do
     "$FM" bench --config "$cfg" --what train --batch "$batch" --warmup "$warm" --steps "$steps" "${shape[@]}" \
       "${PEAK_ARG[@]}" | record "$label"
+    # On CUDA also the captured step (train.cuda_graph), which needs warm-up steps before its capture.
+    if [ "$DEVICE" != cpu ]; then
+      "$FM" bench --config "$cfg" --set train.cuda_graph=true --what train --batch "$batch" --warmup "$warm" \
+        --steps "$steps" "${shape[@]}" "${PEAK_ARG[@]}" | record "$label"
+    fi
     for m in "${modes[@]}"; do
       "$PY" scripts/bench_ref.py run --config-json "$cfg" --device "$DEVICE" --mode "$m" --what train \
         --batch "$batch" --warmup "$warm" --steps "$steps" "${shape[@]}" "${PEAK_ARG[@]}" | record "$label"
@@ -107,7 +117,7 @@ bench() {
     "${shape[@]}" "${solve[@]}" --write-weights "$w" --write-inputs "$in" | record "$label"
   "$FM" bench --config "$cfg" --what euler,dopri5,nll --weights "$w" --inputs "$in" "${shape[@]}" "${solve[@]}" \
     | record "$label"
-  if [ "$COMPILE" = 1 ]; then
+  if [ "$COMPILE" = 1 ] && { [ "$QUICK" = 0 ] || [ "$DEVICE" = cpu ]; }; then
     "$PY" scripts/bench_ref.py run --config-json "$cfg" --device "$DEVICE" --mode compile --what euler,dopri5,nll \
       "${shape[@]}" "${solve[@]}" | record "$label"
   fi
@@ -120,7 +130,7 @@ if [ "$DEVICE" = cpu ]; then
     bench configs/cifar10_cpu_smoke.json smoke_b8 8 3 4 2 --set train.batch_size=8
   else
     [ "$QUICK" = 1 ] && REPEATS=1
-    bench configs/cifar10_cpu_smoke.json smoke_b32 32 $([ "$QUICK" = 1 ] && echo 5 || echo 20) 16 4
+    bench configs/cifar10_cpu_smoke.json smoke_b32 32 $([ "$QUICK" = 1 ] && echo 5 || echo "${FM_BENCH_STEPS:-20}") 16 4
   fi
 else
   [ "$QUICK" = 1 ] && REPEATS=1

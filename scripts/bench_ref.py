@@ -29,6 +29,14 @@ import torch
 
 
 def torchcfm_unet():
+    if "torchcfm" not in sys.modules:
+        load_torchcfm_package()
+    from torchcfm.models.unet.unet import UNetModel
+
+    return UNetModel
+
+
+def load_torchcfm_package():
     spec = importlib.util.find_spec("torchcfm")
     if spec is None:
         print("torchcfm is not installed", file=sys.stderr)
@@ -37,9 +45,6 @@ def torchcfm_unet():
     pkg = types.ModuleType("torchcfm")
     pkg.__path__ = list(spec.submodule_search_locations)
     sys.modules["torchcfm"] = pkg
-    from torchcfm.models.unet.unet import UNetModel
-
-    return UNetModel
 
 
 def build_model(cfg, shape):
@@ -288,21 +293,23 @@ def table(args):
 
     for (label, what), by in keyed.items():
         key, unit = metric[what]
-        vals = {impl: med(rs, key) for impl, rs in by.items()}
-        f_, e_, c_ = vals.get("fm"), vals.get("torch_eager"), vals.get("torch_compile")
+        e_, c_ = med(by.get("torch_eager", []), key), med(by.get("torch_compile", []), key)
+        for fm_impl in [i for i in ("fm", "fm_cuda_graph") if i in by] or ["fm"]:
+            f_ = med(by.get(fm_impl, []), key)
 
-        def ratio(ref):
-            if f_ is None or ref is None:
-                return "-"
-            # For a time per work (s / 1000 images) the speed-up is reference / fm.
-            return f"{(ref / f_) if key == 's_per_1000' else (f_ / ref):.2f}x"
+            def ratio(ref):
+                if f_ is None or ref is None:
+                    return "-"
+                # For a time per work (s / 1000 images) the speed-up is reference / fm.
+                return f"{(ref / f_) if key == 's_per_1000' else (f_ / ref):.2f}x"
 
-        impls = ("fm", "torch_eager", "torch_compile")
-        col = lambda k, d=1: ", ".join(fmt(med(by.get(i, []), k), d) for i in impls)  # noqa: E731
-        mfu = ", ".join(fmt(None if med(by.get(i, []), "mfu") is None else 100 * med(by.get(i, []), "mfu"), 1) + "%"
-                        for i in impls)
-        print(f"| {label} | {what} ({unit}) | {fmt(f_)} | {fmt(e_)} | {fmt(c_)} | {ratio(e_)} | {ratio(c_)} | "
-              f"{col('nfe', 0)} | {col('ms_per_step')} | {col('peak_mem_mib', 0)} | {mfu} |")
+            impls = (fm_impl, "torch_eager", "torch_compile")
+            col = lambda k, d=1: ", ".join(fmt(med(by.get(i, []), k), d) for i in impls)  # noqa: E731
+            mfus = [med(by.get(i, []), "mfu") for i in impls]
+            mfu = ", ".join("-" if m is None else f"{100 * m:.1f}%" for m in mfus)
+            name = what if fm_impl == "fm" else f"{what}, fm with CUDA graph"
+            print(f"| {label} | {name} ({unit}) | {fmt(f_)} | {fmt(e_)} | {fmt(c_)} | {ratio(e_)} | {ratio(c_)} | "
+                  f"{col('nfe', 0)} | {col('ms_per_step')} | {col('peak_mem_mib', 0)} | {mfu} |")
 
 
 def main():

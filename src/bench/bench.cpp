@@ -20,8 +20,10 @@
 #include "train/adamw.h"
 #include "train/cfm_objective.h"
 #include "train/ema.h"
+#include "train/grad_clip.h"
 #include "train/nonfinite_guard.h"
 #include "train/train_step.h"
+#include "train/train_step_graph.h"
 #include "util/device.h"
 #include "util/error.h"
 
@@ -57,7 +59,7 @@ nlohmann::json common(const std::string& what, const torch::Device& device) {
           {"threads", at::get_num_threads()}};
 }
 
-nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch::Device& device) {
+nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch::Device& device, bool profile) {
   const int64_t bsz = o.batch > 0 ? o.batch : cfg.train.batch_size;
   torch::manual_seed(o.seed);
   Dataset data;
@@ -90,7 +92,8 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
   CfmObjective objective(cfg, *path, model->num_classes());
   NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   const bool autocast = device.is_cuda() && cfg.train.bf16;
-  TrainStep step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  TrainStep eager{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  GraphedTrainStep step(eager, device, cfg.train.cuda_graph, cfg.path.coupling);
   model->train();
 
   StepResult r;
@@ -103,9 +106,11 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
   const double dt = seconds(t0) / static_cast<double>(o.steps);
 
   auto j = common("train", device);
+  if (step.graphed()) j["impl"] = "fm_cuda_graph";
   j["batch"] = bsz;
   j["steps"] = o.steps;
   j["bf16"] = autocast;
+  j["cuda_graph"] = step.graphed();
   j["ms_per_step"] = 1e3 * dt;
   j["images_per_s"] = static_cast<double>(bsz) / dt;
   j["peak_mem_mib"] = peak_memory_mib(device);
@@ -116,6 +121,43 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
     j["flops_per_step"] = flops;
     j["tflops_per_s"] = flops / dt / 1e12;
     if (o.peak_tflops > 0) j["mfu"] = flops / dt / (o.peak_tflops * 1e12);
+  }
+  if (profile) {
+    // The parts of the step outside the network, each timed alone over as many repetitions as the step was: drawing
+    // the batch, the objective with the network replaced by a free function of x_t (noise, times, path, target and
+    // loss, forward only), the gradient norm and guard, fused AdamW and the EMA (the gradients of the last step are
+    // still there). What is left of the step is the network's forward and backward.
+    auto time_ms = [&](const std::function<void()>& fn) {
+      fn();
+      synchronize(device);
+      auto t = Clock::now();
+      for (int64_t i = 0; i < o.steps; ++i) fn();
+      synchronize(device);
+      return 1e3 * seconds(t) / static_cast<double>(o.steps);
+    };
+    auto batch = sampler.next(bsz);
+    auto no_skip = torch::zeros({}, torch::TensorOptions().device(device));
+    torch::Tensor gn;
+    const double data_ms = time_ms([&] { sampler.next(bsz); });
+    const double objective_ms = time_ms([&] {
+      torch::NoGradGuard ng;
+      objective.loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
+    });
+    const double norm_ms = time_ms([&] {
+      gn = clip_grad_norm(params, cfg.train.grad_clip);
+      guard.check(r.loss, gn);
+    });
+    const double adamw_ms = time_ms([&] { optimizer.step(cfg.train.lr, no_skip); });
+    const double ema_ms = time_ms([&] { ema.update(no_skip); });
+    const double outside = data_ms + objective_ms + norm_ms + adamw_ms + ema_ms;
+    j["what"] = "profile";
+    j["profile_ms"] = {{"data", data_ms},
+                       {"noise_times_path_loss", objective_ms},
+                       {"grad_norm_and_guard", norm_ms},
+                       {"fused_adamw", adamw_ms},
+                       {"ema", ema_ms},
+                       {"outside_network", outside},
+                       {"network_forward_backward", 1e3 * dt - outside}};
   }
   return j;
 }
@@ -160,8 +202,8 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
   configure_backend(device);
   if (o.shape.size() != 3) throw InputError("--shape: expected C H W");
   for (const auto& what : o.what)
-    if (what != "train" && what != "euler" && what != "dopri5" && what != "nll")
-      throw InputError("--what: '" + what + "' is not one of train, euler, dopri5, nll");
+    if (what != "train" && what != "profile" && what != "euler" && what != "dopri5" && what != "nll")
+      throw InputError("--what: '" + what + "' is not one of train, profile, euler, dopri5, nll");
   std::vector<nlohmann::json> out;
   auto emit = [&](nlohmann::json j) {
     if (on_result) on_result(j);
@@ -171,8 +213,8 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
   Inputs in;
   bool warm = false;
   for (const auto& what : o.what) {
-    if (what == "train") {
-      emit(bench_train(cfg, o, device));
+    if (what == "train" || what == "profile") {
+      emit(bench_train(cfg, o, device, what == "profile"));
       continue;
     }
     if (!model) {

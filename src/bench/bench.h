@@ -15,7 +15,7 @@
 namespace fm {
 
 struct BenchOptions {
-  std::vector<std::string> what = {"train"};  // train, euler, dopri5, nll
+  std::vector<std::string> what = {"train"};  // train, profile (train and its parts), euler, dopri5, nll
   std::vector<int64_t> shape = {3, 32, 32};   // one image, C H W
   int64_t batch = 0;                          // training batch; 0: train.batch_size
   int64_t warmup = 5, steps = 20;             // training steps untimed, then timed

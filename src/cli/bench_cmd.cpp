@@ -26,7 +26,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--config", a->config, "config file (JSON): the network, loss and optimizer settings")->required();
   cmd->add_option("--set", a->sets, "override a config key (repeatable)")->take_all();
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N");
-  cmd->add_option("--what", a->what, "train, euler, dopri5, nll (comma-separated)")->delimiter(',')->capture_default_str();
+  cmd->add_option("--what", a->what, "train, profile (train, then the parts of the step outside the network timed alone), euler, dopri5, nll (comma-separated)")->delimiter(',')->capture_default_str();
   cmd->add_option("--shape", a->o.shape, "image shape C H W")->expected(3)->capture_default_str();
   cmd->add_option("--batch", a->o.batch, "training batch (default train.batch_size)")->check(at_least(1));
   cmd->add_option("--warmup", a->o.warmup, "untimed training steps first")->check(at_least(0))->capture_default_str();

@@ -25,7 +25,7 @@ struct AutocastScope {
 
 }  // namespace
 
-StepResult TrainStep::operator()(const Batch& batch, double lr) {
+StepResult TrainStep::run(const Batch& batch, std::optional<double> lr) {
   StepResult r;
   r.loss = objective.loss(batch, [&](const auto& t, const auto& x, const auto& labels) {
     AutocastScope ac(autocast);
@@ -36,7 +36,10 @@ StepResult TrainStep::operator()(const Batch& batch, double lr) {
   // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
   r.grad_norm = clip_grad_norm(params, grad_clip);
   r.found_inf = guard.check(r.loss, r.grad_norm);  // 1: skip this step, decided on the device
-  optimizer.step(lr, r.found_inf);
+  if (lr)
+    optimizer.step(*lr, r.found_inf);
+  else
+    optimizer.step(r.found_inf);
   ema.update(r.found_inf);
   return r;
 }

@@ -3,6 +3,8 @@
 // (noise x0 and times drawn, the path sampled, the network run under bf16 autocast on CUDA when asked, channels-last
 // on CUDA), backward, the global gradient norm (and clipping), the non-finite guard, fused AdamW and the EMA. Nothing
 // in it reads a value back to the host.
+#include <optional>
+
 #include <torch/torch.h>
 
 #include "nn/velocity_field.h"
@@ -30,7 +32,9 @@ struct TrainStep {
   bool autocast = false;       // bf16 autocast of the forward pass (CUDA only; weights and optimizer stay fp32)
   bool channels_last = false;  // feed the network NHWC activations (its 4-D weights should be NHWC too)
 
-  StepResult operator()(const Batch& batch, double lr);
+  StepResult operator()(const Batch& batch, double lr) { return run(batch, lr); }
+  // Without lr: AdamW's device learning rate as set_lr left it (the form a CUDA graph captures).
+  StepResult run(const Batch& batch, std::optional<double> lr);
 };
 
 }  // namespace fm

@@ -25,6 +25,7 @@
 #include "train/nonfinite_guard.h"
 #include "train/preflight.h"
 #include "train/train_step.h"
+#include "train/train_step_graph.h"
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
@@ -136,7 +137,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
-  TrainStep train_step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  TrainStep eager_step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  GraphedTrainStep train_step(eager_step, device, cfg.train.cuda_graph, cfg.path.coupling);
   int64_t interval_steps = 0;
   auto interval_t0 = std::chrono::steady_clock::now();
   double interval_pause_s = 0.0;  // spent writing checkpoints and grids: left out of the throughput
