@@ -286,7 +286,9 @@ def table(args):
 
     def med(rs, key):
         v = sorted(r[key] for r in rs if key in r)
-        return v[len(v) // 2] if v else None
+        if not v:
+            return None
+        return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
     def fmt(v, d=1):
         return "-" if v is None else f"{v:.{d}f}"
