@@ -17,12 +17,13 @@
 # Environment (as scripts/gpu_check.sh sets it for its hooks): FM_BIN, FM_DEVICE, FM_DRY_RUN, FM_HOOK_OUT; FM_PYTHON;
 # FM_BENCH_STEPS (timed CPU steps, default 20). Both sides use OMP_NUM_THREADS threads: on a CPU shared with other
 # work, OMP_NUM_THREADS=1 gives steadier figures (two threads that must meet at every op wait for each other).
-# Exit status 0, or 77 (skipped) for cuda without a GPU.
+# Exit status 0, or 77 (skipped) for cuda without a GPU or a python without torchcfm (the reference's U-Net).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 FM=${FM_BIN:-$ROOT/build/fm}
 PY=${FM_PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=$(command -v python3)
 DEVICE=${FM_DEVICE:-cpu}
 OUT=${FM_HOOK_OUT:-$ROOT/runs/bench}
 REPEATS=3
@@ -57,9 +58,9 @@ if [ -n "${FM_BENCH_PEAK_TFLOPS:-}" ]; then
   PEAK=$FM_BENCH_PEAK_TFLOPS
   PEAK_NOTE="$PEAK TFLOP/s (FM_BENCH_PEAK_TFLOPS)"
 elif [ "$DEVICE" = cpu ]; then
-  MHZ=$(awk -F: '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo)
+  MHZ=$(awk -F: '/^cpu MHz/ {gsub(/ /, "", $2); print $2; exit}' /proc/cpuinfo)
   PEAK=$(awk -v n="$(nproc)" -v m="$MHZ" 'BEGIN {printf "%.4f", n * m * 1e6 * 32 / 1e12}')
-  PEAK_NOTE="$PEAK TFLOP/s ($(nproc) cores x ${MHZ% *} MHz x 32 FP32 FLOPs/cycle, AVX2 FMA)"
+  PEAK_NOTE="$PEAK TFLOP/s ($(nproc) core(s) used x $MHZ MHz x 32 FP32 FLOPs/cycle, AVX2 FMA)"
 else
   NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
   case $NAME in

@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 done
 
 # Hooks of later issues: "name|script[|seconds]". Each runs, when its script exists, as `bash SCRIPT` with FM_BIN, FM_DEVICE,
-# FM_DRY_RUN (0/1) and FM_HOOK_OUT (a folder for its files) set; exit 0 passes, 77 skips, anything else fails; its
+# FM_DRY_RUN (0/1), FM_HOOK_OUT (a folder for its files) and FM_PYTHON set; exit 0 passes, 77 skips, anything else fails; its
 # last line of output goes into the summary, and any NAME.md it writes to FM_HOOK_OUT is copied to the output folder.
 # Adding a check is one line here.
 HOOKS=(
@@ -201,7 +201,7 @@ for h in "${HOOKS[@]}"; do
   say "hook $name: $script"
   t0=$(date +%s)
   mkdir -p "$WORK/$name"
-  FM_BIN=$FM FM_DEVICE=$DEVICE FM_DRY_RUN=$DRY FM_HOOK_OUT=$WORK/$name \
+  FM_BIN=$FM FM_DEVICE=$DEVICE FM_DRY_RUN=$DRY FM_HOOK_OUT=$WORK/$name FM_PYTHON=$PY \
     timeout "$limit" bash "$script" > "$LOGS/hook_$name.log" 2>&1
   rc=$?
   [ -f "$WORK/$name/$name.md" ] && cp "$WORK/$name/$name.md" "$OUT_DIR/"
