@@ -8,8 +8,8 @@ Usage:
       CFG is the resolved config (`fm config --config FILE > CFG`). With --write-weights / --write-inputs it also
       writes the sampled network's weights (torchcfm names, .npz) and the problems it integrates (x0, x1, probe) for
       `fm bench --weights W --inputs I`, so that both sides solve the same ODEs.
-  bench_ref.py flops --config-json CFG --shape C H W --batch B
-      FLOPs of one forward pass of the network counted by torch.utils.flop_counter.FlopCounterMode (for the tests).
+  bench_ref.py flops --case CFG:C,H,W [--case ...] --batch B
+      FLOPs of one forward pass of each network counted by torch.utils.flop_counter.FlopCounterMode (for the tests).
   bench_ref.py table RESULTS.jsonl
       The Markdown table of the measurements in RESULTS.jsonl with the ratio fm / reference.
 """
@@ -264,9 +264,13 @@ def run(args):
 
 
 def flops(args):
-    with open(args.config_json) as f:
-        cfg = json.load(f)
-    print(int(forward_flops(build_model(cfg, args.shape), args.shape, args.batch)))
+    # One line per case, so that a test pays for one interpreter start.
+    for case in args.case:
+        path, shape = case.rsplit(":", 1)
+        shape = [int(v) for v in shape.split(",")]
+        with open(path) as f:
+            cfg = json.load(f)
+        print(int(forward_flops(build_model(cfg, shape), shape, args.batch)))
 
 
 def table(args):
@@ -335,8 +339,7 @@ def main():
     r.add_argument("--write-weights")
     r.add_argument("--write-inputs")
     fl = sub.add_parser("flops")
-    fl.add_argument("--config-json", required=True)
-    fl.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32])
+    fl.add_argument("--case", action="append", required=True, help="CONFIG_JSON:C,H,W (repeatable)")
     fl.add_argument("--batch", type=int, default=1)
     t = sub.add_parser("table")
     t.add_argument("results")

@@ -70,15 +70,17 @@ TEST(Bench, UNetFlopsMatchTorchFlopCounter) {
   cases.push_back({"pool", pool, {2, 16, 8}});
 
   TempDir dir("bench_flops");
+  std::string cmd = test::python() + " " + test::source_dir() + "/scripts/bench_ref.py flops --batch 3";
+  for (const auto& c : cases)
+    cmd += " --case " + write_config(unet_config(c.u), dir / (c.name + ".json")) + ":" + std::to_string(c.shape[0]) +
+           "," + std::to_string(c.shape[1]) + "," + std::to_string(c.shape[2]);
+  auto r = test::run_stdout(cmd);
+  if (r.code == 77) GTEST_SKIP() << "torchcfm is not installed in the venv";
+  ASSERT_EQ(r.code, 0) << cmd << "\n" << r.output;
+  std::istringstream lines(r.output);
   for (const auto& c : cases) {
-    const std::string cfg = write_config(unet_config(c.u), dir / (c.name + ".json"));
-    std::string cmd = test::python() + " " + test::source_dir() + "/scripts/bench_ref.py flops --config-json " + cfg +
-                      " --batch 3 --shape " + std::to_string(c.shape[0]) + " " + std::to_string(c.shape[1]) + " " +
-                      std::to_string(c.shape[2]);
-    auto r = test::run_stdout(cmd);
-    if (r.code == 77) GTEST_SKIP() << "torchcfm is not installed in the venv";
-    ASSERT_EQ(r.code, 0) << cmd << "\n" << r.output;
-    const double ref = std::stod(r.output);
+    double ref = 0;
+    ASSERT_TRUE(lines >> ref) << c.name << ": " << r.output;
     EXPECT_GT(ref, 0);
     EXPECT_EQ(unet_forward_flops(c.u, c.shape, 3), ref) << c.name;
     EXPECT_EQ(unet_train_step_flops(c.u, c.shape, 3), 3 * ref) << c.name;
