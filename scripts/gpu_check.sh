@@ -28,11 +28,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# Hooks of later issues: "name|script". Each runs, when its script exists, as `bash SCRIPT` with FM_BIN, FM_DEVICE,
-# FM_DRY_RUN (0/1) and FM_HOOK_OUT (a folder for its files) set; exit 0 passes, 77 skips, anything else fails; its
-# last line of output goes into the summary. Adding a check is one line here.
+# Hooks of later issues: "name|script[|seconds]". Each runs, when its script exists, as `bash SCRIPT` with FM_BIN, FM_DEVICE,
+# FM_DRY_RUN (0/1), FM_HOOK_OUT (a folder for its files) and FM_PYTHON set; exit 0 passes, 77 skips, anything else fails; its
+# last line of output goes into the summary, and any NAME.md it writes to FM_HOOK_OUT is copied to the output folder.
+# Adding a check is one line here.
 HOOKS=(
-  "bench|scripts/bench.sh"
+  "bench|scripts/bench.sh|200"
   "nccl|scripts/nccl_check.sh"
 )
 HOOK_TIMEOUT=${FM_GPU_CHECK_HOOK_TIMEOUT:-120}
@@ -202,6 +203,8 @@ fi
 for h in "${HOOKS[@]}"; do
   name=${h%%|*}
   script=${h#*|}
+  limit=$HOOK_TIMEOUT
+  if [ "${script#*|}" != "$script" ]; then limit=${script#*|}; script=${script%%|*}; fi
   if [ ! -f "$script" ]; then
     row "$name" SKIP 0 "$script is absent"
     continue
@@ -209,14 +212,15 @@ for h in "${HOOKS[@]}"; do
   say "hook $name: $script"
   t0=$(date +%s)
   mkdir -p "$WORK/$name"
-  FM_BIN=$FM FM_DEVICE=$DEVICE FM_DRY_RUN=$DRY FM_HOOK_OUT=$WORK/$name \
-    timeout "$HOOK_TIMEOUT" bash "$script" > "$LOGS/hook_$name.log" 2>&1
+  FM_BIN=$FM FM_DEVICE=$DEVICE FM_DRY_RUN=$DRY FM_HOOK_OUT=$WORK/$name FM_PYTHON=$PY \
+    timeout "$limit" bash "$script" > "$LOGS/hook_$name.log" 2>&1
   rc=$?
+  [ -f "$WORK/$name/$name.md" ] && cp "$WORK/$name/$name.md" "$OUT_DIR/"
   last=$(grep -v '^\s*$' "$LOGS/hook_$name.log" | tail -1 | cut -c1-200)
   case $rc in
     0) row "$name" PASS $(( $(date +%s) - t0 )) "$last" ;;
     77) row "$name" SKIP $(( $(date +%s) - t0 )) "$last" ;;
-    124) row "$name" FAIL $(( $(date +%s) - t0 )) "timed out after $HOOK_TIMEOUT s" ;;
+    124) row "$name" FAIL $(( $(date +%s) - t0 )) "timed out after $limit s" ;;
     *) row "$name" FAIL $(( $(date +%s) - t0 )) "exit $rc: $last" ;;
   esac
 done

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   fm::add_evaluate_command(app);
   fm::add_export_command(app);
   fm::add_import_command(app);
+  fm::add_bench_command(app);
 
   try {
     fm::parse_command_line(app, argc, argv);

@@ -192,6 +192,30 @@ TEST_F(CudaParity, ShortTrainingRunLossCurve) {
   EXPECT_LT(cuda.back(), 0.6 * cuda.front()) << "the CUDA run did not learn";
 }
 
+TEST_F(CudaParity, GraphedTrainingStepMatchesEager) {
+  // train.cuda_graph replays one captured step: the same kernels on the same data, with the default CUDA generator
+  // registered, so every replay must draw what the eager step draws at that point of the stream (Philox offsets
+  // advance alike) and read the lr of its own step. Per-step losses of the two runs (fp32, one per metrics line,
+  // warm-up, capture and replays alike) and the final EMA sample grid therefore agree to rounding; stale noise, a
+  // baked-in learning rate or a missed update would show at once.
+  TempDir d;
+  auto losses = [&](bool graph, const std::string& run) {
+    auto cfg = load_config(fm::test::source_dir() + "/configs/shapes_cpu.json",
+                           {"device=" + gpu().str(), "data.path=512", "train.steps=12", "train.warmup_steps=6",
+                            "train.log_every=1", "train.ckpt_every=1000", "train.sample_every=0", "sample.steps=2",
+                            "train.bf16=false", std::string("train.cuda_graph=") + (graph ? "true" : "false")});
+    fm::train(cfg, {d / run, ""});
+    std::ifstream m(d / run + "/metrics.jsonl");
+    std::vector<double> loss;
+    for (std::string line; std::getline(m, line);) loss.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    return loss;
+  };
+  auto eager = losses(false, "eager"), graphed = losses(true, "graphed");
+  ASSERT_EQ(eager.size(), 12u);
+  ASSERT_EQ(graphed.size(), 12u);
+  for (size_t i = 0; i < eager.size(); ++i) EXPECT_NEAR(graphed[i], eager[i], 1e-4 * eager[i]) << "step " << i + 1;
+}
+
 TEST_F(CudaParity, SamplingFromTheSameNoise) {
   auto [t, x0, y] = inputs(4, 4);
   auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());

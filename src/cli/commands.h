@@ -12,6 +12,7 @@ void add_fid_commands(CLI::App& app);
 void add_evaluate_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void print_version();
 
 // Range checks whose message reads "must be >= 1" rather than CLI11's "not in range 1 to 1.79769e+308".

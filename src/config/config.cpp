@@ -160,6 +160,7 @@ void visit(V& v, TrainConfig& c) {
   v("keep_last", c.keep_last, greater_than<int64_t>(0));
   v("sample_every", c.sample_every, at_least<int64_t>(0));
   v("bf16", c.bf16);
+  v("cuda_graph", c.cuda_graph);
   v("resume_new_data", c.resume_new_data);
   v("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
   v("max_nonfinite_steps", c.max_nonfinite_steps, greater_than<int64_t>(0));

@@ -89,6 +89,7 @@ struct TrainConfig {
   int64_t keep_last = 3;
   int64_t sample_every = 0;  // images: a sample grid every N steps (0 = at the end only)
   bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
+  bool cuda_graph = false;   // CUDA only: replay the whole training step as one captured CUDA graph (train_step_graph.h)
   bool resume_new_data = false;        // a resume may continue on other data than the checkpoint's (a fresh epoch)
   std::vector<int64_t> earlier_steps;  // train.steps before resumes changed it, oldest first (fm train records it)
   int64_t max_nonfinite_steps = 100;  // this many skipped (non-finite) steps in a row stop the run

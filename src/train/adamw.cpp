@@ -19,7 +19,17 @@ AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions opts) : params_(std
   if (!params_.empty() && !params_[0].is_cpu()) lr_ = torch::zeros({}, params_[0].options().dtype(torch::kFloat32));
 }
 
+void AdamW::set_lr(double lr) {
+  lr_host_ = lr;
+  if (lr_.defined()) lr_.fill_(lr);
+}
+
 void AdamW::step(double lr, const torch::Tensor& found_inf) {
+  set_lr(lr);
+  step(found_inf);
+}
+
+void AdamW::step(const torch::Tensor& found_inf) {
   torch::NoGradGuard ng;
   std::vector<torch::Tensor> p, g, m, v, s;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -36,12 +46,11 @@ void AdamW::step(double lr, const torch::Tensor& found_inf) {
   // The kernel's bias correction reads the incremented count; a skipped step gives the increment back below.
   at::_foreach_add_(s, 1);
   const auto& o = opts_;
-  if (lr_.defined()) {
-    lr_.fill_(lr);
+  if (lr_.defined())
     at::_fused_adamw_(p, g, m, v, {}, s, lr_, o.beta1, o.beta2, o.weight_decay, o.eps, false, false, std::nullopt, inf);
-  } else {
-    at::_fused_adamw_(p, g, m, v, {}, s, lr, o.beta1, o.beta2, o.weight_decay, o.eps, false, false, std::nullopt, inf);
-  }
+  else
+    at::_fused_adamw_(p, g, m, v, {}, s, lr_host_, o.beta1, o.beta2, o.weight_decay, o.eps, false, false, std::nullopt,
+                      inf);
   if (inf) at::_foreach_sub_(s, std::vector<torch::Tensor>(s.size(), *inf));
 }
 

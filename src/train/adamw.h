@@ -27,6 +27,10 @@ class AdamW : public ArchiveState {
   // is a float32 scalar on the parameters' device: where it is 1 the whole step is skipped on the device (parameters,
   // moments and step counts unchanged); where it is 0 the step is taken.
   void step(double lr, const torch::Tensor& found_inf = {});
+  // The same with the learning rate of the last set_lr(). A CUDA graph captures this one: the fill of the device lr
+  // happens outside the graph (set_lr before each replay), so the captured kernels read whatever lr it holds.
+  void step(const torch::Tensor& found_inf);
+  void set_lr(double lr);
   // Drops the gradients (set to undefined, as torch's zero_grad(set_to_none=true)).
   void zero_grad();
 
@@ -45,6 +49,7 @@ class AdamW : public ArchiveState {
   std::vector<torch::Tensor> params_, exp_avg_, exp_avg_sq_, steps_;
   AdamWOptions opts_;
   torch::Tensor lr_;  // on CUDA: the learning rate as a device scalar, filled each step without a sync
+  double lr_host_ = 0.0;
 };
 
 }  // namespace fm

@@ -1,7 +1,5 @@
 #include "train/trainer.h"
 
-#include <ATen/autocast_mode.h>
-
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -22,11 +20,12 @@
 #include "checkpoint/seal.h"
 #include "train/adamw.h"
 #include "train/ema.h"
-#include "train/grad_clip.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
 #include "train/nonfinite_guard.h"
 #include "train/preflight.h"
+#include "train/train_step.h"
+#include "train/train_step_graph.h"
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
@@ -36,21 +35,6 @@ namespace fm {
 namespace fs = std::filesystem;
 
 namespace {
-
-// bf16 autocast for the forward pass on CUDA; fp32 master weights and optimizer state are untouched.
-struct AutocastScope {
-  bool on;
-  explicit AutocastScope(bool enable) : on(enable) {
-    if (!on) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  }
-  ~AutocastScope() {
-    if (!on) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-  }
-};
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -153,6 +137,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
+  TrainStep eager_step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  GraphedTrainStep train_step(eager_step, device, cfg.train.cuda_graph, cfg.path.coupling);
   int64_t interval_steps = 0;
   auto interval_t0 = std::chrono::steady_clock::now();
   double interval_pause_s = 0.0;  // spent writing checkpoints and grids: left out of the throughput
@@ -195,17 +181,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   while (step < last_step) {
     const double lr = lr_at(cfg.train, step);
 
-    auto loss = objective.loss(sampler.next(bsz), [&](const auto& t, const auto& x, const auto& labels) {
-      AutocastScope ac(autocast);
-      return model->prediction(t, channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
-    });
-    optimizer.zero_grad();
-    loss.backward();
-    // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
-    gnorm = clip_grad_norm(params, cfg.train.grad_clip);
-    auto found_inf = guard.check(loss, gnorm);  // 1: skip this step, decided on the device
-    optimizer.step(lr, found_inf);
-    ema.update(found_inf);
+    auto [loss, grad_norm, found_inf] = train_step(sampler.next(bsz), lr);
+    gnorm = grad_norm;
     ++step;
     loss_sum += torch::where(found_inf > 0, torch::zeros_like(loss), loss.detach());
     ++interval_steps;

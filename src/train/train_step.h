@@ -1,0 +1,40 @@
+#pragma once
+// One optimisation step of conditional flow matching, as `fm train` takes it and `fm bench` times it: the objective
+// (noise x0 and times drawn, the path sampled, the network run under bf16 autocast on CUDA when asked, channels-last
+// on CUDA), backward, the global gradient norm (and clipping), the non-finite guard, fused AdamW and the EMA. Nothing
+// in it reads a value back to the host.
+#include <optional>
+
+#include <torch/torch.h>
+
+#include "nn/velocity_field.h"
+#include "train/adamw.h"
+#include "train/cfm_objective.h"
+#include "train/ema.h"
+#include "train/nonfinite_guard.h"
+
+namespace fm {
+
+struct StepResult {
+  torch::Tensor loss;       // float32 scalar on the device
+  torch::Tensor grad_norm;  // before clipping
+  torch::Tensor found_inf;  // 1: the step was skipped (non-finite loss or gradient norm)
+};
+
+struct TrainStep {
+  VelocityField& model;
+  const CfmObjective& objective;
+  AdamW& optimizer;
+  Ema& ema;
+  NonFiniteGuard& guard;
+  std::vector<torch::Tensor> params;
+  double grad_clip = 0.0;
+  bool autocast = false;       // bf16 autocast of the forward pass (CUDA only; weights and optimizer stay fp32)
+  bool channels_last = false;  // feed the network NHWC activations (its 4-D weights should be NHWC too)
+
+  StepResult operator()(const Batch& batch, double lr) { return run(batch, lr); }
+  // Without lr: AdamW's device learning rate as set_lr left it (the form a CUDA graph captures).
+  StepResult run(const Batch& batch, std::optional<double> lr);
+};
+
+}  // namespace fm

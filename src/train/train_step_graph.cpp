@@ -1,0 +1,133 @@
+#include "train/train_step_graph.h"
+
+#include <spdlog/spdlog.h>
+
+#include <ATen/autocast_mode.h>
+
+#if __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>)
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define FM_HAVE_CUDA_GRAPHS 1
+#endif
+
+namespace fm {
+
+#ifdef FM_HAVE_CUDA_GRAPHS
+namespace {
+// `waiter` runs on only after the work queued so far on `first` (an event, no host sync).
+void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& first) {
+  at::cuda::CUDAEvent done;
+  done.record(first);
+  done.block(waiter);
+}
+}  // namespace
+#endif
+
+struct GraphedTrainStep::Impl {
+  bool active = false;  // still aiming for (or using) the graph
+  int64_t eager_steps = 0;
+#ifdef FM_HAVE_CUDA_GRAPHS
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  Batch input;      // static: each step's batch is copied in
+  StepResult out;   // static: written by every replay
+#endif
+};
+
+GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device, bool enabled,
+                                   const std::string& coupling)
+    : step_(step), impl_(std::make_unique<Impl>()) {
+  if (!enabled) return;
+  if (!device.is_cuda()) {
+    spdlog::info("train.cuda_graph: {} is not a CUDA device; the step runs eagerly", device.str());
+    return;
+  }
+#ifndef FM_HAVE_CUDA_GRAPHS
+  spdlog::warn("train.cuda_graph: this fm was built without CUDA graph support; the step runs eagerly");
+  return;
+#endif
+  if (coupling != "independent") {
+    spdlog::warn("train.cuda_graph: path.coupling {} pairs the batch with host work or data-dependent sampling, "
+                 "which a CUDA graph cannot capture; the step runs eagerly",
+                 coupling);
+    return;
+  }
+  impl_->active = true;
+}
+
+GraphedTrainStep::~GraphedTrainStep() = default;
+
+bool GraphedTrainStep::graphed() const {
+#ifdef FM_HAVE_CUDA_GRAPHS
+  return impl_->graph != nullptr;
+#else
+  return false;
+#endif
+}
+
+StepResult GraphedTrainStep::operator()(const Batch& batch, double lr) {
+  auto& s = *impl_;
+#ifdef FM_HAVE_CUDA_GRAPHS
+  if (s.graph) {
+    s.input.x.copy_(batch.x, /*non_blocking=*/true);
+    if (s.input.labels.defined()) s.input.labels.copy_(batch.labels, true);
+    step_.optimizer.set_lr(lr);
+    s.graph->replay();
+    return s.out;
+  }
+  if (s.active && s.eager_steps >= kWarmupSteps) {
+    // Capture on a side stream (CUDA graphs cannot capture the legacy default stream), with the step's inputs in
+    // tensors that outlive it. The captured work is only recorded, so the step itself is the first replay.
+    s.input.x = batch.x.clone();
+    if (batch.labels.defined()) s.input.labels = batch.labels.clone();
+    step_.optimizer.set_lr(lr);
+    auto graph = std::make_unique<at::cuda::CUDAGraph>();
+    auto side = c10::cuda::getStreamFromPool(false, batch.x.device().index());
+    auto main = c10::cuda::getCurrentCUDAStream(batch.x.device().index());
+    main.synchronize();
+    // Autocast's cache of bf16 weight copies would be filled inside the capture and dropped after it.
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    try {
+      c10::cuda::CUDAStreamGuard guard(side);
+      graph->register_generator_state(at::cuda::detail::getDefaultCUDAGenerator(batch.x.device().index()));
+      graph->capture_begin();
+      s.out = step_.run(s.input, std::nullopt);
+      graph->capture_end();
+    } catch (const std::exception& e) {
+      at::autocast::set_autocast_cache_enabled(cache);
+      s.active = false;
+      spdlog::warn("train.cuda_graph: capturing the step failed, training eagerly: {}", e.what());
+      torch::cuda::synchronize();
+      return step_(batch, lr);
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
+    side.synchronize();
+    s.graph = std::move(graph);
+    spdlog::info("train.cuda_graph: the training step is captured after {} eager steps and replayed from now on",
+                 s.eager_steps);
+    s.graph->replay();
+    return s.out;
+  }
+  if (s.active) {
+    // Warm-up steps on a side stream, as capture will run there: cuDNN picks its algorithms and the allocator its
+    // blocks before anything is recorded.
+    auto side = c10::cuda::getStreamFromPool(false, batch.x.device().index());
+    auto main = c10::cuda::getCurrentCUDAStream(batch.x.device().index());
+    wait_for(side, main);
+    StepResult r;
+    {
+      c10::cuda::CUDAStreamGuard guard(side);
+      r = step_(batch, lr);
+    }
+    wait_for(main, side);
+    ++s.eager_steps;
+    return r;
+  }
+#endif
+  return step_(batch, lr);
+}
+
+}  // namespace fm
