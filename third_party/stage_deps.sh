@@ -19,6 +19,7 @@ PKGS=(
   libstb-dev libstb0              # stb_image, stb_image_write
   libgtest-dev                    # GoogleTest (static libraries)
   zlib1g-dev zlib1g               # zlib (.npz files)
+  libgloo-dev                     # gloo headers for c10d's ProcessGroupGloo (its symbols are in libtorch)
 )
 
 OUT=.stage
