@@ -1,10 +1,17 @@
 // The dist room: launcher environments (pure), and the c10d World across real processes started by torchrun.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include <fstream>
 #include <map>
 
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/checkpoint_dir.h"
 #include "dist/launch_env.h"
 #include "dist/world.h"
+#include "nn/velocity_field.h"
+#include "train/forward_rng.h"
 #include "torchrun_util.h"
 #include "util/error.h"
 
@@ -263,6 +270,250 @@ TEST(SlurmNodelist, PortFromJobId) {
   EXPECT_EQ(dist::slurm_port("77"), 15077);
   EXPECT_EQ(dist::slurm_port("123450000"), 15000);
   EXPECT_EQ(dist::slurm_port("98761234_5"), 16234);  // an array task keeps its job's id
+}
+
+}  // namespace
+}  // namespace fm::test
+
+// ---- training across ranks: fm train under torchrun ----------------------------------------------------------------
+
+namespace fm::test {
+namespace {
+
+// A tiny class-conditional U-Net on 16x16 shapes; dropout 0 so that two ranks can match one process row for row.
+std::string write_tiny_config(const TempDir& d, int64_t steps, double dropout = 0.0) {
+  nlohmann::json c = {
+      {"seed", 3},
+      {"device", "cpu"},
+      {"data", {{"format", "shapes"}, {"path", "64"}, {"resolution", 16}}},
+      {"model",
+       {{"type", "unet"},
+        {"unet",
+         {{"model_channels", 32}, {"num_res_blocks", 1}, {"channel_mult", {1, 2}}, {"attention_resolutions", {8}},
+          {"num_heads", 1}, {"num_head_channels", -1}, {"dropout", dropout}, {"num_classes", 3}}}}},
+      {"train",
+       {{"steps", steps}, {"batch_size", 8}, {"lr", 2e-3}, {"log_every", 1}, {"ckpt_every", 2}, {"keep_last", 10},
+        {"tensorboard", false}}},
+      {"sample", {{"steps", 2}, {"n", 16}}},
+      {"dist", {{"timeout_s", 5}}}};
+  std::string path = d / "tiny.json";
+  std::ofstream(path) << c.dump(2);
+  return path;
+}
+
+std::vector<torch::Tensor> model_weights(const std::string& ckpt) {
+  CheckpointReader r(ckpt, torch::kCPU);
+  auto m = make_velocity_field(r.config().model, r.config().path, r.sample_shape());
+  r.load_module("model", *m);
+  return m->parameters();
+}
+
+std::vector<nlohmann::json> metrics_of(const std::string& run) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run + "/metrics.jsonl");
+  for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+  return lines;
+}
+
+// Two runs' weights agree to float tolerance. The sums over the batch run in another order on two ranks, and Adam
+// divides each gradient by its own running scale, so a weight whose gradient is nearly zero can move by up to about lr
+// the other way: the check is that almost every weight agrees to 1e-5 and none is off by more than a step of lr.
+void expect_close_weights(const std::string& a, const std::string& b, double max_fraction_off = 0.01, double lr = 2e-3) {
+  auto wa = model_weights(a), wb = model_weights(b);
+  ASSERT_EQ(wa.size(), wb.size());
+  int64_t off = 0, total = 0;
+  for (size_t i = 0; i < wa.size(); ++i) {
+    auto diff = (wa[i] - wb[i]).abs();
+    off += (diff > 1e-5).sum().item<int64_t>();
+    total += diff.numel();
+    EXPECT_LE(diff.max().item<double>(), lr) << "parameter " << i;
+  }
+  EXPECT_LT(static_cast<double>(off) / total, max_fraction_off) << off << " of " << total << " weights differ by more than 1e-5";
+}
+
+std::string ckpt(const std::string& run, int step) {
+  char name[64];
+  std::snprintf(name, sizeof name, "/checkpoints/ckpt_%09d.pt", step);
+  return run + name;
+}
+
+TEST(DistTrain, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 4);
+  auto one = run(fm_binary() + " train --config " + cfg + " --out " + d / "one");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two = torchrun(2, fm_binary() + " train --config " + cfg + " --out " + d / "two");
+  ASSERT_EQ(two.code, 0) << two.output;
+  // Each step every rank compares a checksum of its weights with the others' (log_every 1): a divergence would have
+  // failed the run. Rank 0 alone wrote the run directory and logged.
+  EXPECT_EQ(two.output.find("weights differ"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("2 processes, 4 rows of each global batch of 8"), std::string::npos) << two.output;
+  auto m1 = metrics_of(d / "one"), m2 = metrics_of(d / "two");
+  ASSERT_EQ(m1.size(), 4u);
+  ASSERT_EQ(m2.size(), 4u) << "rank 1 must not write metrics too";
+  for (size_t s = 0; s < 4; ++s) {
+    EXPECT_EQ(m2[s]["world_size"], 2);
+    EXPECT_NEAR(m2[s]["loss"].get<double>(), m1[s]["loss"].get<double>(), 1e-5 * m1[s]["loss"].get<double>());
+    // The averaged gradient, not the sum nor one rank's own: its norm is the one-process norm.
+    EXPECT_NEAR(m2[s]["grad_norm"].get<double>(), m1[s]["grad_norm"].get<double>(),
+                1e-4 * m1[s]["grad_norm"].get<double>());
+    const double c1 = m1[s]["param_checksum"], c2 = m2[s]["param_checksum"];
+    EXPECT_NEAR(c2, c1, 1e-5 * std::abs(c1) + 1e-4) << "step " << s + 1;
+  }
+  expect_close_weights(ckpt(d / "one", 2), ckpt(d / "two", 2));
+  expect_close_weights(ckpt(d / "one", 4), ckpt(d / "two", 4));
+}
+
+TEST(DistTrain, ResumeWithAnotherWorldSizeContinuesTheSameRun) {
+  // The training stream is drawn for the whole global batch on every rank, so it does not depend on the world size:
+  // 2 ranks to step 2, then 1 process to step 3, then 2 ranks to step 4 ends where one process straight to 4 ends.
+  // (A resume that lost its place, drawing other batches, noise or times, would move nearly every weight apart.)
+  TempDir d;
+  auto cfg = write_tiny_config(d, 4, /*dropout=*/0.0);
+  auto straight = run(fm_binary() + " train --config " + cfg + " --out " + d / "straight");
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  auto a = torchrun(2, fm_binary() + " train --config " + cfg + " --out " + d / "mixed --stop-after 2");
+  ASSERT_EQ(a.code, 0) << a.output;
+  auto b = run(fm_binary() + " train --config " + cfg + " --out " + d / "mixed --stop-after 3 --resume auto");
+  ASSERT_EQ(b.code, 0) << b.output;
+  auto c = torchrun(2, fm_binary() + " train --config " + cfg + " --out " + d / "mixed --resume auto");
+  ASSERT_EQ(c.code, 0) << c.output;
+  expect_close_weights(ckpt(d / "straight", 4), ckpt(d / "mixed", 4), 0.02);
+  // The metrics of the resumed parts continue the straight run's losses.
+  auto ms = metrics_of(d / "straight"), mm = metrics_of(d / "mixed");
+  ASSERT_EQ(mm.size(), 4u);
+  for (size_t s = 0; s < 4; ++s)
+    EXPECT_NEAR(mm[s]["loss"].get<double>(), ms[s]["loss"].get<double>(), 1e-4 * ms[s]["loss"].get<double>());
+}
+
+TEST(DistTrain, AGlobalBatchTheRanksCannotShareIsAConfigError) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 2);
+  auto r = torchrun(3, fm_binary() + " train --config " + cfg + " --out " + d / "run");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("train.batch_size: 8 is not a multiple of the 3 processes"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(d / "run/checkpoints"));
+}
+
+TEST(ForwardRng, EachRankDrawsItsOwnMasksAndTheTrainingStreamMovesOnAsWithout) {
+  torch::manual_seed(11);
+  torch::rand({4});
+  auto expected_next = torch::rand({4});  // the stream's second draw, without any scope between
+  torch::manual_seed(11);
+  torch::rand({4});
+  torch::Tensor mask0, mask1, mask0_again;
+  {
+    ForwardRngScope s(torch::kCPU, 11, 7, 0);
+    mask0 = torch::rand({1000}) < 0.5;
+  }
+  {
+    ForwardRngScope s(torch::kCPU, 11, 7, 1);
+    mask1 = torch::rand({1000}) < 0.5;
+  }
+  {
+    ForwardRngScope s(torch::kCPU, 11, 7, 0);
+    mask0_again = torch::rand({1000}) < 0.5;
+  }
+  EXPECT_TRUE(torch::equal(torch::rand({4}), expected_next)) << "the scope must leave the outer stream as it was";
+  EXPECT_TRUE(torch::equal(mask0, mask0_again)) << "same (seed, step, rank), same masks: resumes stay exact";
+  // Independent masks agree on about half the entries; identical ones on all.
+  double agree = (mask0 == mask1).to(torch::kFloat64).mean().item<double>();
+  EXPECT_GT(agree, 0.4);
+  EXPECT_LT(agree, 0.6);
+}
+
+TEST(DistTrain, WithDropoutTheRanksStayEqual) {
+  // Each rank's forward pass draws its own dropout masks; the weights still agree on every rank after every step
+  // (the trainer compares checksums each step and fails the run otherwise).
+  TempDir d;
+  auto cfg = write_tiny_config(d, 4, /*dropout=*/0.3);
+  auto two = torchrun(2, fm_binary() + " train --config " + cfg + " --out " + d / "two");
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(metrics_of(d / "two").size(), 4u);
+}
+
+// A free TCP port on loopback (bound, read, released).
+int free_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  ::close(s);
+  return port;
+}
+
+// Two ranks started by hand as srun would (no agent that could end the survivor first): once training runs, rank 1
+// gets `sig`; rank 0 must end on its own with a clear error within dist.timeout_s (5 s). Prints rank 0's exit status
+// and the seconds it took after the signal.
+RunResult lose_rank_one(const TempDir& d, const std::string& sig) {
+  auto cfg = write_tiny_config(d, 100000);
+  const std::string env = "SLURM_NTASKS=2 SLURM_STEP_ID=0 SLURM_JOB_ID=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+                          std::to_string(free_port()) + " OMP_NUM_THREADS=1";
+  const std::string train = fm_binary() + " train --config " + cfg + " --out " + d / "run";
+  std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 " + train + " > r0.log 2>&1 & p0=$!; " +
+                       env + " SLURM_PROCID=1 SLURM_LOCALID=1 " + train + " > r1.log 2>&1 & p1=$!; " +
+                       "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                       "kill -" + sig + " $p1; t0=$(date +%s.%N); wait $p0; rc=$?; t1=$(date +%s.%N); " +
+                       "kill -KILL $p1 2>/dev/null; kill -CONT $p1 2>/dev/null; wait $p1 2>/dev/null; " +
+                       "echo \"rank0 exit $rc after $(awk \"BEGIN{print $t1 - $t0}\") s\"; cat r0.log";
+  return run("bash -c '" + script + "'");
+}
+
+double seconds_in(const std::string& out) {
+  auto at = out.find(" after ");
+  return at == std::string::npos ? -1.0 : std::stod(out.substr(at + 7));
+}
+
+TEST(DistTrain, AKilledRankEndsTheOtherWithAClearError) {
+  TempDir d;
+  auto r = lose_rank_one(d, "KILL");
+  EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
+            std::string::npos)
+      << r.output;
+  // A lost connection is seen at once; the bound only says "not a hang" (timeout 5 s, plus slack for a busy machine).
+  EXPECT_LT(seconds_in(r.output), 30.0) << r.output;
+}
+
+TEST(DistTrain, AStoppedRankEndsTheOtherWithinTheTimeout) {
+  TempDir d;
+  auto r = lose_rank_one(d, "STOP");
+  EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
+            std::string::npos)
+      << r.output;
+  EXPECT_LT(seconds_in(r.output), 30.0) << r.output;
+}
+
+TEST(DistTrain, ASignalOnOneRankStopsAllAtOneStepWithOneCheckpoint) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 100000);
+  // torchrun in the background; rank 1 (found by its RANK variable) gets SIGTERM once training runs.
+  std::string script = "cd " + d.str() + "; OMP_NUM_THREADS=1 " + torchrun_exe() +
+                       " --no-python --standalone --nproc-per-node 2 " + fm_binary() + " train --config " + cfg +
+                       " --out run --set train.ckpt_every=100000 > tr.log 2>&1 & tr=$!; " +
+                       "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                       "for p in $(pgrep -P $tr); do grep -qz \"^RANK=1$\" /proc/$p/environ && kill -TERM $p; done; " +
+                       "wait $tr; echo \"torchrun exit $?\"; cat tr.log";
+  auto r = run("bash -c '" + script + "'");
+  // Both ranks leave with 75 (torchrun itself reports the failure of its workers with exit 1).
+  size_t n75 = 0;
+  for (size_t at = 0; (at = r.output.find("exitcode  : 75", at)) != std::string::npos; ++at) ++n75;
+  size_t stopped = 0;
+  for (size_t at = 0; (at = r.output.find("stopped by signal 15 with its state saved", at)) != std::string::npos; ++at)
+    ++stopped;
+  EXPECT_EQ(stopped, 2u) << r.output;
+  EXPECT_EQ(n75, 2u) << r.output;
+  // One checkpoint, of the step both stopped at; the metrics end there too.
+  auto cks = list_checkpoints(d / "run/checkpoints");
+  ASSERT_EQ(cks.size(), 1u) << r.output;
+  auto m = metrics_of(d / "run");
+  ASSERT_FALSE(m.empty());
+  EXPECT_EQ(cks.begin()->first, m.back()["step"].get<int64_t>());
 }
 
 }  // namespace
