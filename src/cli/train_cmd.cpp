@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "config/config.h"
+#include "dist/world.h"
 #include "train/trainer.h"
 
 namespace fm {
@@ -23,7 +24,11 @@ void add_train_command(CLI::App& app) {
   cmd->footer(
       "Exit status: 0 done (or stopped at --stop-after); 2 bad usage, config or input file; 75 stopped by SIGTERM,\n"
       "SIGUSR1 or SIGINT after checkpointing the current step (run again with --resume auto; a second signal ends\n"
-      "at once); 1 anything else, including train.max_nonfinite_steps non-finite steps in a row.");
+      "at once); 1 anything else, including train.max_nonfinite_steps non-finite steps in a row.\n"
+      "Several GPUs or nodes: start one process per GPU with `torchrun --no-python --nproc-per-node N fm train ...` or\n"
+      "`srun fm train ...`; train.batch_size stays the global batch (each process takes 1/N of it), rank 0 writes the\n"
+      "run directory, a signal on any rank stops all (each exits 75), a lost rank ends the others within\n"
+      "dist.timeout_s. See the README, \"On several GPUs and nodes\".");
   struct Args {
     std::string config, out, resume, device;
     int64_t stop_after = 0;
@@ -50,6 +55,7 @@ void add_train_command(CLI::App& app) {
     opts.stop_after = a->stop_after;
     auto r = train(cfg, opts);
     spdlog::info("done: step {}, loss {:.5f}, checkpoint {}", r.step, r.last_loss, r.checkpoint);
+    dist::shutdown_world();
   });
 }
 

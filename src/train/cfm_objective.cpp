@@ -20,8 +20,14 @@ CfmObjective::CfmObjective(const Config& cfg, const ProbPath& path, int64_t num_
   }
 }
 
-torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict) const {
+torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, RowShard shard) const {
   const int64_t n = batch.x.size(0);
+  TORCH_CHECK(shard.count >= 1 && n % shard.count == 0 && shard.index >= 0 && shard.index < shard.count,
+              "batch of ", n, " rows cannot be split in ", shard.count);
+  const int64_t rows = n / shard.count;
+  auto mine = [&](const torch::Tensor& v) {
+    return v.defined() && shard.count > 1 ? v.narrow(0, shard.index * rows, rows) : v;
+  };
   auto x0 = torch::randn_like(batch.x);
   auto t = sample_times(cfg_.time, n, batch.x.options()).clamp(t_lo_, t_hi_);
   Pairing p = couple(cfg_.path, x0, batch.x, batch.labels);
@@ -35,11 +41,13 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict) con
   if (cfg_.path.coupling == "sb") {
     auto noise = bridge_noise(cfg_.path.sb_sigma, broadcast_time(t, ps.x_t));
     auto eps = torch::randn_like(ps.x_t);
-    auto out = predict(t, ps.x_t + noise.std * eps, labels).to(torch::kFloat32);
-    return torch::mse_loss(out, ps.u_t + noise.d_std * eps);
+    auto x_in = ps.x_t + noise.std * eps;
+    auto target = ps.u_t + noise.d_std * eps;
+    auto out = predict(mine(t), mine(x_in), mine(labels)).to(torch::kFloat32);
+    return torch::mse_loss(out, mine(target));
   }
-  auto out = predict(t, ps.x_t, labels).to(torch::kFloat32);
-  return target_loss(target_, path_, out, p.x0, p.x1, t, ps);
+  auto out = predict(mine(t), mine(ps.x_t), mine(labels)).to(torch::kFloat32);
+  return target_loss(target_, path_, out, mine(p.x0), mine(p.x1), mine(t), PathSample{mine(ps.x_t), mine(ps.u_t)});
 }
 
 }  // namespace fm

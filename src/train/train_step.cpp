@@ -2,6 +2,9 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "dist/grad_reducer.h"
+#include "dist/world.h"
+#include "train/forward_rng.h"
 #include "train/grad_clip.h"
 
 namespace fm {
@@ -27,12 +30,25 @@ struct AutocastScope {
 
 StepResult TrainStep::run(const Batch& batch, std::optional<double> lr) {
   StepResult r;
-  r.loss = objective.loss(batch, [&](const auto& t, const auto& x, const auto& labels) {
-    AutocastScope ac(autocast);
-    return model.prediction(t, channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
-  });
+  r.loss = objective.loss(
+      batch,
+      [&](const auto& t, const auto& x, const auto& labels) {
+        std::optional<ForwardRngScope> rng;
+        if (forward_rng) rng.emplace(x.device(), forward_rng->seed, step, forward_rng->rank);
+        AutocastScope ac(autocast);
+        return model.prediction(t, channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
+      },
+      shard);
   optimizer.zero_grad();
+  if (reducer) reducer->prepare();
   r.loss.backward();
+  if (reducer) reducer->finish();
+  if (world && world->distributed()) {
+    // The global batch's mean loss, for the guard and the metrics: equal on every rank, so all skip alike.
+    std::vector<torch::Tensor> l{r.loss.detach().clone()};
+    world->all_reduce_sum(l);
+    r.loss = l[0] / world->size();
+  }
   // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
   r.grad_norm = clip_grad_norm(params, grad_clip);
   r.found_inf = guard.check(r.loss, r.grad_norm);  // 1: skip this step, decided on the device

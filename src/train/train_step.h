@@ -13,12 +13,23 @@
 #include "train/ema.h"
 #include "train/nonfinite_guard.h"
 
+namespace fm::dist {
+class GradReducer;
+class World;
+}  // namespace fm::dist
+
 namespace fm {
 
 struct StepResult {
   torch::Tensor loss;       // float32 scalar on the device
   torch::Tensor grad_norm;  // before clipping
   torch::Tensor found_inf;  // 1: the step was skipped (non-finite loss or gradient norm)
+};
+
+// The forward pass's own random stream (train/forward_rng.h), drawn from (seed, step, rank).
+struct ForwardRngSeed {
+  uint64_t seed = 0;
+  int rank = 0;
 };
 
 struct TrainStep {
@@ -31,6 +42,14 @@ struct TrainStep {
   double grad_clip = 0.0;
   bool autocast = false;       // bf16 autocast of the forward pass (CUDA only; weights and optimizer stay fp32)
   bool channels_last = false;  // feed the network NHWC activations (its 4-D weights should be NHWC too)
+  // Data parallelism (dist/): the rows of the global batch this rank trains on, the gradient averaging that overlaps
+  // backward, and the world the loss is averaged over. The defaults are one process.
+  RowShard shard{};
+  dist::GradReducer* reducer = nullptr;
+  dist::World* world = nullptr;
+  // Dropout masks from a stream of (seed, step, rank) rather than the training stream; unset: the default generator.
+  std::optional<ForwardRngSeed> forward_rng;
+  int64_t step = 0;  // the step about to be taken, for forward_rng
 
   StepResult operator()(const Batch& batch, double lr) { return run(batch, lr); }
   // Without lr: AdamW's device learning rate as set_lr left it (the form a CUDA graph captures).

@@ -55,6 +55,9 @@ GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device,
     return;
   }
   impl_->active = true;
+  // A seed set from the host each step would be frozen into the graph; the registered default generator gives every
+  // replay fresh dropout masks instead (a single process has no other rank whose masks must differ).
+  step.forward_rng.reset();
 }
 
 GraphedTrainStep::~GraphedTrainStep() = default;

@@ -10,6 +10,8 @@
 #include <spdlog/spdlog.h>
 
 #include "data/batch_sampler.h"
+#include "dist/grad_reducer.h"
+#include "dist/world.h"
 #include "interop/tensorboard_writer.h"
 #include "io/file_util.h"
 #include "nn/velocity_field.h"
@@ -40,12 +42,31 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Sum and sum of squares of every parameter in float64: equal on every rank while the ranks agree.
+torch::Tensor param_checksum(const std::vector<torch::Tensor>& params) {
+  torch::NoGradGuard no_grad;
+  auto sum = torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(params.front().device()));
+  for (const auto& p : params) {
+    auto d = p.detach().to(torch::kFloat64);
+    sum += torch::stack({d.sum(), d.square().sum()});
+  }
+  return sum;
+}
+
 }  // namespace
 
 TrainResult train(const Config& config, const TrainOptions& opts) {
   // From here on SIGTERM, SIGUSR1 and SIGINT only ask the loop to checkpoint and stop after its current step.
   install_stop_handlers();
-  const auto device = resolve_device(config.device);
+  // One process per device in a torchrun or srun job (cuda:LOCAL_RANK); otherwise the configured device.
+  const auto device = dist::init_world(
+      config.device, std::chrono::milliseconds(static_cast<int64_t>(config.dist.timeout_s * 1000.0)));
+  auto& world = dist::world();
+  const bool main_rank = world.is_main();
+  // train.batch_size is the global batch: each rank trains on its own equal slice of it.
+  if (config.train.batch_size % world.size() != 0)
+    throw InputError("train.batch_size: " + std::to_string(config.train.batch_size) + " is not a multiple of the " +
+                     std::to_string(world.size()) + " processes of this job; the global batch is split evenly");
   configure_backend(device);
   const std::string out = opts.out_dir, ckpt_dir = out + "/checkpoints";
 
@@ -70,6 +91,17 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   } else if (latest_checkpoint(ckpt_dir)) {
     throw InputError(out + ": the run directory already holds checkpoints; pass --resume auto to continue it or "
                      "choose another --out");
+  }
+  // Every rank resumes from the same checkpoint; ranks that see different run directories (--out not on a shared
+  // file system) would silently train apart.
+  if (world.distributed()) {
+    auto mine = torch::tensor({ck ? ck->step() : int64_t(-1)}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+    auto steps = world.all_gather_cat(mine).cpu();
+    if (!torch::equal(steps, steps[0].expand_as(steps)))
+      throw InputError(out + ": the ranks found different checkpoints to resume (steps by rank, -1 none: " +
+                       nlohmann::json(std::vector<int64_t>(steps.data_ptr<int64_t>(),
+                                                           steps.data_ptr<int64_t>() + steps.numel())).dump() +
+                       "); is --out on a file system every node shares?");
   }
   Config cfg = config;
   if (ck) {
@@ -118,28 +150,61 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     step = ck->step();
     result.checkpoint = ck->path();
     // A resume from an older checkpoint starts a new branch: the newer checkpoints of the abandoned one go aside.
-    for (const auto& moved : move_aside_after(ckpt_dir, step, ck->path()))
-      spdlog::warn("resuming at step {} abandons a newer checkpoint: moved it to {}", step, moved);
+    if (main_rank)
+      for (const auto& moved : move_aside_after(ckpt_dir, step, ck->path()))
+        spdlog::warn("resuming at step {} abandons a newer checkpoint: moved it to {}", step, moved);
     spdlog::info("resumed from {} at step {}", ck->path(), step);
     ck.reset();  // the archive's tensors are no longer needed
   }
-  make_dirs(out);
-  write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
+  // Identical starting weights on every rank, whatever each rank's initialisation or file read gave.
+  if (world.distributed()) {
+    std::vector<torch::Tensor> state;
+    for (auto* m : {model.get(), ema_model.get()}) {
+      for (const auto& p : m->parameters()) state.push_back(p.detach());
+      for (const auto& b : m->buffers()) state.push_back(b.detach());
+    }
+    world.broadcast(state, 0);
+  }
+  // Rank 0 alone writes the run directory: config, metrics, TensorBoard, checkpoints, figures.
+  if (main_rank) {
+    make_dirs(out);
+    write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
+  }
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
                data.name, device.str(), parameter_count(*model), cfg.train.steps, cfg.train.batch_size, out);
+  if (world.distributed())
+    spdlog::info("{} processes, {} rows of each global batch of {} per process", world.size(),
+                 cfg.train.batch_size / world.size(), cfg.train.batch_size);
 
   const bool autocast = device.is_cuda() && cfg.train.bf16;
   const int64_t bsz = cfg.train.batch_size;
-  MetricsLog metrics(out + "/metrics.jsonl", resumed ? std::optional<int64_t>(step) : std::nullopt);
+  std::optional<MetricsLog> metrics;
+  if (main_rank) metrics.emplace(out + "/metrics.jsonl", resumed ? std::optional<int64_t>(step) : std::nullopt);
   std::optional<TensorBoardWriter> tensorboard;
-  if (cfg.train.tensorboard) tensorboard.emplace(out);
+  if (cfg.train.tensorboard && main_rank) tensorboard.emplace(out);
   Progress progress("train", cfg.train.steps, step, cfg.train.log_every);
+  // Gradients averaged over the ranks in buckets while backward runs (a no-op in one process).
+  dist::GradReducer reducer(params, world);
+  const RowShard shard{world.rank(), world.size()};
   NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
   TrainStep eager_step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
-  GraphedTrainStep train_step(eager_step, device, cfg.train.cuda_graph, cfg.path.coupling);
+  eager_step.shard = shard;
+  eager_step.reducer = &reducer;
+  eager_step.world = &world;
+  eager_step.forward_rng = ForwardRngSeed{static_cast<uint64_t>(cfg.seed), world.rank()};
+  bool cuda_graph = cfg.train.cuda_graph;
+  if (cuda_graph && world.distributed()) {
+    // The gradient buckets are launched from autograd hooks by host logic that a graph would freeze.
+    spdlog::warn("train.cuda_graph: a job of {} processes averages gradients from the host while backward runs; "
+                 "the step runs eagerly",
+                 world.size());
+    cuda_graph = false;
+  }
+  GraphedTrainStep train_step(eager_step, device, cuda_graph, cfg.path.coupling);
   int64_t interval_steps = 0;
+  double sync_wait_s = 0.0;  // the gradient all-reduce's share that backward did not hide, this interval
   auto interval_t0 = std::chrono::steady_clock::now();
   double interval_pause_s = 0.0;  // spent writing checkpoints and grids: left out of the throughput
   model->train();
@@ -151,10 +216,15 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     float_state.insert(float_state.end(), v.begin(), v.end());
   auto save = [&](int64_t s) {
     auto t0 = std::chrono::steady_clock::now();
+    // Every rank checks (their states are equal), so all stop alike; rank 0 alone writes.
     if (!all_finite(float_state))
       throw std::runtime_error("non-finite values in the weights or optimizer state at step " + std::to_string(s) +
                                "; no checkpoint written, the earlier ones are kept. Lower train.lr or raise "
                                "train.warmup_steps, and continue from one with --resume PATH");
+    if (!main_rank) {
+      result.checkpoint = ckpt_dir + "/" + checkpoint_name(s);
+      return;
+    }
     make_dirs(ckpt_dir);  // only now: a run that fails before its first checkpoint leaves no empty checkpoints/
     std::string p = ckpt_dir + "/" + checkpoint_name(s);
     save_checkpoint(p, {&cfg, s, shape, data_id, model.get(), ema_model.get(), &optimizer, &sampler,
@@ -181,13 +251,22 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   while (step < last_step) {
     const double lr = lr_at(cfg.train, step);
 
+    eager_step.step = step;
     auto [loss, grad_norm, found_inf] = train_step(sampler.next(bsz), lr);
+    sync_wait_s += reducer.last_exposed_wait_s();
     gnorm = grad_norm;
     ++step;
     loss_sum += torch::where(found_inf > 0, torch::zeros_like(loss), loss.detach());
     ++interval_steps;
 
     if (step % cfg.train.log_every == 0 || step == cfg.train.steps) {
+      auto checksum = param_checksum(params);
+      if (world.distributed()) {
+        auto all = world.all_gather_cat(checksum.unsqueeze(0)).cpu();
+        if (!torch::equal(all, all[0].expand_as(all)))
+          throw std::runtime_error("rank " + std::to_string(world.rank()) + ": the ranks' weights differ at step " +
+                                   std::to_string(step) + " (a nondeterministic reduction or a bug); stopping");
+      }
       const int64_t skipped = guard.take_interval_skips();
       const double dt = seconds_since(interval_t0) - interval_pause_s;
       const double mean_loss = interval_steps > skipped ? loss_sum.item<double>() / (interval_steps - skipped) : NAN;
@@ -201,16 +280,21 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
                           {"steps_per_s", sps},
                           {"samples_per_s", sps * bsz},
                           {"peak_mem_mib", peak_memory_mib(device)},
-                          {"elapsed_s", metrics.elapsed_before() + progress.elapsed_s()}};
-      metrics.write(m);
+                          {"world_size", world.size()},
+                          {"param_checksum", checksum[0].item<double>()},
+                          {"elapsed_s", (metrics ? metrics->elapsed_before() : 0.0) + progress.elapsed_s()}};
+      // Host time: it measures the exposed wait on Gloo; NCCL's wait only orders the streams.
+      if (world.distributed()) m["grad_sync_wait_s"] = sync_wait_s / std::max<int64_t>(interval_steps, 1);
+      if (metrics) metrics->write(m);
       if (tensorboard) tensorboard->scalars(m);
       char extra[160];
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f samples/s%s", mean_loss, lr, sps * bsz,
                     skipped ? (", " + std::to_string(skipped) + " non-finite steps skipped").c_str() : "");
-      progress.update(step, extra, true);
+      if (main_rank) progress.update(step, extra, true);
       result.last_loss = mean_loss;
       loss_sum.zero_();
       interval_steps = 0;
+      sync_wait_s = 0.0;
       interval_pause_s = 0.0;
       interval_t0 = std::chrono::steady_clock::now();
     }
@@ -220,7 +304,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     if (ckpt_now || step % cfg.train.log_every == 0 || step % cfg.train.max_nonfinite_steps == 0)
       guard.check_consecutive(step);
     if (ckpt_now) save(step);
-    if (!data.is_toy() && cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 && step != cfg.train.steps) {
+    if (main_rank && !data.is_toy() && cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 &&
+        step != cfg.train.steps) {
       auto t0 = std::chrono::steady_clock::now();
       char name[64];
       std::snprintf(name, sizeof name, "/grid_%09lld.png", static_cast<long long>(step));
@@ -230,11 +315,19 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     }
     // Preemption: the step is complete; checkpoint it (unless just done) and leave with exit 75. At last_step the
     // run ends normally anyway.
-    if (stop_requested() && step < last_step) {
+    // One rank's signal stops every rank after this same step (a collective each step, so a stop is agreed at once).
+    if (world.any(stop_requested()) && step < last_step) {
       if (!ckpt_now) save(step);
-      spdlog::warn("signal {}: stopped at step {} with checkpoint {}; continue with --resume auto", stop_signal(),
-                   step, result.checkpoint);
-      throw StopRequested{stop_signal()};
+      // Nobody leaves before rank 0's checkpoint is complete: torchrun ends the others once one worker has exited.
+      world.barrier();
+      if (world.distributed()) ignore_stop_signals();
+      int sig = stop_signal();  // 0 on a rank that was stopped by another's signal: report the one that came
+      if (world.distributed())
+        sig = world.all_gather_cat(torch::tensor({sig}, torch::TensorOptions().device(device))).max().item<int>();
+      if (main_rank)
+        spdlog::warn("signal {}: stopped at step {} with checkpoint {}; continue with --resume auto", sig, step,
+                     result.checkpoint);
+      throw StopRequested{sig};
     }
   }
   result.step = step;
@@ -244,6 +337,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   }
 
   // Figures from the EMA weights, with their own generator so they do not depend on where training stopped.
+  if (!main_rank) return result;
   if (data.is_toy()) {
     torch::manual_seed(static_cast<uint64_t>(cfg.seed) + 1);
     write_toy_figures(*ema_model, data.toy, solve_settings(cfg.sample), cfg.sample.n, out, device);

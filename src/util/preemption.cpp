@@ -26,6 +26,10 @@ void install_stop_handlers() {
   for (int sig : {SIGTERM, SIGUSR1, SIGINT}) sigaction(sig, &sa, nullptr);
 }
 
+void ignore_stop_signals() {
+  for (int sig : {SIGTERM, SIGUSR1, SIGINT}) std::signal(sig, SIG_IGN);
+}
+
 bool stop_requested() { return g_signal.load(std::memory_order_relaxed) != 0; }
 int stop_signal() { return g_signal.load(std::memory_order_relaxed); }
 void reset_stop_request() { g_signal.store(0); }

@@ -16,6 +16,10 @@ void install_stop_handlers();
 bool stop_requested();
 // The signal that asked to stop (0 if none).
 int stop_signal();
+// Once the state is saved and the process is on its way out with kExitResumable: later stop signals are ignored, so
+// that a launcher's follow-up SIGTERM (torchrun sends one to every worker as soon as one has exited) cannot turn the
+// exit 75 into 143.
+void ignore_stop_signals();
 // For tests: forget a recorded signal.
 void reset_stop_request();
 
