@@ -13,6 +13,6 @@ for kv in "$@"; do sets+=(--set "$kv"); done
 for c in independent ot; do
   ./build/fm train --config "$config" --out "$out/$c" --set path.coupling="$c" "${sets[@]}"
   ckpt=$(ls "$out/$c"/checkpoints/*.pt | tail -n 1)
-  ./build/fm sample --checkpoint "$ckpt" --n 10000 --batch 10000 --solver dopri5 --atol 1e-5 --rtol 1e-5 \
+  ./build/fm sample --checkpoint "$ckpt" --num-samples 10000 --batch 10000 --solver dopri5 --atol 1e-5 --rtol 1e-5 \
     --straightness --out "$out/$c/dopri5" 2>&1 | grep -E "NFE|straightness" | sed "s/^/$c: /"
 done

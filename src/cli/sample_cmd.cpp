@@ -10,7 +10,7 @@ void add_sample_command(CLI::App& app) {
   auto o = std::make_shared<SampleOptions>();
   auto solve = std::make_shared<SolveSettings>();  // what the options hold; only those given override the checkpoint
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
-  cmd->add_option("--n", o->n, "number of samples")->check(at_least(1))->capture_default_str();
+  cmd->add_option("-n,--num-samples", o->n, "number of samples")->check(at_least(1))->capture_default_str();
   cmd->add_option("--batch", o->batch, "samples per batch")->check(at_least(1))->capture_default_str();
   auto* solver = cmd->add_option("--solver", solve->solver,
                                  "euler | midpoint | heun | rk4 | dopri5 (default: the checkpoint's sample.solver)")

@@ -133,6 +133,7 @@ const char* option_of(const std::string& key) {
   if (key == "classes") return "--class/--classes";
   if (key == "cfg_scale") return "--cfg-scale";
   if (key == "time_grid") return "--time-grid";
+  if (key == "n") return "--num-samples";
   static thread_local std::string opt;
   opt = "--" + key;
   return opt.c_str();
@@ -166,7 +167,7 @@ void check_resume(const std::string& settings_file, const nlohmann::json& now) {
 SampleSummary run_sampling(const SampleOptions& o) {
   const auto wall_t0 = std::chrono::steady_clock::now();
   install_stop_handlers();
-  if (o.n < 1) throw InputError("--n: must be >= 1");
+  if (o.n < 1) throw InputError("--num-samples: must be >= 1");
   if (o.batch < 1) throw InputError("--batch: must be >= 1");
   if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
   if (o.resume && o.overwrite) throw InputError("--resume and --overwrite: choose one");
