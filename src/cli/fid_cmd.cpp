@@ -12,6 +12,7 @@
 #include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
 #include "data/eval_data.h"
+#include "dist/world.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
@@ -140,7 +141,9 @@ void add_fid_commands(CLI::App& app) {
       FeatureOptions fo;
       fo.batch = o->batch;
       fo.keep_features = !save_features->empty();
+      fo.world = &dist::world();  // under torchrun each rank takes a share of the batches; rank 0 writes
       auto r = compute_fid_features(net, ds.images, fo);
+      if (!fo.world->is_main()) return;
       write_fid_stats(*out, r.stats);
       if (fo.keep_features) write_npy(*save_features, r.features);
       nlohmann::json record = {{"images", spec.format + ":" + spec.path},

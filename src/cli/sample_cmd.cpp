@@ -1,6 +1,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "dist/world.h"
 #include "sample/sample_run.h"
 
 namespace fm {
@@ -54,7 +55,9 @@ void add_sample_command(CLI::App& app) {
     if (grid->count()) o->solve.time_grid = solve->time_grid;
     if (atol->count()) o->solve.atol = solve->atol;
     if (rtol->count()) o->solve.rtol = solve->rtol;
-    auto s = run_sampling(*o);
+    auto& world = dist::world();
+    auto s = run_sampling(*o, &world);
+    if (!world.is_main()) return;
     spdlog::info("wrote {} samples to {}, {} and {} (NFE per batch: mean {:.1f}, max {:.0f}; {:.1f} s)", s.n, s.npz,
                  s.png, s.json, s.mean_nfe, s.max_nfe, s.wall_s);
     if (o->straightness)
