@@ -242,3 +242,20 @@ TEST(Ranks, FidStatisticsOverRanksAreThoseOfOneProcess) {
     if (w.is_main()) EXPECT_TRUE(torch::equal(r.features, alone.features));
   });
 }
+
+// The new user's line from issue 11, under the venv's real torchrun: fm sample with its short option -n.
+TEST(Ranks, TorchrunLaunchesSampleWithTheShortOption) {
+  TempDir d;
+  const auto ckpt = toy_checkpoint(d);
+  const std::string torchrun = std::filesystem::path(fm::test::python()).parent_path().string() + "/torchrun";
+  ASSERT_TRUE(std::filesystem::exists(torchrun)) << torchrun;
+  const std::string args = " sample --checkpoint " + ckpt + " -n 40 --batch 16 --solver euler --steps 2" +
+                           fm::test::device_flag() + " --out ";
+  auto one = fm::test::run(fm::test::fm_binary() + args + d / "one");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto r = fm::test::run(torchrun + " --no-python --standalone --nproc-per-node 1 " + fm::test::fm_binary() + args +
+                         d / "torchrun");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(fm::read_npz(d / "torchrun/samples.npz").at("arr_0").size(0), 40);
+  EXPECT_EQ(bytes_of(d / "torchrun/samples.npz"), bytes_of(d / "one/samples.npz"));
+}

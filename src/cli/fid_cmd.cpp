@@ -185,11 +185,13 @@ void add_fid_commands(CLI::App& app) {
         }
         FeatureOptions fo;
         fo.batch = o->batch;
+        fo.world = &dist::world();  // every rank gets the same statistics; rank 0 prints
         return compute_fid_features(*net, load_images(*s.images, *o).images, fo).stats;
       };
       FidStats first = stats_of(sa, *a);
       FidStats second = stats_of(sb, *b);
       auto r = frechet_distance(first, second);
+      if (!dist::world().is_main()) return;
       if (*json) {
         nlohmann::json j = {{"fid", r.distance}, {"n_a", count_json(first.n)}, {"n_b", count_json(second.n)}};
         std::cout << j.dump() << std::endl;
