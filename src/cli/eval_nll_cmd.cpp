@@ -13,6 +13,9 @@ void add_eval_nll_command(CLI::App& app) {
       "eval-nll", "Exact likelihood of held-out data (data at t=1 integrated back to noise at t=0): bits/dim for "
                   "8-bit images, NLL in nats for 2-D toys");
   auto o = std::make_shared<EvalNllOptions>();
+  cmd->footer(
+      "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm eval-nll ...` (or srun) splits the batches\n"
+      "over the processes; rank 0 prints and writes the result one process computes.");
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
   cmd->add_option("--data", o->data,
                   "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, shapes:N, toy:NAME (default: the "

@@ -109,6 +109,9 @@ nlohmann::json count_json(int64_t n) { return n >= 0 ? nlohmann::json(n) : nlohm
 void add_fid_commands(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("fid-features", "FID Inception statistics (mu, sigma) of a set of images");
+    cmd->footer(
+        "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm fid-features ...` (or srun) splits the\n"
+        "batches over the processes; rank 0 writes the statistics, the bytes one process writes.");
     auto o = std::make_shared<FidCommonOptions>();
     auto images = std::make_shared<std::string>();
     auto out = std::make_shared<std::string>();

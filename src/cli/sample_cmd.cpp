@@ -10,6 +10,10 @@ void add_sample_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Draw samples from a checkpoint (noise at t=0 integrated to data at t=1)");
   auto o = std::make_shared<SampleOptions>();
   auto solve = std::make_shared<SolveSettings>();  // what the options hold; only those given override the checkpoint
+  cmd->footer(
+      "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm sample ...` (or srun) splits the batches over\n"
+      "the processes; each writes its shards into --out/shards (a directory every node sees), rank 0 writes the\n"
+      "samples, the bytes one process writes. A signal to any rank stops all (exit 75); --resume works over any N.");
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
   cmd->add_option("-n,--num-samples", o->n, "number of samples")->check(at_least(1))->capture_default_str();
   cmd->add_option("--batch", o->batch, "samples per batch")->check(at_least(1))->capture_default_str();
