@@ -112,7 +112,7 @@ else
   if [ "$build_ok" = 1 ]; then
     # Proof that the staged copies, not the system's, were compiled in: no header of these libraries from /usr.
     leaks=$(ninja -C "$BUILD" -t deps 2>/dev/null |
-            grep -E '^ +/usr/include/([^/]+-linux-gnu/)?(spdlog|fmt|nlohmann|CLI|stb|gtest|gmock|zlib\.h|zconf\.h)' |
+            grep -E '^ +/usr/include/([^/]+-linux-gnu/)?(spdlog|fmt|nlohmann|CLI|stb|gtest|gmock|google/protobuf|zlib\.h|zconf\.h|zip\.h|zipconf\.h|xxhash\.h)' |
             sort -u)
     echo "$leaks" > "$LOGS/system_headers_used.txt"
     if [ -n "$leaks" ]; then
@@ -123,9 +123,20 @@ else
       detail="$detail; $staged header uses from .stage, none of theirs from /usr/include"
     fi
     ldd "$BUILD/fm" > "$LOGS/ldd_fm.txt" 2>&1
+    # Every staged library fm loads must load from the stage (through fm's RUNPATH), not from the system: here the
+    # system has them all, the GPU machine none, so a library found by chance here would be missing there.
+    from_system=""
+    for lib in .stage/usr/lib/*/lib*.so.*; do
+      name=$(basename "$lib")
+      where=$(awk -v n="$name" '$1 == n {print $3}' "$LOGS/ldd_fm.txt")
+      case $where in ""|*/.stage/*) ;; *) from_system="$from_system $name" ;; esac
+    done
     if grep -q 'not found' "$LOGS/ldd_fm.txt"; then
       build_ok=0
       detail="$detail; unresolved: $(grep 'not found' "$LOGS/ldd_fm.txt" | awk '{print $1}' | tr '\n' ' ')"
+    elif [ -n "$from_system" ]; then
+      build_ok=0
+      detail="$detail; staged libraries loaded from the system:$from_system"
     fi
   else
     detail="$detail; $(grep -m1 -E 'error|Error' "$LOGS/build.log" | cut -c1-160)"

@@ -19,6 +19,10 @@ PKGS=(
   libstb-dev libstb0              # stb_image, stb_image_write
   libgtest-dev                    # GoogleTest (static libraries)
   zlib1g-dev zlib1g               # zlib (.npz files)
+  libzip-dev libzip4              # libzip (the zip container under .npz)
+  libxxhash-dev libxxhash0        # xxHash (checkpoint checksums)
+  libprotobuf-dev libprotobuf32 libprotobuf-lite32  # protobuf (TensorBoard event records)
+  protobuf-compiler libprotoc32   # protoc, run at build time (with LD_LIBRARY_PATH on the stage)
 )
 
 OUT=.stage
