@@ -21,7 +21,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # 1. Debian packages: toolchain and the C++ libraries fm uses.
 PKGS=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip zlib1g-dev
       libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev libxxhash-dev
-      libprotobuf-dev protobuf-compiler libzip-dev)
+      libprotobuf-dev protobuf-compiler libzip-dev libgloo-dev)
 SANITIZE=${FM_SANITIZE:-0}
 [ "$SANITIZE" = 1 ] && PKGS+=(clang libclang-rt-14-dev)
 if [ "${FM_SKIP_APT:-0}" != 1 ]; then

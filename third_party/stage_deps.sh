@@ -23,6 +23,7 @@ PKGS=(
   libxxhash-dev libxxhash0        # xxHash (checkpoint checksums)
   libprotobuf-dev libprotobuf32 libprotobuf-lite32  # protobuf (TensorBoard event records)
   protobuf-compiler libprotoc32   # protoc, run at build time (with LD_LIBRARY_PATH on the stage)
+  libgloo-dev                     # gloo headers for c10d's ProcessGroupGloo (its symbols are in libtorch)
 )
 
 OUT=.stage

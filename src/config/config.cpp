@@ -175,6 +175,10 @@ void visit(V& v, SampleConfig& c) {
   v("n", c.n, between(1, int64_t(1) << 30));
 }
 template <class V>
+void visit(V& v, DistConfig& c) {
+  v("timeout_s", c.timeout_s, in_range(1.0, 7 * 24 * 3600.0));
+}
+template <class V>
 void visit(V& v, Config& c) {
   v("comment", c.comment);
   v("seed", c.seed, at_least<int64_t>(0));
@@ -185,6 +189,7 @@ void visit(V& v, Config& c) {
   v.section("time", c.time);
   v.section("train", c.train);
   v.section("sample", c.sample);
+  v.section("dist", c.dist);
 }
 
 // --- visitors ----------------------------------------------------------------------------------------------------

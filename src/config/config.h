@@ -104,6 +104,13 @@ struct SampleConfig {
   int64_t n = 4000;                   // samples drawn for the run's own figures
 };
 
+// Multi-process jobs (torchrun, srun; see dist/world.h).
+struct DistConfig {
+  // Longest any rank waits for the others in a collective (or to join) before the job ends with an error; must cover
+  // rank 0 writing a checkpoint or a sample grid while the others wait.
+  double timeout_s = 600.0;
+};
+
 struct Config {
   std::string comment;
   int64_t seed = 0;
@@ -114,6 +121,7 @@ struct Config {
   TimeConfig time;
   TrainConfig train;
   SampleConfig sample;
+  DistConfig dist;
 };
 
 // The JSON form of a config, every key present.

@@ -5,6 +5,8 @@
 // is the identity, so single-process code paths need no special case.
 #include <torch/torch.h>
 
+#include <chrono>
+#include <string>
 #include <vector>
 
 namespace fm::dist {
@@ -31,7 +33,19 @@ class World {
   virtual bool any(bool flag) = 0;
 };
 
-// The process-wide world: one process until init_world() (in dist/) replaces it.
+// The process-wide world: one process until init_world() replaces it.
 World& world();
+
+// Joins the job the launcher describes (torchrun or srun, see dist/launch_env.h) and makes it the process-wide world;
+// without a launcher the world stays one process. `device_spec` is the configured device (auto | cpu | cuda | cuda:N):
+// in a launched job "auto" and "cuda" become cuda:LOCAL_RANK, one GPU per process, and the ranks talk over NCCL;
+// on the CPU over Gloo. Returns the device this process computes on. Every collective that waits longer than
+// `timeout` for another rank (dead, stopped, or off on another path) throws, naming the rank and the timeout, so a
+// job never hangs silently. Bad launcher variables throw InputError. A second call returns the first call's device.
+torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout);
+
+// Leaves the process group (NCCL's communicators and watchdog, Gloo's connections) before the process exits; the world
+// is one process again afterwards. Harmless without init_world().
+void shutdown_world();
 
 }  // namespace fm::dist
