@@ -51,9 +51,11 @@ void add_eval_nll_command(CLI::App& app) {
   cmd->add_option("--per-image", o->per_image,
                   "write one value per item (bits/dim or nats): FILE.npy as float64 [N], any other name as text");
   cmd->callback([o] {
-    auto& world = dist::world();
-    auto s = run_eval_nll(*o, &world);
-    if (!world.is_main()) return;
+    o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
+    auto s = run_eval_nll(*o, &dist::world());
+    const bool main_rank = dist::world().is_main();
+    dist::shutdown_world();
+    if (!main_rank) return;
     const bool bpd = s.metric == "bits_per_dim";
     spdlog::info("{} = {:.4f} +- {:.4f} (standard error) over {} {}, mean NFE {:.1f}, {:.1f} s",
                  bpd ? "bits/dim" : "NLL (nats)", s.mean, s.stderr_mean, s.n, bpd ? "images" : "points", s.mean_nfe,

@@ -59,6 +59,7 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--out", o->out, "write the results as JSON to this file (rewritten after each figure)");
   cmd->callback([o] {
     // Its steps read each other's files; over ranks each would repeat the whole run and race on the outputs.
+    dist::init_world(o->device, dist_timeout());
     if (dist::world().distributed())
       throw InputError("fm evaluate runs in one process; under torchrun or srun run its steps, which split over the "
                        "ranks: fm sample, fm fid-features, fm fid and fm eval-nll");

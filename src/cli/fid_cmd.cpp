@@ -132,6 +132,7 @@ void add_fid_commands(CLI::App& app) {
     cmd->add_option("--save-features", *save_features, "also write every image's 2048 features (.npy, float32)");
     add_common(cmd, *o);
     cmd->callback([o, images, checkpoint, out, save_features] {
+      o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
       auto device = resolve_device(o->device);
       auto spec = images_for_features(*images, *checkpoint, o->split);
       // Every output is checked (its directory created) before the features are computed.
@@ -146,7 +147,9 @@ void add_fid_commands(CLI::App& app) {
       fo.keep_features = !save_features->empty();
       fo.world = &dist::world();  // under torchrun each rank takes a share of the batches; rank 0 writes
       auto r = compute_fid_features(net, ds.images, fo);
-      if (!fo.world->is_main()) return;
+      const bool main_rank = fo.world->is_main();
+      dist::shutdown_world();
+      if (!main_rank) return;
       write_fid_stats(*out, r.stats);
       if (fo.keep_features) write_npy(*save_features, r.features);
       nlohmann::json record = {{"images", spec.format + ":" + spec.path},
@@ -176,6 +179,7 @@ void add_fid_commands(CLI::App& app) {
     cmd->add_flag("--json", *json, "print {\"fid\": ..., \"n_a\": ..., \"n_b\": ...}");
     add_common(cmd, *o);
     cmd->callback([o, a, b, json] {
+      o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
       FidSource sa = classify(*a), sb = classify(*b);
       std::optional<FidInception> net;
       torch::Device device = torch::kCPU;
@@ -194,7 +198,9 @@ void add_fid_commands(CLI::App& app) {
       FidStats first = stats_of(sa, *a);
       FidStats second = stats_of(sb, *b);
       auto r = frechet_distance(first, second);
-      if (!dist::world().is_main()) return;
+      const bool main_rank = dist::world().is_main();
+      dist::shutdown_world();
+      if (!main_rank) return;
       if (*json) {
         nlohmann::json j = {{"fid", r.distance}, {"n_a", count_json(first.n)}, {"n_b", count_json(second.n)}};
         std::cout << j.dump() << std::endl;

@@ -59,9 +59,11 @@ void add_sample_command(CLI::App& app) {
     if (grid->count()) o->solve.time_grid = solve->time_grid;
     if (atol->count()) o->solve.atol = solve->atol;
     if (rtol->count()) o->solve.rtol = solve->rtol;
-    auto& world = dist::world();
-    auto s = run_sampling(*o, &world);
-    if (!world.is_main()) return;
+    o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
+    auto s = run_sampling(*o, &dist::world());
+    const bool main_rank = dist::world().is_main();
+    dist::shutdown_world();
+    if (!main_rank) return;
     spdlog::info("wrote {} samples to {}, {} and {} (NFE per batch: mean {:.1f}, max {:.0f}; {:.1f} s)", s.n, s.npz,
                  s.png, s.json, s.mean_nfe, s.max_nfe, s.wall_s);
     if (o->straightness)
