@@ -41,6 +41,44 @@ std::string toy_checkpoint(const TempDir& d) {
   return fm::train(c, {d / "toy", ""}).checkpoint;
 }
 
+// A small unconditional U-Net on 8x8 shapes, trained for two steps.
+std::string unet_checkpoint(const TempDir& d) {
+  fm::Config c;
+  c.device = "cpu";
+  c.data.format = "shapes";
+  c.data.path = "16";
+  c.data.resolution = 8;
+  c.model.type = "unet";
+  c.model.unet.model_channels = 32;
+  c.model.unet.num_res_blocks = 1;
+  c.model.unet.channel_mult = {1};
+  c.model.unet.attention_resolutions = {};
+  c.model.unet.num_heads = 1;
+  c.model.unet.num_head_channels = -1;
+  c.train.steps = 2;
+  c.train.batch_size = 4;
+  c.train.log_every = c.train.ckpt_every = 2;
+  c.sample.n = 2;
+  c.sample.steps = 1;
+  return fm::train(c, {d / "unet", ""}).checkpoint;
+}
+
+std::string torchrun_exe() {
+  return std::filesystem::path(fm::test::python()).parent_path().string() + "/torchrun";
+}
+
+// `torchrun --no-python --standalone --nproc-per-node N fm ARGS` (a free port each time), every rank's output together.
+fm::test::RunResult torchrun_fm(int nproc, const std::string& args) {
+  return fm::test::run("OMP_NUM_THREADS=1 " + torchrun_exe() + " --no-python --standalone --nproc-per-node " +
+                       std::to_string(nproc) + " " + fm::test::fm_binary() + " " + args);
+}
+
+int count(const std::string& haystack, const std::string& needle) {
+  int n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
+  return n;
+}
+
 fm::SampleOptions sample_options(const std::string& ckpt, const std::string& out) {
   fm::SampleOptions o;
   o.checkpoint = ckpt;
@@ -171,24 +209,7 @@ TEST(Ranks, StoppedRanksResumeOverAnotherWorldSize) {
 TEST(Ranks, LikelihoodOverRanksEqualsOneProcess) {
   FM_SKIP_ON_CUDA("threads share one GPU here; the torchrun tests cover ranks on devices");
   TempDir d;
-  fm::Config c;
-  c.device = "cpu";
-  c.data.format = "shapes";
-  c.data.path = "16";
-  c.data.resolution = 8;
-  c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
-  c.train.steps = 2;
-  c.train.batch_size = 4;
-  c.train.log_every = c.train.ckpt_every = 2;
-  c.sample.n = 2;
-  c.sample.steps = 1;
-  const auto ckpt = fm::train(c, {d / "run", ""}).checkpoint;
+  const auto ckpt = unet_checkpoint(d);
   fm::write_npz(d / "images.npz", {{"arr_0", fm::make_shapes(5, 8, 2).images.permute({0, 2, 3, 1}).contiguous()}});
   auto options = [&](const std::string& tag) {
     fm::EvalNllOptions o;
@@ -247,7 +268,7 @@ TEST(Ranks, FidStatisticsOverRanksAreThoseOfOneProcess) {
 TEST(Ranks, TorchrunLaunchesSampleWithTheShortOption) {
   TempDir d;
   const auto ckpt = toy_checkpoint(d);
-  const std::string torchrun = std::filesystem::path(fm::test::python()).parent_path().string() + "/torchrun";
+  const std::string torchrun = torchrun_exe();
   ASSERT_TRUE(std::filesystem::exists(torchrun)) << torchrun;
   const std::string args = " sample --checkpoint " + ckpt + " -n 40 --batch 16 --solver euler --steps 2" +
                            fm::test::device_flag() + " --out ";
@@ -258,4 +279,85 @@ TEST(Ranks, TorchrunLaunchesSampleWithTheShortOption) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(fm::read_npz(d / "torchrun/samples.npz").at("arr_0").size(0), 40);
   EXPECT_EQ(bytes_of(d / "torchrun/samples.npz"), bytes_of(d / "one/samples.npz"));
+}
+
+// ---- two processes under the venv's real torchrun (Gloo on loopback) --------------------------------------------------
+
+TEST(Ranks, TwoProcessesSampleTheBytesOfOneAndStopTogether) {
+  FM_SKIP_ON_CUDA("two ranks on one GPU; the rank logic is device-independent and tested here on the CPU");
+  TempDir d;
+  const auto ckpt = toy_checkpoint(d);
+  const std::string args = "sample --checkpoint " + ckpt + " -n 45 --batch 8 --solver dopri5 --atol 1e-4 --rtol 1e-4"
+                           " --device cpu --out ";
+  auto one = fm::test::run(fm::test::fm_binary() + " " + args + d / "one");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two = torchrun_fm(2, args + d / "two");
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(count(two.output, "wrote 45 samples"), 1) << "rank 0 alone writes and reports\n" << two.output;
+  EXPECT_EQ(bytes_of(d / "two/samples.npz"), bytes_of(d / "one/samples.npz"));
+
+  // SIGUSR1 to one rank of a long run: both stop after the same round with their shards kept (exit 75 each), and a
+  // resume over two ranks ends with the samples of an uninterrupted run.
+  const std::string long_args = "sample --checkpoint " + ckpt + " -n 3000 --batch 8 --solver euler --steps 200" +
+                                " --device cpu --seed 3 --out ";
+  const std::string part = d / "part", log = d / "part.log";
+  const std::string script =
+      "(OMP_NUM_THREADS=1 " + torchrun_exe() + " --no-python --standalone --nproc-per-node 2 " +
+      fm::test::fm_binary() + " " + long_args + part + " > " + log + " 2>&1; echo $? > " + d / "part.rc) & T=$!; " +
+      "for i in $(seq 600); do ls " + part + "/shards/shard_* >/dev/null 2>&1 && break; sleep 0.1; done; " +
+      "W=$(pgrep -P $(pgrep -P $T | head -1) | tail -1); kill -USR1 $W; wait";
+  auto r = fm::test::run("bash -c '" + script + "'");
+  const std::string out = bytes_of(log);
+  // The signalled rank may be ended by torchrun's SIGTERM once the other has exited 75; its shards are kept anyway.
+  EXPECT_GE(count(out, "fm: stopped by signal"), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(part + "/samples.npz")) << "every rank stopped early\n" << out;
+  int shards = 0;
+  for (const auto& e : std::filesystem::directory_iterator(part + "/shards")) shards += e.path().extension() == ".npz";
+  EXPECT_GE(shards, 1);
+  EXPECT_LT(shards, 375);
+  ASSERT_TRUE(std::filesystem::exists(part + "/shards/settings.json")) << out;
+  auto resumed = torchrun_fm(2, long_args + part + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  auto whole = fm::test::run(fm::test::fm_binary() + " " + long_args + d / "whole");
+  ASSERT_EQ(whole.code, 0) << whole.output;
+  EXPECT_EQ(bytes_of(part + "/samples.npz"), bytes_of(d / "whole/samples.npz"));
+}
+
+TEST(Ranks, TwoProcessesEvalNllAndFidFeaturesLikeOne) {
+  FM_SKIP_ON_CUDA("two ranks on one GPU; the rank logic is device-independent and tested here on the CPU");
+  TempDir d;
+  const auto ckpt = unet_checkpoint(d);
+  fm::write_npz(d / "images.npz", {{"arr_0", fm::make_shapes(5, 8, 2).images.permute({0, 2, 3, 1}).contiguous()}});
+  const std::string nll = "eval-nll --checkpoint " + ckpt + " --data npz:" + d / "images.npz" +
+                          " --batch 2 --atol 1e-3 --rtol 1e-3 --seed 4 --device cpu";
+  auto one = fm::test::run(fm::test::fm_binary() + " " + nll + " --out " + d / "one.json --per-image " + d / "one.npy");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two = torchrun_fm(2, nll + " --out " + d / "two.json --per-image " + d / "two.npy");
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(count(two.output, "bits/dim = "), 1) << two.output;
+  auto evaluate = torchrun_fm(2, "evaluate --checkpoint " + ckpt + " --no-nll --device cpu --out " + d / "eval");
+  EXPECT_NE(evaluate.code, 0);
+  EXPECT_NE(evaluate.output.find("fm evaluate runs in one process"), std::string::npos) << evaluate.output;
+  EXPECT_EQ(bytes_of(d / "two.npy"), bytes_of(d / "one.npy"));
+  auto j1 = nlohmann::json::parse(bytes_of(d / "one.json")), j2 = nlohmann::json::parse(bytes_of(d / "two.json"));
+  for (const char* key : {"mean", "stderr", "n", "mean_nfe"}) EXPECT_EQ(j1.at(key), j2.at(key)) << key;
+
+  // FID statistics with a random-weight Inception, as the FID tests use.
+  torch::manual_seed(3);
+  fm::FidInception net;
+  std::vector<std::pair<std::string, torch::Tensor>> weights;
+  for (auto& p : net->named_parameters()) weights.emplace_back(p.key(), p.value().detach());
+  for (auto& b : net->named_buffers())
+    if (b.key().find("num_batches_tracked") == std::string::npos) weights.emplace_back(b.key(), b.value());
+  fm::write_npz(d / "inception.npz", weights);
+  const std::string fid = "fid-features --weights " + d / "inception.npz" + " --images npz:" + d / "images.npz" +
+                          " --batch 2 --device cpu --out ";
+  auto f1 = fm::test::run(fm::test::fm_binary() + " " + fid + d / "one_stats.npz");
+  ASSERT_EQ(f1.code, 0) << f1.output;
+  auto f2 = torchrun_fm(2, fid + d / "two_stats.npz");
+  ASSERT_EQ(f2.code, 0) << f2.output;
+  EXPECT_EQ(count(f2.output, "wrote statistics of 5 images"), 1) << f2.output;
+  auto s1 = fm::read_npz(d / "one_stats.npz"), s2 = fm::read_npz(d / "two_stats.npz");
+  EXPECT_TRUE(torch::equal(s1.at("mu"), s2.at("mu")));
+  EXPECT_TRUE(torch::equal(s1.at("sigma"), s2.at("sigma")));
 }
