@@ -243,7 +243,7 @@ TEST(Checkpoint, SampleAndEvalNllRefuseACorruptCheckpointWithExitTwo) {
   ASSERT_EQ(t.code, 0) << t.output;
   const std::string ck = d / "run/checkpoints/ckpt_000000010.pt";
   flip_byte(ck, std::filesystem::file_size(ck) / 2);
-  auto s = run(fm_cmd("sample --checkpoint " + ck + " --n 4 --device cpu --out " + d / "s"));
+  auto s = run(fm_cmd("sample --checkpoint " + ck + " --num-samples 4 --device cpu --out " + d / "s"));
   EXPECT_EQ(s.code, 2) << s.output;
   EXPECT_NE(s.output.find(ck + ": checksum mismatch"), std::string::npos) << s.output;
   auto e = run(fm_cmd("eval-nll --checkpoint " + ck + " --data toy:checkerboard --limit 4 --device cpu"));

@@ -1,6 +1,8 @@
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "test_util.h"
 
@@ -39,7 +41,7 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
       {"sample --checkpoint x.pt --solver rk45", "rk45"},
       // issue 16: parser messages say what is wrong.
       {"trian --config x.json", "unknown command 'trian' (commands: train, sample, config, eval-nll"},
-      {"sample --checkpoint x.pt --n 0", "--n: must be >= 1, got 0"},
+      {"sample --checkpoint x.pt --num-samples 0", "--num-samples: must be >= 1, got 0"},
       {"sample --checkpoint x.pt --atol 0", "--atol: must be > 0, got 0"},
       {"sample --checkpoint x.pt --seed -1", "--seed: must be an integer >= 0, got '-1'"},
       {"eval-nll --checkpoint x.pt --data toy:moons --batch -3", "--batch: must be >= 1"},
@@ -78,10 +80,76 @@ TEST(Cli, TrainThenSampleWritesNpzAndPng) {
                       d / "run"));
   ASSERT_EQ(r.code, 0) << r.output;
   auto s = run(fm_cmd("sample --checkpoint " + d / "run/checkpoints/ckpt_000000020.pt" +
-                      " --n 300 --batch 128 --solver heun --steps 10" + fm::test::device_flag() + " --out " + d / "s"));
+                      " --num-samples 300 --batch 128 --solver heun --steps 10" + fm::test::device_flag() + " --out " + d / "s"));
   ASSERT_EQ(s.code, 0) << s.output;
   auto py = run(fm::test::python() + " -c \"import numpy as np; a = np.load('" + d / "s/samples.npz" +
                 "')['arr_0']; print(a.dtype, a.shape)\"");
   EXPECT_EQ(py.output, "float32 (300, 2)\n");
   EXPECT_TRUE(std::filesystem::exists(d / "s/samples.png"));
+}
+
+// issue 11: `torchrun --no-python ... fm SUB OPTIONS` hands fm's options to torchrun's argparse first, which takes any
+// argument that abbreviates one of its own options (`--n` of `--nnodes`) or refuses it as ambiguous. Every option of
+// every subcommand, as fm's own --help lists them, goes through torchrun's real parser and must reach fm unchanged.
+TEST(Cli, EveryOptionReachesFmThroughTorchrunsParser) {
+  TempDir d;
+  // Option names: the first column of the option lines ("  -n,--num-samples INT ...") of a --help text.
+  auto option_names = [](const std::string& help) {
+    std::vector<std::string> names;
+    std::istringstream in(help);
+    bool in_options = false;
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("Options:", 0) == 0) in_options = true;
+      if (line.rfind("Subcommands:", 0) == 0 || line.rfind("Positionals:", 0) == 0) in_options = false;
+      if (!in_options || line.rfind("  -", 0) != 0) continue;
+      std::istringstream first(line.substr(2, line.find(' ', 2) - 2));
+      for (std::string name; std::getline(first, name, ',');) names.push_back(name);
+    }
+    return names;
+  };
+  auto top = run(fm_cmd("--help"));
+  ASSERT_EQ(top.code, 0);
+  std::vector<std::string> subs;
+  {
+    std::istringstream in(top.output.substr(top.output.find("Subcommands:")));
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line) && line.rfind("  ", 0) == 0 && line.size() > 2 && line[2] != ' ')
+      subs.push_back(line.substr(2, line.find(' ', 2) - 2));
+  }
+  EXPECT_GE(subs.size(), 8u) << top.output;
+  nlohmann::json cases = nlohmann::json::array();
+  auto add = [&](std::vector<std::string> prefix, const std::string& opt) {
+    auto with_value = prefix;
+    with_value.push_back(opt);
+    with_value.push_back("1");
+    cases.push_back(with_value);
+    if (opt.rfind("--", 0) == 0) {
+      prefix.push_back(opt + "=1");
+      cases.push_back(prefix);
+    }
+  };
+  for (const auto& opt : option_names(top.output)) add({}, opt);
+  size_t options = 0;
+  for (const auto& sub : subs) {
+    auto h = run(fm_cmd(sub + " --help"));
+    ASSERT_EQ(h.code, 0) << sub;
+    auto names = option_names(h.output);
+    EXPECT_GE(names.size(), 3u) << sub << " lists -h, --help and its own options\n" << h.output;
+    for (const auto& opt : names) add({sub}, opt);
+    options += names.size();
+  }
+  EXPECT_GE(options, 60u);
+  std::ofstream(d / "in.json") << cases.dump();
+  auto r = run(fm::test::python() + " " + fm::test::ref_script("torchrun_args.py") + " " + d / "in.json" + " " +
+               d / "out.json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(d / "out.json");
+  auto results = nlohmann::json::parse(f);
+  ASSERT_EQ(results.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_FALSE(results[i].contains("error")) << cases[i].dump() << ": " << results[i].dump();
+    EXPECT_EQ(results[i].value("script", ""), "fm") << cases[i].dump();
+    EXPECT_EQ(results[i].value("args", nlohmann::json()), cases[i]) << "torchrun changed fm's arguments";
+  }
 }

@@ -165,10 +165,10 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
   auto rn = run(fm_bin + " eval-nll --checkpoint " + ckpt + " --limit 6 --batch 6" + tol + " --out " +
                     (dir / "nll.json"), dir);
   ASSERT_EQ(rn.code, 0) << rn.err;
-  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --n 6 --batch 3 --solver dopri5" + tol + " --out " +
+  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --num-samples 6 --batch 3 --solver dopri5" + tol + " --out " +
                     (dir / "sep_dopri5"), dir);
   ASSERT_EQ(rs.code, 0) << rs.err;
-  auto rs2 = run(fm_bin + " sample --checkpoint " + ckpt + " --n 6 --batch 3 --solver euler --steps 3 --device cpu "
+  auto rs2 = run(fm_bin + " sample --checkpoint " + ckpt + " --num-samples 6 --batch 3 --solver euler --steps 3 --device cpu "
                      "--seed 7 --out " + (dir / "sep_euler"), dir);
   ASSERT_EQ(rs2.code, 0) << rs2.err;
   auto fid_of = [&](const std::string& samples) {

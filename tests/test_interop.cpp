@@ -378,7 +378,7 @@ TEST(Import, TorchcfmCheckpointsGiveTorchcfmsVelocity) {
                      (dir / "cfg.json") + " --out " + (dir / "run/checkpoints/ckpt_000000123.pt"));
   ASSERT_EQ(r.code, 0) << r.output;
   r = test::run(test::fm_binary() + " sample --checkpoint " + (dir / "run/checkpoints/ckpt_000000123.pt") +
-                " --n 2 --solver euler --steps 2 --class 1 --out " + (dir / "samples"));
+                " --num-samples 2 --solver euler --steps 2 --class 1 --out " + (dir / "samples"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(std::filesystem::exists(dir / "samples/samples.npz"));
   r = test::run(test::fm_binary() + " train --config " + (dir / "cfg.json") + " --out " + (dir / "run") +

@@ -264,7 +264,7 @@ TEST(LikelihoodCli, SampleNpzAndEvalNllOutputsReadByNumpy) {
   const std::string fm_bin = FM_BINARY, py = FM_PYTHON_EXE;
 
   auto sdir = dir / "samples";
-  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --n 10 --batch 4 --solver euler --steps 4" +
+  auto rs = run(fm_bin + " sample --checkpoint " + ckpt + " --num-samples 10 --batch 4 --solver euler --steps 4" +
                     fm::test::device_flag() + " --out " +
                     sdir, dir);
   ASSERT_EQ(rs.code, 0) << rs.err;

@@ -178,7 +178,7 @@ TEST(Sample, ResumeRefusesOtherSettingsNamingTheOption) {
       {[](fm::SampleOptions& o) { o.seed = 8; }, "--seed"},
       {[](fm::SampleOptions& o) { o.solve.steps = 10; }, "--steps"},
       {[](fm::SampleOptions& o) { o.solve.solver = "midpoint"; }, "--solver"},
-      {[](fm::SampleOptions& o) { o.n = 400; }, "--n"},
+      {[](fm::SampleOptions& o) { o.n = 400; }, "--num-samples"},
       {[](fm::SampleOptions& o) { o.batch = 50; }, "--batch"},
       {[](fm::SampleOptions& o) { o.weights = "raw"; }, "--weights"},
       {[](fm::SampleOptions& o) { o.solve.time_grid = "edm"; }, "--time-grid"},

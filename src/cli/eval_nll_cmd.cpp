@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "dist/world.h"
 #include "eval/eval_nll.h"
 
 namespace fm {
@@ -12,6 +13,9 @@ void add_eval_nll_command(CLI::App& app) {
       "eval-nll", "Exact likelihood of held-out data (data at t=1 integrated back to noise at t=0): bits/dim for "
                   "8-bit images, NLL in nats for 2-D toys");
   auto o = std::make_shared<EvalNllOptions>();
+  cmd->footer(
+      "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm eval-nll ...` (or srun) splits the batches\n"
+      "over the processes; rank 0 prints and writes the result one process computes.");
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
   cmd->add_option("--data", o->data,
                   "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, shapes:N, toy:NAME (default: the "
@@ -47,7 +51,11 @@ void add_eval_nll_command(CLI::App& app) {
   cmd->add_option("--per-image", o->per_image,
                   "write one value per item (bits/dim or nats): FILE.npy as float64 [N], any other name as text");
   cmd->callback([o] {
-    auto s = run_eval_nll(*o);
+    o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
+    auto s = run_eval_nll(*o, &dist::world());
+    const bool main_rank = dist::world().is_main();
+    dist::shutdown_world();
+    if (!main_rank) return;
     const bool bpd = s.metric == "bits_per_dim";
     spdlog::info("{} = {:.4f} +- {:.4f} (standard error) over {} {}, mean NFE {:.1f}, {:.1f} s",
                  bpd ? "bits/dim" : "NLL (nats)", s.mean, s.stderr_mean, s.n, bpd ? "images" : "points", s.mean_nfe,

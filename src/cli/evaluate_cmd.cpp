@@ -1,7 +1,9 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "dist/world.h"
 #include "eval/evaluate.h"
+#include "util/error.h"
 
 namespace fm {
 
@@ -56,6 +58,11 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out, "write the results as JSON to this file (rewritten after each figure)");
   cmd->callback([o] {
+    // Its steps read each other's files; over ranks each would repeat the whole run and race on the outputs.
+    dist::init_world(o->device, dist_timeout());
+    if (dist::world().distributed())
+      throw InputError("fm evaluate runs in one process; under torchrun or srun run its steps, which split over the "
+                       "ranks: fm sample, fm fid-features, fm fid and fm eval-nll");
     auto r = run_evaluate(*o);
     std::cout << r.markdown << std::flush;
   });

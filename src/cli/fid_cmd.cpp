@@ -12,6 +12,7 @@
 #include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
 #include "data/eval_data.h"
+#include "dist/world.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
@@ -108,6 +109,9 @@ nlohmann::json count_json(int64_t n) { return n >= 0 ? nlohmann::json(n) : nlohm
 void add_fid_commands(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("fid-features", "FID Inception statistics (mu, sigma) of a set of images");
+    cmd->footer(
+        "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm fid-features ...` (or srun) splits the\n"
+        "batches over the processes; rank 0 writes the statistics, the bytes one process writes.");
     auto o = std::make_shared<FidCommonOptions>();
     auto images = std::make_shared<std::string>();
     auto out = std::make_shared<std::string>();
@@ -128,6 +132,7 @@ void add_fid_commands(CLI::App& app) {
     cmd->add_option("--save-features", *save_features, "also write every image's 2048 features (.npy, float32)");
     add_common(cmd, *o);
     cmd->callback([o, images, checkpoint, out, save_features] {
+      o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
       auto device = resolve_device(o->device);
       auto spec = images_for_features(*images, *checkpoint, o->split);
       // Every output is checked (its directory created) before the features are computed.
@@ -140,7 +145,11 @@ void add_fid_commands(CLI::App& app) {
       FeatureOptions fo;
       fo.batch = o->batch;
       fo.keep_features = !save_features->empty();
+      fo.world = &dist::world();  // under torchrun each rank takes a share of the batches; rank 0 writes
       auto r = compute_fid_features(net, ds.images, fo);
+      const bool main_rank = fo.world->is_main();
+      dist::shutdown_world();
+      if (!main_rank) return;
       write_fid_stats(*out, r.stats);
       if (fo.keep_features) write_npy(*save_features, r.features);
       nlohmann::json record = {{"images", spec.format + ":" + spec.path},
@@ -170,6 +179,7 @@ void add_fid_commands(CLI::App& app) {
     cmd->add_flag("--json", *json, "print {\"fid\": ..., \"n_a\": ..., \"n_b\": ...}");
     add_common(cmd, *o);
     cmd->callback([o, a, b, json] {
+      o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
       FidSource sa = classify(*a), sb = classify(*b);
       std::optional<FidInception> net;
       torch::Device device = torch::kCPU;
@@ -182,11 +192,15 @@ void add_fid_commands(CLI::App& app) {
         }
         FeatureOptions fo;
         fo.batch = o->batch;
+        fo.world = &dist::world();  // every rank gets the same statistics; rank 0 prints
         return compute_fid_features(*net, load_images(*s.images, *o).images, fo).stats;
       };
       FidStats first = stats_of(sa, *a);
       FidStats second = stats_of(sb, *b);
       auto r = frechet_distance(first, second);
+      const bool main_rank = dist::world().is_main();
+      dist::shutdown_world();
+      if (!main_rank) return;
       if (*json) {
         nlohmann::json j = {{"fid", r.distance}, {"n_a", count_json(first.n)}, {"n_b", count_json(second.n)}};
         std::cout << j.dump() << std::endl;

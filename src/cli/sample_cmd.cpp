@@ -1,6 +1,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "dist/world.h"
 #include "sample/sample_run.h"
 
 namespace fm {
@@ -9,8 +10,12 @@ void add_sample_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Draw samples from a checkpoint (noise at t=0 integrated to data at t=1)");
   auto o = std::make_shared<SampleOptions>();
   auto solve = std::make_shared<SolveSettings>();  // what the options hold; only those given override the checkpoint
+  cmd->footer(
+      "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm sample ...` (or srun) splits the batches over\n"
+      "the processes; each writes its shards into --out/shards (a directory every node sees), rank 0 writes the\n"
+      "samples, the bytes one process writes. A signal to any rank stops all (exit 75); --resume works over any N.");
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
-  cmd->add_option("--n", o->n, "number of samples")->check(at_least(1))->capture_default_str();
+  cmd->add_option("-n,--num-samples", o->n, "number of samples")->check(at_least(1))->capture_default_str();
   cmd->add_option("--batch", o->batch, "samples per batch")->check(at_least(1))->capture_default_str();
   auto* solver = cmd->add_option("--solver", solve->solver,
                                  "euler | midpoint | heun | rk4 | dopri5 (default: the checkpoint's sample.solver)")
@@ -54,7 +59,11 @@ void add_sample_command(CLI::App& app) {
     if (grid->count()) o->solve.time_grid = solve->time_grid;
     if (atol->count()) o->solve.atol = solve->atol;
     if (rtol->count()) o->solve.rtol = solve->rtol;
-    auto s = run_sampling(*o);
+    o->device = dist::init_world(o->device, dist_timeout()).str();  // under torchrun or srun: cuda:LOCAL_RANK
+    auto s = run_sampling(*o, &dist::world());
+    const bool main_rank = dist::world().is_main();
+    dist::shutdown_world();
+    if (!main_rank) return;
     spdlog::info("wrote {} samples to {}, {} and {} (NFE per batch: mean {:.1f}, max {:.0f}; {:.1f} s)", s.n, s.npz,
                  s.png, s.json, s.mean_nfe, s.max_nfe, s.wall_s);
     if (o->straightness)

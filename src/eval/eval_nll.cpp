@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -21,6 +22,7 @@
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
+#include "util/rank_batches.h"
 
 namespace fm {
 
@@ -67,7 +69,8 @@ void write_per_item(const std::string& path, const torch::Tensor& values) {
 
 }  // namespace
 
-EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
+EvalNllSummary run_eval_nll(const EvalNllOptions& o, dist::World* world) {
+  dist::World& w = world ? *world : this_process_only();
   const auto wall_t0 = std::chrono::steady_clock::now();
   // Cheap checks first, so a bad argument fails before a large checkpoint or data set is read.
   if (o.divergence != "hutchinson" && o.divergence != "exact")
@@ -157,53 +160,74 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   Draw uniform_draw = [](const std::vector<int64_t>& s, at::Generator& g) { return torch::rand(s, g); };
   const int64_t draws = toy_data ? 1 : o.dequant_samples;
 
+  // Over several ranks each takes its share of the batches (util/rank_batches.h) and every round's values are
+  // gathered in item order, so every rank ends with the per-item values one process computes.
+  const RankBatches plan(n, o.batch, w.rank(), w.size());
+  auto on_wire = [&](const torch::Tensor& t) { return w.distributed() ? t.to(device) : t; };
   std::vector<torch::Tensor> per;
   double nfe_sum = 0, sum = 0;
   int64_t solves = 0;
-  Progress progress("eval-nll", n, 0, 1);
+  std::optional<Progress> progress;
+  if (w.is_main()) progress.emplace("eval-nll", n, 0, 1);
   const std::string unit = toy_data ? "nats" : "bits/dim";
-  for (int64_t first = 0; first < n; first += o.batch) {
-    const int64_t count = std::min(o.batch, n - first);
-    std::vector<torch::Tensor> log_ps;
-    // One probe per item, shared by its K dequantisation draws. Hutchinson's estimate of each draw's log p is unbiased,
-    // but log-mean-exp is convex: independent probe noise in the K terms raises the mean (Jensen) and makes the
-    // importance-weighted "bound" optimistic. With one probe the K terms carry nearly the same noise, which passes
-    // through log-mean-exp unchanged and averages out over items (measured in the README).
-    torch::Tensor e;
-    if (hutch) e = chunked_draw(o.seed, 3, first, count, shape, probe_draw).to(device);
-    for (int64_t k = 0; k < draws; ++k) {
-      torch::Tensor x;
-      if (toy_data) {
-        x = points.narrow(0, first, count).to(device);
-      } else {
-        auto u = chunked_draw(o.seed, 2 + 2 * k, first, count, shape, uniform_draw).to(device);
-        x = dequantize(ds.images.narrow(0, first, count), u);
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    const ItemRange b = plan.mine(round);
+    const int64_t first = b.first, count = b.count;
+    torch::Tensor value = torch::empty({0}, torch::kFloat64);
+    if (!b.empty()) {
+      std::vector<torch::Tensor> log_ps;
+      // One probe per item, shared by its K dequantisation draws. Hutchinson's estimate of each draw's log p is
+      // unbiased, but log-mean-exp is convex: independent probe noise in the K terms raises the mean (Jensen) and makes
+      // the importance-weighted "bound" optimistic. With one probe the K terms carry nearly the same noise, which
+      // passes through log-mean-exp unchanged and averages out over items (measured in the README).
+      torch::Tensor e;
+      if (hutch) e = chunked_draw(o.seed, 3, first, count, shape, probe_draw).to(device);
+      for (int64_t k = 0; k < draws; ++k) {
+        torch::Tensor x;
+        if (toy_data) {
+          x = points.narrow(0, first, count).to(device);
+        } else {
+          auto u = chunked_draw(o.seed, 2 + 2 * k, first, count, shape, uniform_draw).to(device);
+          x = dequantize(ds.images.narrow(0, first, count), u);
+        }
+        auto r = log_likelihood(vf, x, lo, e);
+        log_ps.push_back(r.log_p);
+        nfe_sum += static_cast<double>(r.nfe);
+        ++solves;
       }
-      auto r = log_likelihood(vf, x, lo, e);
-      log_ps.push_back(r.log_p);
-      nfe_sum += static_cast<double>(r.nfe);
-      ++solves;
+      if (toy_data) {
+        value = -log_ps[0];
+      } else {
+        // The importance-weighted bound: log of the mean of the K likelihoods of the dequantised draws.
+        auto lp = draws == 1 ? log_ps[0] : logmeanexp(torch::stack(log_ps, 1), 1);
+        value = bits_per_dim(lp, dims);
+      }
+      value = value.to(torch::kCPU, torch::kFloat64);
     }
-    torch::Tensor value;
-    if (toy_data) {
-      value = -log_ps[0];
-    } else {
-      // The importance-weighted bound: log of the mean of the K likelihoods of the dequantised draws.
-      auto lp = draws == 1 ? log_ps[0] : logmeanexp(torch::stack(log_ps, 1), 1);
-      value = bits_per_dim(lp, dims);
-    }
-    value = value.to(torch::kCPU, torch::kFloat64);
+    value = w.all_gather_cat(on_wire(value)).cpu();
+    const ItemRange done = plan.round_items(round);
     sum += value.sum().item<double>();
     per.push_back(value);
-    char extra[96];
-    std::snprintf(extra, sizeof extra, "%s %.4f nfe %.0f", unit.c_str(), sum / static_cast<double>(first + count),
-                  nfe_sum / static_cast<double>(solves));
-    progress.update(first + count, extra);
-    if (stop_requested() && first + count < n) {
-      spdlog::info("eval-nll stopped after {} of {} items; it keeps no partial results, so a rerun starts over",
-                   first + count, n);
-      throw StopRequested{stop_signal(), /*state_saved=*/false};
+    if (progress) {
+      char extra[96];
+      std::snprintf(extra, sizeof extra, "%s %.4f nfe %.0f", unit.c_str(),
+                    sum / static_cast<double>(done.first + done.count), nfe_sum / static_cast<double>(solves));
+      progress->update(done.first + done.count, extra);
     }
+    // One rank's signal stops every rank after the same round.
+    if (w.any(stop_requested()) && round + 1 < plan.rounds()) {
+      spdlog::info("eval-nll stopped after {} of {} items; it keeps no partial results, so a rerun starts over",
+                   done.first + done.count, n);
+      // A rank stopped by another rank's signal reports SIGTERM, what batch schedulers send.
+      throw StopRequested{stop_signal() ? stop_signal() : SIGTERM, /*state_saved=*/false};
+    }
+  }
+  {
+    std::vector<torch::Tensor> totals{on_wire(torch::tensor({nfe_sum, double(solves)}, torch::kFloat64))};
+    w.all_reduce_sum(totals);
+    auto t = totals[0].cpu();
+    nfe_sum = t[0].item<double>();
+    solves = static_cast<int64_t>(t[1].item<double>());
   }
 
   EvalNllSummary s;
@@ -214,7 +238,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
   s.stderr_mean = n > 1 ? s.per_item.std().item<double>() / std::sqrt(static_cast<double>(n)) : 0.0;
   s.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(solves, 1));
   s.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_t0).count();
-  progress.finish();
+  if (progress) progress->finish();
 
   s.json = {{"metric", s.metric},
             {"mean", s.mean},
@@ -241,6 +265,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o) {
             {"fm_version", FM_VERSION},
             {"libtorch_version", TORCH_VERSION}};
   if (has_split) s.json["split"] = dcfg.split;
+  if (!w.is_main()) return s;  // rank 0 writes the outputs
   if (!o.out.empty()) write_file_atomic(o.out, s.json.dump(2) + "\n");
   if (!o.per_image.empty()) write_per_item(o.per_image, s.per_item);
   return s;

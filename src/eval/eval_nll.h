@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "dist/world.h"
+
 namespace fm {
 
 struct EvalNllOptions {
@@ -36,6 +38,8 @@ struct EvalNllSummary {
   nlohmann::json json;     // everything above but per_item, plus the settings, as written to --out
 };
 
-EvalNllSummary run_eval_nll(const EvalNllOptions& o);
+// Over the ranks of `world` (nullptr: this process alone) each rank integrates its share of the batches and every
+// rank returns what one process computes; rank 0 alone writes --out and --per-image.
+EvalNllSummary run_eval_nll(const EvalNllOptions& o, dist::World* world = nullptr);
 
 }  // namespace fm

@@ -8,6 +8,7 @@
 #include "io/npy.h"
 #include "util/progress.h"
 #include "util/error.h"
+#include "util/rank_batches.h"
 
 namespace fm {
 
@@ -77,23 +78,36 @@ FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& image
   Progress progress("fid features", n, 0, every);
   FeatureMoments moments;
   std::vector<torch::Tensor> kept;
+  // Over several ranks each passes its share of the batches (util/rank_batches.h) through the network; every round's
+  // features are gathered in image order and every rank adds them batch by batch, as one process adds its own, so
+  // the statistics are the same bytes.
+  dist::World& w = opt.world ? *opt.world : this_process_only();
+  const RankBatches plan(n, opt.batch, w.rank(), w.size());
+  const auto feature_options = net->Conv2d_1a_3x3->conv->weight.options();
   auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < n; i += opt.batch) {
-    auto x = images.slice(0, i, std::min(n, i + opt.batch));
-    if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
-    auto f = net->forward(x);
-    moments.add(f);
-    if (opt.keep_features) kept.push_back(f.cpu());
-    if (opt.progress) {
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    const ItemRange b = plan.mine(round);
+    torch::Tensor f = torch::empty({0, FidInceptionImpl::kFeatures}, feature_options);
+    if (!b.empty()) {
+      auto x = images.slice(0, b.first, b.first + b.count);
+      if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
+      f = net->forward(x);
+    }
+    f = w.all_gather_cat(f);
+    const ItemRange done = plan.round_items(round);
+    for (int64_t i = 0; i < done.count; i += opt.batch)
+      moments.add(f.slice(0, i, std::min(done.count, i + opt.batch)));
+    if (opt.keep_features && w.is_main()) kept.push_back(f.cpu());
+    if (opt.progress && w.is_main()) {
       double el = progress.elapsed_s();
       char rate[48];
-      std::snprintf(rate, sizeof rate, "%.1f img/s", (i + x.size(0)) / std::max(el, 1e-9));
-      progress.update(i + x.size(0), rate);
+      std::snprintf(rate, sizeof rate, "%.1f img/s", (done.first + done.count) / std::max(el, 1e-9));
+      progress.update(done.first + done.count, rate);
     }
   }
   FeatureResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (opt.progress) progress.finish();
+  if (opt.progress && w.is_main()) progress.finish();
   r.stats = moments.finish();
   if (opt.keep_features)
     r.features = kept.empty() ? torch::empty({0, FidInceptionImpl::kFeatures}) : torch::cat(kept, 0);

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "dist/world.h"
 #include "fid/inception.h"
 
 namespace fm {
@@ -32,7 +33,8 @@ class FeatureMoments {
 struct FeatureOptions {
   int64_t batch = 50;
   bool progress = true;       // a progress line on stderr
-  bool keep_features = false; // also return every feature row (float32 [N, 2048], CPU)
+  bool keep_features = false; // also return every feature row (float32 [N, 2048], CPU; on rank 0 only)
+  dist::World* world = nullptr;  // split the batches over these ranks, each returning the same stats (nullptr: alone)
 };
 
 struct FeatureResult {

@@ -20,6 +20,7 @@
 #include "util/error.h"
 #include "util/preemption.h"
 #include "util/progress.h"
+#include "util/rank_batches.h"
 
 #include <optional>
 
@@ -133,6 +134,7 @@ const char* option_of(const std::string& key) {
   if (key == "classes") return "--class/--classes";
   if (key == "cfg_scale") return "--cfg-scale";
   if (key == "time_grid") return "--time-grid";
+  if (key == "n") return "--num-samples";
   static thread_local std::string opt;
   opt = "--" + key;
   return opt.c_str();
@@ -163,10 +165,11 @@ void check_resume(const std::string& settings_file, const nlohmann::json& now) {
 
 }  // namespace
 
-SampleSummary run_sampling(const SampleOptions& o) {
+SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
+  dist::World& w = world ? *world : this_process_only();
   const auto wall_t0 = std::chrono::steady_clock::now();
   install_stop_handlers();
-  if (o.n < 1) throw InputError("--n: must be >= 1");
+  if (o.n < 1) throw InputError("--num-samples: must be >= 1");
   if (o.batch < 1) throw InputError("--batch: must be >= 1");
   if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
   if (o.resume && o.overwrite) throw InputError("--resume and --overwrite: choose one");
@@ -187,7 +190,7 @@ SampleSummary run_sampling(const SampleOptions& o) {
                      "another --out");
   make_dirs(shard_dir);
   if (::access(shard_dir.c_str(), W_OK) != 0) throw InputError("--out " + o.out_dir + ": not writable");
-  if (!o.png_dir.empty()) make_dirs(o.png_dir);
+  if (!o.png_dir.empty() && w.is_main()) make_dirs(o.png_dir);
 
   const auto device = resolve_device(o.device);
   configure_backend(device);
@@ -243,70 +246,99 @@ SampleSummary run_sampling(const SampleOptions& o) {
       {"cfg_scale", o.cfg_scale}};
   if (o.resume && shards) {
     check_resume(settings_file, settings);
-  } else {
+  } else if (w.is_main()) {
     if (shards) remove_shards(shard_dir);  // --overwrite
     write_file_atomic(settings_file, settings.dump(2) + "\n");
   }
+  // Every rank has judged the shard directory as it was before any rank writes to it.
+  w.barrier();
 
   auto model = make_velocity_field(cfg.model, cfg.path, ck.sample_shape());
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
 
   // Shards are written as batches finish, so an interrupted run of 50,000 samples loses at most one batch; each
-  // keeps its NFE so that the summary of a resumed run covers every batch.
-  std::vector<torch::Tensor> outs, labels_out;
-  double nfe_sum = 0;
+  // keeps its NFE so that the summary of a resumed run covers every batch. Over several ranks each solves its batches
+  // (util/rank_batches.h) into the shared shard directory, and rank 0 gathers every round's samples in order.
+  const RankBatches plan(o.n, o.batch, w.rank(), w.size());
+  auto on_wire = [&](const torch::Tensor& t) { return w.distributed() ? t.to(device) : t; };
+  std::vector<torch::Tensor> outs;
+  double nfe_sum = 0, straightness_sum = 0;
   int64_t batches = 0, solved = 0;
-  Progress progress("sample", o.n, 0, 1);
-  for (int64_t first = 0; first < o.n; first += o.batch) {
-    int64_t count = std::min(o.batch, o.n - first);
-    auto labels = sample_labels(cls, num_classes, first, count);
-    std::string shard = shard_path(shard_dir, first, count);
-    torch::Tensor x;
-    double nfe = 0;
-    if (o.resume && fs::exists(shard)) {
+  std::optional<Progress> progress;
+  if (w.is_main()) progress.emplace("sample", o.n, 0, 1);
+  const auto& shape = ck.sample_shape();
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    const ItemRange b = plan.mine(round);
+    torch::Tensor x = toy ? torch::empty({0, shape[0]}, torch::kFloat32)
+                          : torch::empty({0, shape[1], shape[2], shape[0]}, torch::kUInt8);
+    std::vector<double> nfe, straight;  // of this rank's batch of the round, if any
+    const std::string shard = shard_path(shard_dir, b.first, b.count);
+    if (!b.empty() && o.resume && fs::exists(shard)) {
       auto arrays = read_npz(shard);
       if (!arrays.count("arr_0") || !arrays.count("nfe"))
         throw file_error(shard, "not a shard of fm sample (needs arr_0 and nfe); start afresh with --overwrite");
       x = arrays.at("arr_0");
-      nfe = arrays.at("nfe").item<double>();
-    } else {
-      auto x0 = sample_noise(o.seed, first, count, ck.sample_shape()).to(device);
+      nfe.push_back(arrays.at("nfe").item<double>());
+    } else if (!b.empty()) {
+      auto labels = sample_labels(cls, num_classes, b.first, b.count);
+      auto x0 = sample_noise(o.seed, b.first, b.count, shape).to(device);
       std::optional<StraightnessMeter> meter;
       if (o.straightness) meter.emplace(x0);
       auto r = generate(*model, x0, labels.defined() ? labels.to(device) : labels, solve, o.cfg_scale,
                         meter ? StepCallback([&](double t, const torch::Tensor& xt) { meter->step(t, xt); }) : nullptr);
-      if (meter) {
-        sum.straightness += meter->finish(r.x).sum().item<double>();
-        solved += count;
-      }
-      nfe = static_cast<double>(r.nfe);
+      if (meter) straight.push_back(meter->finish(r.x).sum().item<double>());
+      nfe.push_back(static_cast<double>(r.nfe));
       x = toy ? r.x.to(torch::kCPU, torch::kFloat32) : to_uint8(r.x).permute({0, 2, 3, 1}).contiguous().cpu();
       write_npz(shard, {{"arr_0", x}, {"nfe", torch::tensor(r.nfe, torch::kLong)}});
-      progress.update(first + count, "nfe " + std::to_string(r.nfe));
-      if (stop_requested() && first + count < o.n) {
-        spdlog::info("stopped after {} of {} samples; the shards in {} stay, continue with --resume", first + count,
-                     o.n, shard_dir);
-        throw StopRequested{stop_signal()};
+    }
+    auto xs = w.all_gather_cat(on_wire(x)).cpu();
+    auto nfes = w.all_gather_cat(on_wire(torch::tensor(nfe, torch::kFloat64))).cpu();
+    const ItemRange done = plan.round_items(round);
+    for (int64_t i = 0; i < nfes.size(0); ++i) {
+      const double v = nfes[i].item<double>();
+      nfe_sum += v;
+      sum.max_nfe = std::max(sum.max_nfe, v);
+      ++batches;
+    }
+    if (o.straightness) {
+      // Per batch and added in batch order, so that the mean has the bits of one process; resumed batches have none.
+      auto sums = w.all_gather_cat(on_wire(torch::tensor(straight, torch::kFloat64))).cpu();
+      auto solved_now = w.all_gather_cat(
+          on_wire(torch::tensor(std::vector<int64_t>(straight.size(), b.count), torch::kLong))).cpu();
+      for (int64_t i = 0; i < sums.size(0); ++i) {
+        straightness_sum += sums[i].item<double>();
+        solved += solved_now[i].item<int64_t>();
       }
     }
-    nfe_sum += nfe;
-    sum.max_nfe = std::max(sum.max_nfe, nfe);
-    ++batches;
-    for (int64_t i = 0; !o.png_dir.empty() && i < count; ++i) {
-      char name[32];
-      std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(first + i));
-      write_png(o.png_dir + name, x[i]);
+    if (w.is_main()) {
+      for (int64_t i = 0; !o.png_dir.empty() && i < done.count; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(done.first + i));
+        write_png(o.png_dir + name, xs[i]);
+      }
+      outs.push_back(xs);
+      progress->update(done.first + done.count, nfe.empty() ? "" : "nfe " + std::to_string(int64_t(nfe[0])));
     }
-    outs.push_back(x);
-    if (labels.defined()) labels_out.push_back(labels);
+    // One rank's signal stops every rank after the same round, each with its own shards saved.
+    if (w.any(stop_requested()) && round + 1 < plan.rounds()) {
+      spdlog::info("stopped after {} of {} samples; the shards in {} stay, continue with --resume",
+                   done.first + done.count, o.n, shard_dir);
+      // A rank stopped by another rank's signal reports SIGTERM, what batch schedulers send.
+      throw StopRequested{stop_signal() ? stop_signal() : SIGTERM};
+    }
   }
+  sum.straightness = solved > 0 ? straightness_sum / static_cast<double>(solved) : 0.0;
   sum.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(1, batches));
-  if (solved > 0) sum.straightness /= static_cast<double>(solved);
+  if (!w.is_main()) {
+    sum.n = o.n;
+    return sum;  // rank 0 writes the outputs
+  }
   auto all = torch::cat(outs);
   sum.n = all.size(0);
   std::vector<std::pair<std::string, torch::Tensor>> arrays{{"arr_0", all}};
-  if (!labels_out.empty()) arrays.emplace_back("arr_1", torch::cat(labels_out));  // as the ADM evaluator reads
+  auto labels = sample_labels(cls, num_classes, 0, o.n);
+  if (labels.defined()) arrays.emplace_back("arr_1", labels);  // as the ADM evaluator reads
   write_npz(sum.npz, arrays);
   if (toy) {
     write_png(sum.png, scatter_panels({all}, kToyPlotLimit));

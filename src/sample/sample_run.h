@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dist/world.h"
 #include "sample/generate.h"
 
 namespace fm {
@@ -45,7 +46,9 @@ struct SampleSummary {
   nlohmann::json record;  // what samples.json holds
 };
 
-SampleSummary run_sampling(const SampleOptions& o);
+// Over the ranks of `world` (nullptr: this process alone) each rank solves its share of the batches, with the noise
+// each sample has in one process, and rank 0 writes the outputs, the same bytes one process writes.
+SampleSummary run_sampling(const SampleOptions& o, dist::World* world = nullptr);
 
 // The solver settings of a run: the checkpoint's `sample` section with the given options on top. Warns about a given
 // option that does nothing with the resulting solver (--steps/--time-grid with dopri5, --atol/--rtol with fixed steps).
