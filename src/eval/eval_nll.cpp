@@ -218,6 +218,8 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o, dist::World* world) {
     if (w.any(stop_requested()) && round + 1 < plan.rounds()) {
       spdlog::info("eval-nll stopped after {} of {} items; it keeps no partial results, so a rerun starts over",
                    done.first + done.count, n);
+      // torchrun sends SIGTERM to every worker once one has exited: that must not turn this exit 75 into 143.
+      if (w.distributed()) ignore_stop_signals();
       // A rank stopped by another rank's signal reports SIGTERM, what batch schedulers send.
       throw StopRequested{stop_signal() ? stop_signal() : SIGTERM, /*state_saved=*/false};
     }

@@ -324,6 +324,8 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
     if (w.any(stop_requested()) && round + 1 < plan.rounds()) {
       spdlog::info("stopped after {} of {} samples; the shards in {} stay, continue with --resume",
                    done.first + done.count, o.n, shard_dir);
+      // torchrun sends SIGTERM to every worker once one has exited: that must not turn this exit 75 into 143.
+      if (w.distributed()) ignore_stop_signals();
       // A rank stopped by another rank's signal reports SIGTERM, what batch schedulers send.
       throw StopRequested{stop_signal() ? stop_signal() : SIGTERM};
     }
