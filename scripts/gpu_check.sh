@@ -113,7 +113,7 @@ else
   if [ "$build_ok" = 1 ]; then
     # Proof that the staged copies, not the system's, were compiled in: no header of these libraries from /usr.
     leaks=$(ninja -C "$BUILD" -t deps 2>/dev/null |
-            grep -E '^ +/usr/include/([^/]+-linux-gnu/)?(spdlog|fmt|nlohmann|CLI|stb|gtest|gmock|google/protobuf|zlib\.h|zconf\.h|zip\.h|zipconf\.h|xxhash\.h)' |
+            grep -E '^ +/usr/include/([^/]+-linux-gnu/)?(spdlog|fmt|nlohmann|CLI|stb|gtest|gmock|gloo|google/protobuf|zlib\.h|zconf\.h|zip\.h|zipconf\.h|xxhash\.h)' |
             sort -u)
     echo "$leaks" > "$LOGS/system_headers_used.txt"
     if [ -n "$leaks" ]; then
