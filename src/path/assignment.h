@@ -8,8 +8,8 @@
 namespace fm {
 
 // The permutation col[i] minimising sum_i cost[i][col[i]] for a square n x n row-major cost matrix: the shortest
-// augmenting path algorithm with dual potentials (Jonker & Volgenant 1987, the method scipy's linear_sum_assignment
-// uses), O(n^3) on the host. Non-finite costs throw std::invalid_argument.
+// augmenting path algorithm with dual potentials (Jonker & Volgenant 1987), in the form scipy's
+// linear_sum_assignment uses (Crouse 2016), O(n^3) on the host. Non-finite costs throw std::invalid_argument.
 std::vector<int64_t> linear_sum_assignment(const std::vector<double>& cost, int64_t n);
 
 // The same for a square cost tensor on any device: returns int64 [n] on that device. The matrix is copied to the
