@@ -142,7 +142,9 @@ TEST_F(CudaParity, UNetForwardBf16Autocast) {
 
 TEST_F(CudaParity, TrainingStepGradients) {
   // One flow matching step as the trainer takes it (OT path, MSE to the conditional velocity), in fp32.
-  auto [t, x1, y] = inputs(4, 3);
+  // Named copies rather than a structured binding: C++17 lambdas cannot capture those (clang refuses).
+  const Inputs in = inputs(4, 3);
+  const torch::Tensor &t = in.t, &x1 = in.x, &y = in.y;
   auto x0 = torch::randn_like(x1);
   auto path = make_path(PathConfig{});
   auto grads = [&](const torch::Device& d) {

@@ -48,7 +48,7 @@ struct TrainStep {
   dist::GradReducer* reducer = nullptr;
   dist::World* world = nullptr;
   // Dropout masks from a stream of (seed, step, rank) rather than the training stream; unset: the default generator.
-  std::optional<ForwardRngSeed> forward_rng;
+  std::optional<ForwardRngSeed> forward_rng{};
   int64_t step = 0;  // the step about to be taken, for forward_rng
 
   StepResult operator()(const Batch& batch, double lr) { return run(batch, lr); }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 
@@ -72,12 +73,13 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
 
   // Resolve what to resume from before anything in the run directory is touched. `ck` holds the opened, verified
   // checkpoint; nothing is created on disk until every check below has passed.
-  std::optional<CheckpointReader> ck;
+  // unique_ptr, not optional: clang (the sanitizer build) cannot instantiate optional over LibTorch's InputArchive.
+  std::unique_ptr<CheckpointReader> ck;
   if (opts.resume == "auto") {
     auto all = list_checkpoints(ckpt_dir);
     for (auto it = all.rbegin(); it != all.rend() && !ck; ++it) {
       try {
-        ck.emplace(it->second, device);
+        ck = std::make_unique<CheckpointReader>(it->second, device);
       } catch (const CorruptCheckpoint& e) {
         spdlog::warn("--resume auto: skipping {}", e.what());
       }
@@ -87,7 +89,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
                        " checkpoints verifies; move them aside to start afresh");
     if (!ck) spdlog::info("--resume auto: no checkpoint in {}, starting fresh", ckpt_dir);
   } else if (!opts.resume.empty()) {
-    ck.emplace(opts.resume, device);
+    ck = std::make_unique<CheckpointReader>(opts.resume, device);
   } else if (latest_checkpoint(ckpt_dir)) {
     throw InputError(out + ": the run directory already holds checkpoints; pass --resume auto to continue it or "
                      "choose another --out");
@@ -140,7 +142,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
 
   int64_t step = 0;
   TrainResult result;
-  const bool resumed = ck.has_value();
+  const bool resumed = ck != nullptr;
   if (ck) {
     ck->load_module("model", *model);
     ck->load_module("ema", *ema_model);
