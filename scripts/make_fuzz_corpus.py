@@ -117,6 +117,34 @@ def fid_stats(out):
     write(d, "asymmetric", npz_bytes(mu=mu, sigma=sigma + np.triu(np.ones((8, 8)), 1)))
 
 
+def safetensors(out):
+    d = out / "fuzz_safetensors"
+    from safetensors.numpy import save  # the reference writer, from the venv
+
+    write(d, "two_f32", save({"w": rng.standard_normal((3, 2)).astype(np.float32), "b": np.zeros(2, np.float32)},
+                             metadata={"fm_step": "7"}))
+    write(d, "dtypes", save({"u8": np.arange(4, dtype=np.uint8), "i64": np.arange(2, dtype=np.int64),
+                             "f16": np.ones((2, 2), np.float16), "scalar": np.array(1.5, np.float64),
+                             "empty": np.zeros((0, 3), np.float32)}))
+    write(d, "no_tensors", save({}))
+
+
+def torch_file(out):
+    d = out / "fuzz_torch_file"
+    import collections
+    import torch  # the reference writer: the venv's torch.save, both layouts
+
+    sd = collections.OrderedDict(w=torch.randn(2, 3), b=torch.zeros(3, dtype=torch.float64),
+                                 n=torch.tensor(4, dtype=torch.int64))
+    ckpt = {"net_model": sd, "ema_model": collections.OrderedDict(w=sd["w"].clone()), "step": 12,
+            "optim": {"lr": 2e-4, "betas": (0.9, 0.999), "names": ["a", "b"], "flag": True, "none": None}}
+    for name, obj in [("state_dict", sd), ("torchcfm_ckpt", ckpt), ("view", {"v": torch.arange(10.0)[2:6]})]:
+        for legacy in (False, True):
+            buf = io.BytesIO()
+            torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
+            write(d, name + ("_legacy" if legacy else "_zip"), buf.getvalue())
+
+
 def checkpoint(out, fm):
     d = out / "fuzz_checkpoint"
     d.mkdir(parents=True, exist_ok=True)
@@ -139,7 +167,7 @@ def main():
     ap.add_argument("--fm", help="fm binary used to write a checkpoint seed")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
-    for make in (npy, npz, config, cifar10, imagenet32, image, fid_stats):
+    for make in (npy, npz, config, cifar10, imagenet32, image, fid_stats, safetensors, torch_file):
         make(out)
     checkpoint(out, a.fm)
     for sub in sorted(out.iterdir()):

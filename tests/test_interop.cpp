@@ -180,6 +180,22 @@ TEST(TorchFile, ReadsZipAndLegacyFormatsLikePython) {
       EXPECT_THROW(load_torch_file(dir / "cut.pt"), InputError) << name << " cut at " << cut;
     }
   }
+  // A damaged record: the first local header's extra-field length (bytes 28-29) set to 65535, so that data.pkl's
+  // bytes would start past the end of the file. LibTorch's zip reader throws c10::Error from getRecord, which must
+  // still end as an input error naming the file (found by fuzz_torch_file).
+  {
+    auto bytes = slurp(dir / "values.pt");
+    ASSERT_LT(bytes.size(), 65535u);
+    bytes[28] = bytes[29] = static_cast<char>(0xff);
+    spit(dir / "damaged.pt", bytes);
+    EXPECT_TRUE(looks_like_torch_file(dir / "damaged.pt"));  // the central directory is intact
+    try {
+      load_torch_file(dir / "damaged.pt");
+      ADD_FAILURE() << "a record past the end of the file was read";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("damaged.pt: damaged zip archive"), std::string::npos) << e.what();
+    }
+  }
   spit(dir / "text.pt", "hello");
   EXPECT_FALSE(looks_like_torch_file(dir / "text.pt"));
   EXPECT_THROW(load_torch_file(dir / "text.pt"), InputError);

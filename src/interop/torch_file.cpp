@@ -335,6 +335,14 @@ bool is_legacy(const std::string& head) {
   return head.size() >= sizeof kLegacyMagic - 1 && head.compare(0, sizeof kLegacyMagic - 1, kLegacyMagic) == 0;
 }
 
+// The first line of LibTorch's message, up to its first full stop: the rest is advice about checkpoints.
+std::string brief(const c10::Error& e) {
+  std::string m = e.what_without_backtrace();
+  m = m.substr(0, m.find('\n'));
+  if (auto dot = m.find(". "); dot != std::string::npos) m.resize(dot);
+  return m;
+}
+
 PyPtr load_zip(const std::string& path) {
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
@@ -342,28 +350,30 @@ PyPtr load_zip(const std::string& path) {
   } catch (const c10::Error&) {
     throw file_error(path, "not a readable zip archive (truncated?)");
   }
-  if (!reader->hasRecord("data.pkl")) throw file_error(path, "a zip archive without data.pkl: not a torch.save file");
-  if (reader->hasRecord("byteorder")) {
-    auto [ptr, size] = reader->getRecord("byteorder");
-    if (std::string(static_cast<const char*>(ptr.get()), size) != "little")
-      throw file_error(path, "tensors saved big-endian are not supported");
-  }
-  auto [pkl, pkl_size] = reader->getRecord("data.pkl");
-  auto storage = [&](const std::string& key, torch::ScalarType dtype, int64_t numel) {
-    const std::string rec = "data/" + key;
-    if (!reader->hasRecord(rec)) throw file_error(path, "tensor storage " + rec + " is missing");
-    const size_t want = static_cast<size_t>(numel) * c10::elementSize(dtype);
-    if (numel < 0 || reader->getRecordSize(rec) != want)
-      throw file_error(path, "tensor storage " + rec + " holds " + std::to_string(reader->getRecordSize(rec)) +
-                                 " bytes, its header says " + std::to_string(want));
-    auto t = torch::empty({numel}, torch::dtype(dtype));
-    if (want) reader->getRecord(rec, t.data_ptr(), want);
-    return t;
-  };
+  // Any read from the archive throws c10::Error when a record is damaged (a bad local header, a CRC mismatch), not
+  // only the first: one catch around all of them (fuzz_torch_file found getRecord's).
   try {
+    if (!reader->hasRecord("data.pkl")) throw file_error(path, "a zip archive without data.pkl: not a torch.save file");
+    if (reader->hasRecord("byteorder")) {
+      auto [ptr, size] = reader->getRecord("byteorder");
+      if (std::string(static_cast<const char*>(ptr.get()), size) != "little")
+        throw file_error(path, "tensors saved big-endian are not supported");
+    }
+    auto [pkl, pkl_size] = reader->getRecord("data.pkl");
+    auto storage = [&](const std::string& key, torch::ScalarType dtype, int64_t numel) {
+      const std::string rec = "data/" + key;
+      if (!reader->hasRecord(rec)) throw file_error(path, "tensor storage " + rec + " is missing");
+      const size_t want = static_cast<size_t>(numel) * c10::elementSize(dtype);
+      if (numel < 0 || reader->getRecordSize(rec) != want)
+        throw file_error(path, "tensor storage " + rec + " holds " + std::to_string(reader->getRecordSize(rec)) +
+                                   " bytes, its header says " + std::to_string(want));
+      auto t = torch::empty({numel}, torch::dtype(dtype));
+      if (want) reader->getRecord(rec, t.data_ptr(), want);
+      return t;
+    };
     return Unpickler(static_cast<const char*>(pkl.get()), pkl_size, path, storage).run(0);
   } catch (const c10::Error& e) {
-    throw file_error(path, std::string("unreadable zip record: ") + e.what_without_backtrace());
+    throw file_error(path, "damaged zip archive: " + brief(e));
   }
 }
 
