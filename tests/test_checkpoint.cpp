@@ -66,7 +66,7 @@ void write_small_checkpoint(const std::string& path, int64_t step = 7) {
   fm::save_checkpoint(path, {&cfg, step, {2}, {"toy:eight_gaussians", 0, 0}, model.get(), ema.get(), &opt, nullptr});
 }
 
-std::string fm_cmd(const std::string& args) { return fm::test::fm_binary() + " " + args; }
+using fm::test::fm_cmd;
 
 std::string tiny_train_args(const std::string& out) {
   return "train --config " + fm::test::source_dir() + "/configs/toy2d.json --device cpu --out " + out +

@@ -10,7 +10,7 @@ using fm::test::run;
 using fm::test::TempDir;
 
 namespace {
-std::string fm_cmd(const std::string& args) { return fm::test::fm_binary() + " " + args; }
+using fm::test::fm_cmd;
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace

@@ -111,6 +111,8 @@ inline SplitRunResult run_split(const std::string& cmd, const std::string& scrat
 }
 
 inline std::string fm_binary() { return FM_BINARY; }
+// A command line running the fm under test with `args`.
+inline std::string fm_cmd(const std::string& args) { return fm_binary() + " " + args; }
 inline std::string python() { return FM_PYTHON_EXE; }
 inline std::string source_dir() { return FM_SOURCE_DIR; }
 inline std::string ref_script(const std::string& name) { return source_dir() + "/tests/ref/" + name; }

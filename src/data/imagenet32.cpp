@@ -10,12 +10,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shape_str(const torch::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 bool is_integer(const torch::Tensor& t) {
   return c10::isIntegralType(t.scalar_type(), /*includeBool=*/false);
 }
@@ -28,15 +22,15 @@ void read_batch(const fs::path& file, std::vector<torch::Tensor>& images, std::v
     throw file_error(name, "array 'data' has dtype " + std::string(c10::toString(data.scalar_type())) +
                                ", expected uint8");
   if (data.dim() != 2 || data.size(1) != 3 * 32 * 32)
-    throw file_error(name, "array 'data' has shape " + shape_str(data) +
+    throw file_error(name, "array 'data' has shape " + shape_string(data) +
                                ", expected [N, 3072] (32x32 RGB, channel-major)");
   // An empty batch would pass every other check and leave training nothing to draw from.
-  if (data.size(0) == 0) throw file_error(name, "array 'data' holds no images (shape " + shape_str(data) + ")");
+  if (data.size(0) == 0) throw file_error(name, "array 'data' holds no images (shape " + shape_string(data) + ")");
   if (!is_integer(lab))
     throw file_error(name, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
                                ", expected integers");
   if (lab.dim() != 1 || lab.size(0) != data.size(0))
-    throw file_error(name, "array 'labels' has shape " + shape_str(lab) + " but 'data' holds " +
+    throw file_error(name, "array 'labels' has shape " + shape_string(lab) + " but 'data' holds " +
                                std::to_string(data.size(0)) + " images");
   lab = lab.to(torch::kLong);
   auto bad = ((lab < 1) | (lab > kImageNet32Classes)).nonzero();

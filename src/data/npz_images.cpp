@@ -8,12 +8,6 @@
 namespace fm {
 namespace {
 
-std::string shape_str(const torch::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 constexpr int64_t kMaxLabel = int64_t(1) << 20;
 
 }  // namespace
@@ -27,9 +21,9 @@ Dataset read_npz_images(const std::string& file) {
     throw file_error(file, "array 'arr_0' has dtype " + std::string(c10::toString(x.scalar_type())) +
                                ", expected uint8 (images as N x H x W x C)");
   if (x.dim() != 4 || (x.size(3) != 1 && x.size(3) != 3))
-    throw file_error(file, "array 'arr_0' has shape " + shape_str(x) + ", expected [N, H, W, C] with C = 1 or 3");
+    throw file_error(file, "array 'arr_0' has shape " + shape_string(x) + ", expected [N, H, W, C] with C = 1 or 3");
   if (x.size(0) == 0 || x.size(1) == 0 || x.size(2) == 0)
-    throw file_error(file, "array 'arr_0' has shape " + shape_str(x) + ": no pixels");
+    throw file_error(file, "array 'arr_0' has shape " + shape_string(x) + ": no pixels");
   Dataset ds;
   ds.images = x.permute({0, 3, 1, 2}).contiguous();
   if (has_labels) {
@@ -38,7 +32,7 @@ Dataset read_npz_images(const std::string& file) {
       throw file_error(file, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
                                  ", expected integers");
     if (lab.dim() != 1 || lab.size(0) != x.size(0))
-      throw file_error(file, "array 'labels' has shape " + shape_str(lab) + " but 'arr_0' holds " +
+      throw file_error(file, "array 'labels' has shape " + shape_string(lab) + " but 'arr_0' holds " +
                                  std::to_string(x.size(0)) + " images");
     lab = lab.to(torch::kLong);
     if (lab.min().item<int64_t>() < 0) {

@@ -411,4 +411,10 @@ void write_npz(const std::string& path, const std::vector<std::pair<std::string,
   write_file_atomic(path, out);
 }
 
+std::string shape_string(const torch::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
 }  // namespace fm

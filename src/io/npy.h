@@ -25,4 +25,7 @@ std::vector<std::string> npz_keys(const std::string& path);
 // Writes an uncompressed .npz atomically (zip64 extents where a member or offset passes 4 GiB).
 void write_npz(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& arrays);
 
+// An array's shape as the readers' errors write it: "[2, 3, 4]".
+std::string shape_string(const torch::Tensor& t);
+
 }  // namespace fm
