@@ -99,7 +99,7 @@ bench() {
   [ "$compile" = 1 ] && modes+=(compile)
   local solve=(--sample-batch "$sbatch" --nll-batch "$nbatch" --euler-steps "$euler" --tol 1e-5)
   echo "== $label: training at batch $batch, $steps steps after $warm, $REPEATS rounds (fm, then ${modes[*]})" >&2
-  for r in $(seq "$REPEATS"); do
+  for _ in $(seq "$REPEATS"); do
     "$FM" bench --config "$cfg" --what train --batch "$batch" --warmup "$warm" --steps "$steps" "${shape[@]}" \
       "${PEAK_ARG[@]}" | record "$label"
     # On CUDA also the captured step (train.cuda_graph), which needs warm-up steps before its capture.
@@ -133,7 +133,7 @@ if [ "$DEVICE" = cpu ]; then
     bench configs/cifar10_cpu_smoke.json smoke_b8 8 3 4 2 --set train.batch_size=8
   else
     [ "$QUICK" = 1 ] && REPEATS=1
-    bench configs/cifar10_cpu_smoke.json smoke_b32 32 $([ "$QUICK" = 1 ] && echo 5 || echo "${FM_BENCH_STEPS:-20}") 16 4
+    bench configs/cifar10_cpu_smoke.json smoke_b32 32 "$([ "$QUICK" = 1 ] && echo 5 || echo "${FM_BENCH_STEPS:-20}")" 16 4
   fi
 else
   [ "$QUICK" = 1 ] && REPEATS=1

@@ -6,13 +6,18 @@
 # oom-*) and replays with: build-asan/fuzz/<harness> fuzz-out/<harness>/crash-...
 #
 #   scripts/fuzz.sh [SECONDS] [HARNESS ...]       e.g. scripts/fuzz.sh 600 fuzz_npz fuzz_npy
+#   scripts/fuzz.sh --build-only                  build the harnesses and write the seed corpus, run nothing
 #
+# FM_JOBS harnesses run at once (default: one per core), each on one thread.
 # The seed corpus is generated (scripts/make_fuzz_corpus.py, never committed) into fuzz-out/seeds; what each fuzzer
 # learns is kept in fuzz-out/corpus/<harness> and reused by the next run. fuzz-out/summary.tsv gets one line per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BUILD_ONLY=0
+if [ "${1:-}" = --build-only ]; then BUILD_ONLY=1; shift; fi
 SECS=${1:-60}
 [ $# -gt 0 ] && shift
+JOBS=${FM_JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc alone honours OMP_NUM_THREADS
 BUILD=${FM_ASAN_BUILD:-build-asan}
 OUT=fuzz-out
 log() { printf '[fuzz] %s\n' "$*" >&2; }
@@ -21,18 +26,23 @@ HARNESSES=("$@")
 if [ ${#HARNESSES[@]} -eq 0 ]; then
   for f in fuzz/fuzz_*.cpp; do HARNESSES+=("$(basename "$f" .cpp)"); done
 fi
+mkdir -p "$OUT"
+# Configure and build output goes to a log, shown when a step fails (LibTorch's CMake warns on every configure).
+quiet() { "$@" >"$OUT/build.log" 2>&1 || { tail -n 40 "$OUT/build.log" >&2; log "failed: $*"; exit 1; }; }
 if [ ! -f "$BUILD/build.ninja" ]; then
   log "configuring $BUILD (clang, ASan + UBSan, libFuzzer)"
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DFM_FUZZ=ON >/dev/null
+  quiet cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DFM_FUZZ=ON
 fi
 log "building ${HARNESSES[*]}"
-cmake --build "$BUILD" -j "${FM_JOBS:-$(nproc)}" --target "${HARNESSES[@]}" >/dev/null
+quiet cmake --build "$BUILD" -j "$JOBS" --target "${HARNESSES[@]}"
 
 # LibTorch allocates caches once and keeps them; LeakSanitizer would count those against the first input.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OMP_NUM_THREADS=1
-if [ ! -d "$OUT/seeds" ]; then
+missing_seeds=0
+for h in "${HARNESSES[@]}"; do [ -d "$OUT/seeds/$h" ] || missing_seeds=1; done
+if [ "$missing_seeds" = 1 ]; then
   log "writing the seed corpus to $OUT/seeds"
   # The checkpoint seed comes from a two-step run of whichever fm is built (none: that corpus starts empty).
   FM_ARGS=()
@@ -40,18 +50,19 @@ if [ ! -d "$OUT/seeds" ]; then
   .venv/bin/python scripts/make_fuzz_corpus.py "$OUT/seeds" "${FM_ARGS[@]}" >&2
 fi
 
-failed=()
-for h in "${HARNESSES[@]}"; do
+[ "$BUILD_ONLY" = 1 ] && exit 0
+
+# One harness: its run, a line in the summary, and its verdict as the exit status.
+fuzz_one() {
+  local h=$1 logf t0 rc secs runs rate cov
   mkdir -p "$OUT/corpus/$h" "$OUT/$h" "$OUT/seeds/$h"
   # Inputs up to 64 KiB: enough for every format's header paths, small enough to run thousands per second.
   logf="$OUT/$h/last.log"
-  set +e
   t0=$(date +%s)
+  rc=0
   "$BUILD/fuzz/$h" "$OUT/corpus/$h" "$OUT/seeds/$h" -max_total_time="$SECS" -timeout=25 -rss_limit_mb=4096 \
-    -max_len=65536 -artifact_prefix="$OUT/$h/" -print_final_stats=1 >"$logf" 2>&1
-  rc=$?
+    -max_len=65536 -artifact_prefix="$OUT/$h/" -print_final_stats=1 >"$logf" 2>&1 || rc=$?
   secs=$(( $(date +%s) - t0 ))
-  set -e
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logf" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$logf" | tail -1 | cut -d' ' -f2)
@@ -60,11 +71,19 @@ for h in "${HARNESSES[@]}"; do
   if [ $rc -ne 0 ]; then
     log "$h: FAILED (exit $rc) after ${runs:-?} runs; see $logf and $OUT/$h/"
     grep -E 'ERROR|runtime error|fm fuzz|SUMMARY|Test unit written' "$logf" | head -8 >&2 || true
-    failed+=("$h")
-  else
-    log "$h: ${runs:-?} runs in ${secs}s (${rate:-?}/s), coverage ${cov:-?}"
+    return 1
   fi
+  log "$h: ${runs:-?} runs in ${secs}s (${rate:-?}/s), coverage ${cov:-?}"
+}
+
+declare -A pid_of
+failed=()
+for h in "${HARNESSES[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  fuzz_one "$h" &
+  pid_of[$h]=$!
 done
+for h in "${HARNESSES[@]}"; do wait "${pid_of[$h]}" || failed+=("$h"); done
 if [ ${#failed[@]} -gt 0 ]; then
   log "failed: ${failed[*]}"
   exit 1

@@ -11,7 +11,7 @@
 # Environment: FM_PYTHON (the python whose torch is linked; default python3 on the GPU machine, .venv's in a dry run),
 # FM_GPU_CHECK_JOBS (build and test parallelism, default nproc). Exit status 0 when every step passed or was skipped.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 
 DRY=0
@@ -58,7 +58,7 @@ else
   DEMO_LIMIT=150
   OUT_DIR=${OUT_DIR:-$ROOT/runs/gpu_check}
 fi
-JOBS=${FM_GPU_CHECK_JOBS:-$(nproc)}
+JOBS=${FM_GPU_CHECK_JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc alone honours OMP_NUM_THREADS
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 # The device tool brings back at most 8 files from $OUT: the summary, the test log and one archive of every log.

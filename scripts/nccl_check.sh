@@ -5,7 +5,7 @@
 # Environment (set by gpu_check.sh): FM_BIN, FM_DEVICE (cuda; cpu in a dry run, which then goes through Gloo),
 # FM_HOOK_OUT, FM_PYTHON (the python whose torchrun to use; default python3). Exit 0 pass, 77 skip, else fail.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 FM=${FM_BIN:-build/fm}
 DEVICE=${FM_DEVICE:-cuda}
 OUT=${FM_HOOK_OUT:-runs/nccl_check}

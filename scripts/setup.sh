@@ -7,10 +7,13 @@
 #   Torch_DIR=/path/to/libtorch/share/cmake/Torch   use your own LibTorch instead of the torch wheel
 #   FM_TORCH_VERSION=2.11.0                         the torch wheel to pin (default 2.11.0)
 #   FM_SKIP_APT=1                                   do not call apt-get (packages already present)
+#   FM_SKIP_FUZZ=1                                  do not build the fuzz harnesses (then test with FM_FUZZ_SECONDS=0)
 #   FM_BUILD_TYPE=Release                           CMake build type
-#   FM_SANITIZE=1                                   build build-asan instead of build: clang with AddressSanitizer and
-#                                                   UBSan, the unit tests and the libFuzzer harnesses (scripts/fuzz.sh);
-#                                                   installs clang and its sanitizer runtimes first
+#   FM_SANITIZE=1                                   build all of build-asan instead of build: clang with AddressSanitizer
+#                                                   and UBSan, fm, the unit tests and the libFuzzer harnesses
+#
+# Besides build/, every run builds the libFuzzer harnesses (clang, ASan + UBSan) into build-asan/, and only those:
+# scripts/test.sh replays each reader's corpus for a few seconds after the unit tests (see scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -21,9 +24,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # 1. Debian packages: toolchain and the C++ libraries fm uses.
 PKGS=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip zlib1g-dev
       libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libstb-dev libgtest-dev libxxhash-dev
-      libprotobuf-dev protobuf-compiler libzip-dev libgloo-dev)
+      libprotobuf-dev protobuf-compiler libzip-dev libgloo-dev clang libclang-rt-14-dev)
 SANITIZE=${FM_SANITIZE:-0}
-[ "$SANITIZE" = 1 ] && PKGS+=(clang libclang-rt-14-dev)
 if [ "${FM_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -83,5 +85,12 @@ if [ ! -f "$BUILD/build.ninja" ]; then
 fi
 log "building $BUILD (a clean build takes a few minutes on 2 cores)"
 start=$(date +%s)
-cmake --build "$BUILD" -j "$(nproc)"
+cmake --build "$BUILD" -j "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc alone honours OMP_NUM_THREADS
 log "built in $(( $(date +%s) - start )) s: $ROOT/$BUILD/fm"
+
+# 4. The fuzz harnesses (already built above when FM_SANITIZE=1): only the readers they exercise, not all of fm.
+if [ "$SANITIZE" != 1 ] && [ "${FM_SKIP_FUZZ:-0}" != 1 ]; then
+  start=$(date +%s)
+  bash scripts/fuzz.sh --build-only
+  log "fuzz harnesses built in $(( $(date +%s) - start )) s: $ROOT/build-asan/fuzz/"
+fi
