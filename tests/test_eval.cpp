@@ -43,12 +43,7 @@ std::string tiny_shapes_checkpoint(const TempDir& dir, int64_t res, int64_t step
   c.data.path = "64";
   c.data.resolution = res;
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1, 2};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
+  c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.num_classes = 3;
   c.train.steps = steps;
   c.train.batch_size = 8;
@@ -241,12 +236,7 @@ std::string tiny_4x4_checkpoint(const TempDir& dir, int64_t steps) {
   c.data.format = "npz";
   c.data.path = dir / "tiny4.npz";
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
+  c.model.unet = fm::test::tiny_unet();
   c.train.steps = steps;
   c.train.batch_size = 64;
   c.train.lr = 2e-3;

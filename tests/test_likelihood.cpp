@@ -388,12 +388,7 @@ TEST(LikelihoodEvalNll, UntrainedNullLabelIsRefused) {
   c.data = fm::parse_data_spec("shapes:16");
   c.data.resolution = 8;
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
+  c.model.unet = fm::test::tiny_unet();
   c.model.unet.num_classes = 3;
   c.model.unet.class_dropout = 0.0;
   c.train.steps = 1;

@@ -49,12 +49,7 @@ std::string unet_checkpoint(const TempDir& d) {
   c.data.path = "16";
   c.data.resolution = 8;
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1};
-  c.model.unet.attention_resolutions = {};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
+  c.model.unet = fm::test::tiny_unet();
   c.train.steps = 2;
   c.train.batch_size = 4;
   c.train.log_every = c.train.ckpt_every = 2;

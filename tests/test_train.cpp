@@ -366,12 +366,8 @@ fm::Config tiny_image_config() {
   c.data.path = "64";
   c.data.resolution = 16;
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1, 2};
+  c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.attention_resolutions = {8};
-  c.model.unet.num_heads = 1;
-  c.model.unet.num_head_channels = -1;
   c.model.unet.dropout = 0.1;  // exercises the RNG stream across a resume
   c.train.batch_size = 8;
   c.train.lr = 2e-3;

@@ -8,9 +8,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include "config/config.h"
 
 namespace fm::test {
 
@@ -111,6 +115,18 @@ inline SplitRunResult run_split(const std::string& cmd, const std::string& scrat
 }
 
 inline std::string fm_binary() { return FM_BINARY; }
+
+// The small U-Net the tests train: 32 channels, one residual block per level, no attention, one head.
+inline UNetConfig tiny_unet(std::vector<int64_t> channel_mult = {1}) {
+  UNetConfig u;
+  u.model_channels = 32;
+  u.num_res_blocks = 1;
+  u.channel_mult = std::move(channel_mult);
+  u.attention_resolutions = {};
+  u.num_heads = 1;
+  u.num_head_channels = -1;
+  return u;
+}
 // A command line running the fm under test with `args`.
 inline std::string fm_cmd(const std::string& args) { return fm_binary() + " " + args; }
 inline std::string python() { return FM_PYTHON_EXE; }
