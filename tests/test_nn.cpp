@@ -13,6 +13,7 @@
 
 #include "interop/torchcfm_unet.h"
 #include "io/npy.h"
+#include "nn/memory_format.h"
 #include "nn/unet.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -146,6 +147,35 @@ TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
   // Each sample is computed on its own: attention must not mix the batch.
   auto v0 = (*net)(t.narrow(0, 0, 1), x.narrow(0, 0, 1), y.narrow(0, 0, 1));
   EXPECT_LT((v0[0] - v[0]).abs().max().item<float>(), 1e-5);
+}
+
+// Training in channels-last (fm's layout on CUDA and on CPUs with the fused GroupNorm kernels) gives the gradients
+// of NCHW training, for the plain and the scale-shift ResBlocks.
+TEST(UNetLayout, ChannelsLastGivesTheSameGradients) {
+  for (auto cfg : {tiny_config(), full_config()}) {
+    torch::manual_seed(0);
+    auto net = unet_on_device(cfg, {3, 16, 16});
+    perturb_zeros(*net);
+    auto x = torch::randn({3, 3, 16, 16}, opts());
+    auto t = torch::rand({3}, opts());
+    auto y = torch::tensor({1, 4, 10}, opts(torch::kLong));
+    auto target = torch::randn({3, 3, 16, 16}, opts());
+    auto grads = [&] {
+      net->zero_grad();
+      (*net)(t, x, y).sub(target).pow(2).mean().backward();
+      std::vector<torch::Tensor> g;
+      for (auto& p : net->parameters()) g.push_back(p.grad().clone().contiguous());
+      return g;
+    };
+    const auto nchw = grads();
+    weights_to_channels_last(*net);
+    const auto nhwc = grads();
+    const auto names = net->named_parameters().keys();
+    for (size_t i = 0; i < nchw.size(); ++i) {
+      const double scale = nchw[i].abs().max().item<double>();
+      EXPECT_LE((nchw[i] - nhwc[i]).abs().max().item<double>(), 1e-4 * scale + 1e-7) << names[i];
+    }
+  }
 }
 
 TEST(UNetLayout, RunsUnderBf16Autocast) {

@@ -14,6 +14,7 @@
 #include "interop/torchcfm_unet.h"
 #include "io/npy.h"
 #include "likelihood/likelihood.h"
+#include "nn/memory_format.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
 #include "sample/generate.h"
@@ -73,16 +74,14 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
                                  torch::TensorOptions().dtype(torch::kLong).device(device));
   }
 
-  // As fm train sets the step up (trainer.cpp): channels-last weights and bf16 autocast on CUDA.
+  // As fm train sets the step up (trainer.cpp): channels-last weights where they pay, bf16 autocast on CUDA.
   auto model = make_velocity_field(cfg.model, cfg.path, o.shape);
   auto ema_model = make_velocity_field(cfg.model, cfg.path, o.shape);
   model->to(device);
   ema_model->to(device);
-  const bool channels_last = device.is_cuda();
+  const bool channels_last = prefers_channels_last(device, o.shape, /*training=*/true);
   if (channels_last)
-    for (auto* m : {model.get(), ema_model.get()})
-      for (auto& p : m->parameters())
-        if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+    for (auto* m : {model.get(), ema_model.get()}) weights_to_channels_last(*m);
   Ema ema(*model, *ema_model, cfg.train.ema_decay);
   ema.reset();
   auto params = model->parameters();
@@ -167,6 +166,7 @@ std::shared_ptr<VelocityField> bench_model(const Config& cfg, const BenchOptions
   auto model = make_velocity_field(cfg.model, cfg.path, o.shape);
   if (!o.weights.empty()) load_torchcfm_state(*model, read_npz(o.weights), o.weights);
   model->to(device);
+  if (prefers_channels_last(device, o.shape, /*training=*/false)) weights_to_channels_last(*model);
   model->eval();
   return model;
 }

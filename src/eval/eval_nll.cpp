@@ -16,6 +16,7 @@
 #include "io/file_util.h"
 #include "io/npy.h"
 #include "likelihood/likelihood.h"
+#include "nn/memory_format.h"
 #include "nn/velocity_field.h"
 #include "checkpoint/checkpoint.h"
 #include "util/progress.h"
@@ -95,6 +96,7 @@ EvalNllSummary run_eval_nll(const EvalNllOptions& o, dist::World* world) {
   auto model = make_velocity_field(ck.config().model, ck.config().path, shape);
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
+  if (prefers_channels_last(device, shape, /*training=*/false)) weights_to_channels_last(*model);
   model->eval();
   // Issue 10, bug 7: the likelihood below is the unconditional one, through the null label; with class_dropout 0
   // that label never saw training and the number would look like a result while meaning nothing.

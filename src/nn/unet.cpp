@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "nn/group_norm_silu.h"
 #include "util/error.h"
 
 namespace fm {
@@ -34,7 +35,13 @@ GroupNorm32Impl::GroupNorm32Impl(int64_t channels) {
 torch::Tensor GroupNorm32Impl::forward(const torch::Tensor& x) {
   // At least float32: half and bfloat16 are promoted, float64 (gradient checks) is kept.
   auto dt = c10::promoteTypes(x.scalar_type(), torch::kFloat32);
-  return torch::group_norm(x.to(dt), kGroups, weight.to(dt), bias.to(dt), 1e-5).to(x.dtype());
+  return group_norm_silu(x.to(dt), kGroups, weight.to(dt), bias.to(dt), 1e-5, {}, false).to(x.dtype());
+}
+
+torch::Tensor GroupNorm32Impl::norm_silu(const torch::Tensor& x, const torch::Tensor& shift) {
+  auto dt = c10::promoteTypes(x.scalar_type(), torch::kFloat32);
+  auto s = shift.defined() ? shift.to(dt) : shift;
+  return group_norm_silu(x.to(dt), kGroups, weight.to(dt), bias.to(dt), 1e-5, s, true).to(x.dtype());
 }
 
 DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv) {
@@ -67,7 +74,7 @@ ResBlockImpl::ResBlockImpl(const ResBlockOptions& o) : o_(o) {
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& emb) {
   auto x = x_in;
-  auto h = torch::silu(in_norm_(x));
+  auto h = in_norm_->norm_silu(x);
   if (o_.updown != 0) {
     // The resampling sits between the activation and the conv, and is applied to the skip path as well.
     auto resample = [&](const torch::Tensor& v) {
@@ -80,14 +87,14 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
     x = resample(x);
   }
   h = in_conv_(h);
-  auto e = emb_proj_(torch::silu(emb)).to(h.dtype()).unsqueeze(-1).unsqueeze(-1);
+  auto e = emb_proj_(torch::silu(emb)).to(h.dtype());
   if (o_.scale_shift) {
-    auto ss = e.chunk(2, 1);
-    h = out_norm_(h) * (1 + ss[0]) + ss[1];
+    auto ss = e.unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
+    h = torch::silu(out_norm_(h) * (1 + ss[0]) + ss[1]);
   } else {
-    h = out_norm_(h + e);
+    h = out_norm_->norm_silu(h, e);
   }
-  h = torch::dropout(torch::silu(h), o_.dropout, is_training());
+  h = torch::dropout(h, o_.dropout, is_training());
   h = out_conv_(h);
   return (skip_ ? skip_(x) : x) + h;
 }
@@ -268,7 +275,7 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
     h = s(torch::cat({h, skips.back()}, 1), emb);
     skips.pop_back();
   }
-  return out_conv_(torch::silu(out_norm_(h)));
+  return out_conv_(out_norm_->norm_silu(h));
 }
 
 std::shared_ptr<VelocityField> make_unet_velocity(const UNetConfig& cfg, const std::vector<int64_t>& shape) {

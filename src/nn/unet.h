@@ -18,6 +18,8 @@ class GroupNorm32Impl : public torch::nn::Module {
  public:
   explicit GroupNorm32Impl(int64_t channels);
   torch::Tensor forward(const torch::Tensor& x);
+  // silu(forward(x + shift[:, :, None, None])) as one op (nn/group_norm_silu.h); shift [N, C] may be undefined.
+  torch::Tensor norm_silu(const torch::Tensor& x, const torch::Tensor& shift = {});
   torch::Tensor weight, bias;
 };
 TORCH_MODULE(GroupNorm32);

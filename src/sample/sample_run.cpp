@@ -14,6 +14,7 @@
 #include "io/file_util.h"
 #include "io/image.h"
 #include "io/npy.h"
+#include "nn/memory_format.h"
 #include "sample/figures.h"
 #include "sample/straightness.h"
 #include "util/device.h"
@@ -256,6 +257,7 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   auto model = make_velocity_field(cfg.model, cfg.path, ck.sample_shape());
   model->to(device);
   ck.load_module(o.weights == "raw" ? "model" : "ema", *model);
+  if (prefers_channels_last(device, ck.sample_shape(), /*training=*/false)) weights_to_channels_last(*model);
 
   // Shards are written as batches finish, so an interrupted run of 50,000 samples loses at most one batch; each
   // keeps its NFE so that the summary of a resumed run covers every batch. Over several ranks each solves its batches

@@ -1,7 +1,7 @@
 #pragma once
 // One optimisation step of conditional flow matching, as `fm train` takes it and `fm bench` times it: the objective
 // (noise x0 and times drawn, the path sampled, the network run under bf16 autocast on CUDA when asked, channels-last
-// on CUDA), backward, the global gradient norm (and clipping), the non-finite guard, fused AdamW and the EMA. Nothing
+// where it pays), backward, the global gradient norm (and clipping), the non-finite guard, fused AdamW and the EMA. Nothing
 // in it reads a value back to the host.
 #include <optional>
 

@@ -15,6 +15,7 @@
 #include "dist/world.h"
 #include "interop/tensorboard_writer.h"
 #include "io/file_util.h"
+#include "nn/memory_format.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
 #include "train/cfm_objective.h"
@@ -126,12 +127,9 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   auto ema_model = make_velocity_field(cfg.model, cfg.path, shape);
   model->to(device);
   ema_model->to(device);
-  // Convolutions on CUDA run fastest in channels-last (NHWC) layout with bf16.
-  const bool channels_last = device.is_cuda() && shape.size() == 3;
+  const bool channels_last = prefers_channels_last(device, shape, /*training=*/true);
   if (channels_last)
-    for (auto* m : {model.get(), ema_model.get()})
-      for (auto& p : m->parameters())
-        if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+    for (auto* m : {model.get(), ema_model.get()}) weights_to_channels_last(*m);
   Ema ema(*model, *ema_model, cfg.train.ema_decay);
   ema.reset();
   auto params = model->parameters();
@@ -173,7 +171,8 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
   }
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
-               data.name, device.str(), parameter_count(*model), cfg.train.steps, cfg.train.batch_size, out);
+               data.name, device.str() + (channels_last ? ", channels-last" : ""), parameter_count(*model),
+               cfg.train.steps, cfg.train.batch_size, out);
   if (world.distributed())
     spdlog::info("{} processes, {} rows of each global batch of {} per process", world.size(),
                  cfg.train.batch_size / world.size(), cfg.train.batch_size);
