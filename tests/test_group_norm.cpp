@@ -102,6 +102,24 @@ TEST(GroupNormSilu, LargeMeanIsAsAccurateAsLibTorch) {
   EXPECT_LT(max_err(got.y, want.y), 0.05);
 }
 
+// The batch is split over threads sample by sample and the per-sample gradient shares are summed in one order, so
+// the thread count changes nothing, to the bit.
+TEST(GroupNormSilu, ThreadCountDoesNotChangeTheResult) {
+  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+  torch::manual_seed(3);
+  const auto in = make_inputs({5, 64, 8, 8}, true);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = run(in, 32, true, torch::kFloat32, true);
+  torch::set_num_threads(3);
+  const auto three = run(in, 32, true, torch::kFloat32, true);
+  torch::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(one.y, three.y));
+  EXPECT_TRUE(torch::equal(one.dx, three.dx));
+  EXPECT_TRUE(torch::equal(one.dweight, three.dweight));
+  EXPECT_TRUE(torch::equal(one.dshift, three.dshift));
+}
+
 // Inputs the kernel does not take (NCHW, float64) give LibTorch's result, through its own ops.
 TEST(GroupNormSilu, OtherLayoutsAndDtypesTakeTheCompositePath) {
   torch::manual_seed(2);
