@@ -74,24 +74,11 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
                                  torch::TensorOptions().dtype(torch::kLong).device(device));
   }
 
-  // As fm train sets the step up (trainer.cpp): channels-last weights where they pay, bf16 autocast on CUDA.
-  auto model = make_velocity_field(cfg.model, cfg.path, o.shape);
-  auto ema_model = make_velocity_field(cfg.model, cfg.path, o.shape);
-  model->to(device);
-  ema_model->to(device);
-  const bool channels_last = prefers_channels_last(device, o.shape, /*training=*/true);
-  if (channels_last)
-    for (auto* m : {model.get(), ema_model.get()}) weights_to_channels_last(*m);
-  Ema ema(*model, *ema_model, cfg.train.ema_decay);
-  ema.reset();
-  auto params = model->parameters();
-  AdamW optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay});
+  // The step fm train takes (train/train_step.h), in one process.
+  TrainingSetup setup(cfg, o.shape, device);
+  auto& model = setup.model;
   BatchSampler sampler(data, cfg.data.hflip);
-  auto path = make_path(cfg.path);
-  CfmObjective objective(cfg, *path, model->num_classes());
-  NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
-  const bool autocast = device.is_cuda() && cfg.train.bf16;
-  TrainStep eager{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  TrainStep eager = setup.step();
   GraphedTrainStep step(eager, device, cfg.train.cuda_graph, cfg.path.coupling);
   model->train();
 
@@ -108,7 +95,7 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
   if (step.graphed()) j["impl"] = "fm_cuda_graph";
   j["batch"] = bsz;
   j["steps"] = o.steps;
-  j["bf16"] = autocast;
+  j["bf16"] = setup.autocast;
   j["cuda_graph"] = step.graphed();
   j["ms_per_step"] = 1e3 * dt;
   j["images_per_s"] = static_cast<double>(bsz) / dt;
@@ -140,14 +127,14 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
     const double data_ms = time_ms([&] { sampler.next(bsz); });
     const double objective_ms = time_ms([&] {
       torch::NoGradGuard ng;
-      objective.loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
+      setup.objective.loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
     });
     const double norm_ms = time_ms([&] {
-      gn = clip_grad_norm(params, cfg.train.grad_clip);
-      guard.check(r.loss, gn);
+      gn = clip_grad_norm(setup.params, cfg.train.grad_clip);
+      setup.guard.check(r.loss, gn);
     });
-    const double adamw_ms = time_ms([&] { optimizer.step(cfg.train.lr, no_skip); });
-    const double ema_ms = time_ms([&] { ema.update(no_skip); });
+    const double adamw_ms = time_ms([&] { setup.optimizer.step(cfg.train.lr, no_skip); });
+    const double ema_ms = time_ms([&] { setup.ema.update(no_skip); });
     const double outside = data_ms + objective_ms + norm_ms + adamw_ms + ema_ms;
     j["what"] = "profile";
     j["profile_ms"] = {{"data", data_ms},

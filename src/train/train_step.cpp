@@ -4,6 +4,7 @@
 
 #include "dist/grad_reducer.h"
 #include "dist/world.h"
+#include "nn/memory_format.h"
 #include "train/forward_rng.h"
 #include "train/grad_clip.h"
 
@@ -58,6 +59,37 @@ StepResult TrainStep::run(const Batch& batch, std::optional<double> lr) {
     optimizer.step(r.found_inf);
   ema.update(r.found_inf);
   return r;
+}
+
+namespace {
+
+std::shared_ptr<VelocityField> network_on(const Config& cfg, const std::vector<int64_t>& shape,
+                                          const torch::Device& device, bool channels_last) {
+  auto m = make_velocity_field(cfg.model, cfg.path, shape);
+  m->to(device);
+  if (channels_last) weights_to_channels_last(*m);
+  return m;
+}
+
+}  // namespace
+
+TrainingSetup::TrainingSetup(const Config& cfg, const std::vector<int64_t>& sample_shape, const torch::Device& device)
+    : channels_last(prefers_channels_last(device, sample_shape, /*training=*/true)),
+      autocast(device.is_cuda() && cfg.train.bf16),
+      model(network_on(cfg, sample_shape, device, channels_last)),
+      ema_model(network_on(cfg, sample_shape, device, channels_last)),
+      ema(*model, *ema_model, cfg.train.ema_decay),
+      params(model->parameters()),
+      optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay}),
+      path(make_path(cfg.path)),
+      objective(cfg, *path, model->num_classes()),
+      guard(device, cfg.train.max_nonfinite_steps),
+      grad_clip(cfg.train.grad_clip) {
+  ema.reset();
+}
+
+TrainStep TrainingSetup::step() {
+  return TrainStep{*model, objective, optimizer, ema, guard, params, grad_clip, autocast, channels_last};
 }
 
 }  // namespace fm

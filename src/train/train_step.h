@@ -56,4 +56,24 @@ struct TrainStep {
   StepResult run(const Batch& batch, std::optional<double> lr);
 };
 
+// What fm train and fm bench build alike before their first step: the network and its EMA copy on the device
+// (channels-last where it pays, nn/memory_format.h), the EMA, AdamW over the network's parameters, the probability
+// path, the CFM objective and the non-finite guard. fm train then loads a checkpoint into them when it resumes.
+struct TrainingSetup {
+  TrainingSetup(const Config& cfg, const std::vector<int64_t>& sample_shape, const torch::Device& device);
+  // The eager step over these parts, for one process; the caller sets data parallelism and the forward stream.
+  TrainStep step();
+
+  bool channels_last;
+  bool autocast;  // bf16, on CUDA only
+  std::shared_ptr<VelocityField> model, ema_model;
+  Ema ema;
+  std::vector<torch::Tensor> params;
+  AdamW optimizer;
+  std::unique_ptr<ProbPath> path;
+  CfmObjective objective;
+  NonFiniteGuard guard;
+  double grad_clip;
+};
+
 }  // namespace fm

@@ -15,7 +15,6 @@
 #include "dist/world.h"
 #include "interop/tensorboard_writer.h"
 #include "io/file_util.h"
-#include "nn/memory_format.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
 #include "train/cfm_objective.h"
@@ -123,20 +122,13 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   check_data_fits_model(cfg, data);
   const bool fresh_epoch = ck && check_resume_data(*ck, cfg, data, shape);
 
-  auto model = make_velocity_field(cfg.model, cfg.path, shape);
-  auto ema_model = make_velocity_field(cfg.model, cfg.path, shape);
-  model->to(device);
-  ema_model->to(device);
-  const bool channels_last = prefers_channels_last(device, shape, /*training=*/true);
-  if (channels_last)
-    for (auto* m : {model.get(), ema_model.get()}) weights_to_channels_last(*m);
-  Ema ema(*model, *ema_model, cfg.train.ema_decay);
-  ema.reset();
-  auto params = model->parameters();
-  AdamW optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay});
+  TrainingSetup setup(cfg, shape, device);
+  auto &model = setup.model, &ema_model = setup.ema_model;
+  auto& ema = setup.ema;
+  auto& params = setup.params;
+  auto& optimizer = setup.optimizer;
+  auto& guard = setup.guard;
   BatchSampler sampler(data, cfg.data.hflip && !data.is_toy());
-  auto path = make_path(cfg.path);
-  CfmObjective objective(cfg, *path, model->num_classes());
 
   int64_t step = 0;
   TrainResult result;
@@ -171,13 +163,12 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
   }
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
-               data.name, device.str() + (channels_last ? ", channels-last" : ""), parameter_count(*model),
+               data.name, device.str() + (setup.channels_last ? ", channels-last" : ""), parameter_count(*model),
                cfg.train.steps, cfg.train.batch_size, out);
   if (world.distributed())
     spdlog::info("{} processes, {} rows of each global batch of {} per process", world.size(),
                  cfg.train.batch_size / world.size(), cfg.train.batch_size);
 
-  const bool autocast = device.is_cuda() && cfg.train.bf16;
   const int64_t bsz = cfg.train.batch_size;
   std::optional<MetricsLog> metrics;
   if (main_rank) metrics.emplace(out + "/metrics.jsonl", resumed ? std::optional<int64_t>(step) : std::nullopt);
@@ -187,10 +178,9 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   // Gradients averaged over the ranks in buckets while backward runs (a no-op in one process).
   dist::GradReducer reducer(params, world);
   const RowShard shard{world.rank(), world.size()};
-  NonFiniteGuard guard(device, cfg.train.max_nonfinite_steps);
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
   torch::Tensor gnorm;
-  TrainStep eager_step{*model, objective, optimizer, ema, guard, params, cfg.train.grad_clip, autocast, channels_last};
+  TrainStep eager_step = setup.step();
   eager_step.shard = shard;
   eager_step.reducer = &reducer;
   eager_step.world = &world;
