@@ -13,6 +13,7 @@
 
 #include "interop/torchcfm_unet.h"
 #include "io/npy.h"
+#include "nn/group_norm_silu.h"
 #include "nn/memory_format.h"
 #include "nn/unet.h"
 #include "test_util.h"
@@ -176,6 +177,23 @@ TEST(UNetLayout, ChannelsLastGivesTheSameGradients) {
       EXPECT_LE((nchw[i] - nhwc[i]).abs().max().item<double>(), 1e-4 * scale + 1e-7) << names[i];
     }
   }
+}
+
+// The CPU layout rule of nn/memory_format.h: inference channels-last wherever the fused kernels run, training only up
+// to the thread count where it was measured no slower; toys and CUDA sampling never.
+TEST(UNetLayout, CpuChannelsLastRule) {
+  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA: the CPU stays NCHW";
+  const torch::Device cpu(torch::kCPU);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  EXPECT_TRUE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
+  EXPECT_FALSE(prefers_channels_last(cpu, {2}, /*training=*/true));
+  torch::set_num_threads(kMaxChannelsLastTrainingThreads + 1);
+  EXPECT_FALSE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
+  EXPECT_TRUE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/false));
+  torch::set_num_threads(threads);
+  EXPECT_FALSE(prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/false));
+  EXPECT_TRUE(prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/true));
 }
 
 TEST(UNetLayout, RunsUnderBf16Autocast) {
