@@ -17,8 +17,8 @@ namespace fm {
 torch::Tensor group_norm_silu(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight,
                               const torch::Tensor& bias, double eps, const torch::Tensor& shift, bool silu);
 
-// Whether float32 channels-last activations on this CPU get the fused kernels (x86-64 with AVX2 and FMA): the
-// trainer keeps CPU activations channels-last only then.
+// Whether float32 channels-last activations on this CPU get the fused kernels (x86-64 with AVX2 and FMA):
+// nn/memory_format.h keeps CPU activations channels-last only then.
 bool fused_cpu_group_norm_available();
 
 }  // namespace fm
