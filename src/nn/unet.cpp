@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "nn/conv2d.h"
 #include "nn/group_norm_silu.h"
 #include "util/error.h"
 
@@ -49,7 +50,7 @@ DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv) {
 }
 
 torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
-  return conv_ ? conv_(x) : torch::avg_pool2d(x, {2, 2}, {2, 2});
+  return conv_ ? conv2d(conv_, x) : torch::avg_pool2d(x, {2, 2}, {2, 2});
 }
 
 UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv) {
@@ -60,7 +61,7 @@ torch::Tensor UpsampleImpl::forward(const torch::Tensor& x) {
   auto h = F::interpolate(x, F::InterpolateFuncOptions()
                                  .scale_factor(std::vector<double>{2.0, 2.0})
                                  .mode(torch::kNearest));
-  return conv_ ? conv_(h) : h;
+  return conv_ ? conv2d(conv_, h) : h;
 }
 
 ResBlockImpl::ResBlockImpl(const ResBlockOptions& o) : o_(o) {
@@ -86,7 +87,7 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
     h = resample(h);
     x = resample(x);
   }
-  h = in_conv_(h);
+  h = conv2d(in_conv_, h);
   auto e = emb_proj_(torch::silu(emb)).to(h.dtype());
   if (o_.scale_shift) {
     auto ss = e.unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
@@ -95,7 +96,7 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
     h = out_norm_->norm_silu(h, e);
   }
   h = torch::dropout(h, o_.dropout, is_training());
-  h = out_conv_(h);
+  h = conv2d(out_conv_, h);
   return (skip_ ? skip_(x) : x) + h;
 }
 
@@ -264,7 +265,7 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
 
   std::vector<torch::Tensor> skips;
   skips.reserve(input_blocks_.size() + 1);
-  auto h = input_conv_(x);
+  auto h = conv2d(input_conv_, x);
   skips.push_back(h);
   for (auto& s : input_blocks_) {
     h = s(h, emb);
@@ -275,7 +276,7 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
     h = s(torch::cat({h, skips.back()}, 1), emb);
     skips.pop_back();
   }
-  return out_conv_(out_norm_->norm_silu(h));
+  return conv2d(out_conv_, out_norm_->norm_silu(h));
 }
 
 std::shared_ptr<VelocityField> make_unet_velocity(const UNetConfig& cfg, const std::vector<int64_t>& shape) {

@@ -1,0 +1,60 @@
+#include "nn/conv2d.h"
+
+#include <variant>
+
+#include "nn/winograd.h"
+
+namespace fm {
+namespace {
+
+class Conv3x3 : public torch::autograd::Function<Conv3x3> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.numel() > 0;
+    return torch::conv2d(x, weight, bias.numel() ? bias : torch::Tensor(), 1, 1);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    const auto& dy = grads[0];
+    torch::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0))
+      dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+                                                {true, false, false}));
+    if (ctx->needs_input_grad(1)) dw = winograd::conv3x3_weight_grad(x, dy).contiguous(w.suggest_memory_format());
+    if (ctx->needs_input_grad(2) && ctx->saved_data["has_bias"].toBool()) db = dy.sum({0, 2, 3});
+    return {dx, dw, db};
+  }
+};
+
+// Below this many input or output channels (the U-Net's first and last convs, 3 channels) the transforms cost more
+// than the products save: oneDNN keeps those.
+constexpr int64_t kMinChannels = 16;
+
+bool is_3x3_same(const torch::nn::detail::ConvNdOptions<2>& o) {
+  auto all = [](const auto& a, int64_t v) { return (*a)[0] == v && (*a)[1] == v; };
+  const auto* pad = std::get_if<torch::ExpandingArray<2>>(&o.padding());
+  return all(o.kernel_size(), 3) && all(o.stride(), 1) && all(o.dilation(), 1) && pad && all(*pad, 1) &&
+         o.groups() == 1 && std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode());
+}
+
+}  // namespace
+
+bool winograd_weight_grad_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  const auto& w = conv.ptr()->weight;
+  return torch::GradMode::is_enabled() && w.requires_grad() && x.is_cpu() && w.is_cpu() &&
+         x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.dim() == 4 &&
+         is_3x3_same(conv.ptr()->options) && w.size(0) >= kMinChannels && w.size(1) >= kMinChannels;
+}
+
+torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  if (!winograd_weight_grad_applies(conv, x)) return conv.ptr()->forward(x);
+  // Custom autograd functions need defined inputs: no bias is an empty tensor.
+  return Conv3x3::apply(x, conv.ptr()->weight, conv.ptr()->bias.defined() ? conv.ptr()->bias : torch::empty({0}, x.options()));
+}
+
+}  // namespace fm

@@ -1,0 +1,181 @@
+#include "nn/winograd.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace fm::winograd {
+namespace {
+
+// F(4x4, 3x3) with the interpolation points 0, +-1, +-2 and infinity (Lavin & Gray's choice, and cuDNN's and
+// oneDNN's). B^T and A are applied by InputTransform and OutputGradTransform below; G maps the transformed weight
+// gradient back to 3x3.
+constexpr double kG[kAlpha][3] = {{1.0 / 4, 0, 0},
+                                  {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                  {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                  {0, 0, 1}};
+
+// The transforms of one block of tiles, both together.
+constexpr int64_t kBlockBytes = int64_t{1} << 20;
+
+struct Geometry {
+  int64_t n, c, h, w, tiles_h, tiles_w;
+  int64_t tiles() const { return n * tiles_h * tiles_w; }
+};
+
+Geometry geometry_of(const torch::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, "winograd: expected an [N, C, H, W] tensor, got ", t.sizes());
+  return {t.size(0), t.size(1), t.size(2), t.size(3), (t.size(2) + kTile - 1) / kTile,
+          (t.size(3) + kTile - 1) / kTile};
+}
+
+// The In x In patch of channel vectors whose top-left pixel is (y0, x0), zero outside the image.
+template <class T, int In>
+void gather(const T* image, const Geometry& g, int64_t y0, int64_t x0, T* patch) {
+  const int64_t s0 = std::max<int64_t>(0, -x0), s1 = std::min<int64_t>(In, g.w - x0);
+  for (int r = 0; r < In; ++r) {
+    T* row = patch + r * In * g.c;
+    const int64_t y = y0 + r;
+    if (y < 0 || y >= g.h || s0 >= s1) {
+      std::fill(row, row + In * g.c, T(0));
+      continue;
+    }
+    std::fill(row, row + s0 * g.c, T(0));
+    std::memcpy(row + s0 * g.c, image + (y * g.w + x0 + s0) * g.c, (s1 - s0) * g.c * sizeof(T));
+    std::fill(row + s1 * g.c, row + In * g.c, T(0));
+  }
+}
+
+// The one-dimensional transforms, written out with their common terms so that each input is loaded once; they
+// apply to c channels at a time, the six (or four) inputs `in_stride` apart, the six outputs `out_stride` apart.
+// Each equals the matrix above it times the input column (the tests compare against the matrices).
+struct InputTransform {  // B^T d
+  static constexpr int kIn = kAlpha;
+  template <class T>
+  static void apply(const T* __restrict d, int64_t in_stride, T* __restrict r, int64_t out_stride, int64_t c) {
+    for (int64_t k = 0; k < c; ++k) {
+      const T d0 = d[k], d1 = d[in_stride + k], d2 = d[2 * in_stride + k], d3 = d[3 * in_stride + k],
+              d4 = d[4 * in_stride + k], d5 = d[5 * in_stride + k];
+      const T s12 = d1 + d2, m12 = d1 - d2, s34 = d3 + d4, m43 = d4 - d3, m42 = d4 - d2, m31 = d3 - d1;
+      r[k] = T(4) * d0 - T(5) * d2 + d4;
+      r[out_stride + k] = s34 - T(4) * s12;
+      r[2 * out_stride + k] = m43 + T(4) * m12;
+      r[3 * out_stride + k] = m42 + T(2) * m31;
+      r[4 * out_stride + k] = m42 - T(2) * m31;
+      r[5 * out_stride + k] = T(4) * d1 - T(5) * d3 + d5;
+    }
+  }
+};
+
+struct OutputGradTransform {  // A dy
+  static constexpr int kIn = kTile;
+  template <class T>
+  static void apply(const T* __restrict d, int64_t in_stride, T* __restrict r, int64_t out_stride, int64_t c) {
+    for (int64_t k = 0; k < c; ++k) {
+      const T d0 = d[k], d1 = d[in_stride + k], d2 = d[2 * in_stride + k], d3 = d[3 * in_stride + k];
+      const T s02 = d0 + d2, s13 = d1 + d3, q02 = d0 + T(4) * d2, q13 = T(2) * d1 + T(8) * d3;
+      r[k] = d0;
+      r[out_stride + k] = s02 + s13;
+      r[2 * out_stride + k] = s02 - s13;
+      r[3 * out_stride + k] = q02 + q13;
+      r[4 * out_stride + k] = q02 - q13;
+      r[5 * out_stride + k] = d3;
+    }
+  }
+};
+
+// Transform::apply along both axes of the patches of tiles [t0, t0 + count) (In x In pixels starting `pad` pixels
+// before each tile), into out[i * 6 + j][t - t0][c] with planes `plane` elements apart.
+template <class Transform, class T>
+void transform_range(const T* image, const Geometry& g, int64_t pad, int64_t t0, int64_t count, T* out,
+                     int64_t plane) {
+  constexpr int In = Transform::kIn;
+  const int64_t per_sample = g.tiles_h * g.tiles_w, c = g.c;
+  at::parallel_for(t0, t0 + count, 8, [&](int64_t begin, int64_t end) {
+    std::vector<T> patch(In * In * c), tmp(kAlpha * In * c);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_sample, ty = t % per_sample / g.tiles_w, tx = t % g.tiles_w;
+      const int64_t y0 = ty * kTile - pad, x0 = tx * kTile - pad;
+      const T* src = image + n * g.h * g.w * c;
+      int64_t row = g.w * c;  // the patch is read in place, unless it crosses the edge of the image
+      if (y0 >= 0 && x0 >= 0 && y0 + In <= g.h && x0 + In <= g.w) {
+        src += (y0 * g.w + x0) * c;
+      } else {
+        gather<T, In>(src, g, y0, x0, patch.data());
+        src = patch.data();
+        row = In * c;
+      }
+      for (int l = 0; l < In; ++l)  // columns: tmp[i][l]
+        Transform::apply(src + l * c, row, tmp.data() + l * c, In * c, c);
+      for (int i = 0; i < kAlpha; ++i)  // rows: out[i * 6 + j][t - t0]
+        Transform::apply(tmp.data() + i * In * c, c, out + i * kAlpha * plane + (t - t0) * c, plane, c);
+    }
+  });
+}
+
+void check_cpu_float(const torch::Tensor& t) {
+  TORCH_CHECK(t.is_cpu() && (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64),
+              "winograd: expected a float32 or float64 CPU tensor, got ", t.toString());
+}
+
+template <class Transform>
+torch::Tensor all_tiles(const torch::Tensor& src, int64_t pad) {
+  check_cpu_float(src);
+  const auto g = geometry_of(src);
+  const auto x = src.contiguous(at::MemoryFormat::ChannelsLast);  // N, H, W, C in memory
+  auto out = torch::empty({kAlpha * kAlpha, g.tiles(), g.c}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "winograd_tiles", [&] {
+    transform_range<Transform>(x.const_data_ptr<scalar_t>(), g, pad, 0, g.tiles(), out.mutable_data_ptr<scalar_t>(),
+                               g.tiles() * g.c);
+  });
+  return out;
+}
+
+}  // namespace
+
+int64_t tile_count(const torch::IntArrayRef& shape) {
+  return shape[0] * ((shape[2] + kTile - 1) / kTile) * ((shape[3] + kTile - 1) / kTile);
+}
+
+torch::Tensor input_tiles(const torch::Tensor& x) { return all_tiles<InputTransform>(x, 1); }
+
+torch::Tensor output_grad_tiles(const torch::Tensor& dy) { return all_tiles<OutputGradTransform>(dy, 0); }
+
+torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy) {
+  check_cpu_float(x);
+  check_cpu_float(dy);
+  TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.size(0) == dy.size(0) && x.size(2) == dy.size(2) &&
+                  x.size(3) == dy.size(3),
+              "winograd: input ", x.sizes(), " and output gradient ", dy.sizes(),
+              " do not belong to a 3x3 convolution with stride 1 and padding 1");
+  TORCH_CHECK(x.scalar_type() == dy.scalar_type(), "winograd: input and output gradient differ in dtype");
+  const auto gx = geometry_of(x), gy = geometry_of(dy);
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast), dc = dy.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t c = gx.c, co = gy.c, tiles = gx.tiles();
+  // Tiles go through in blocks whose transforms stay in the cache until their 36 products have read them: the
+  // transforms of a whole batch (2.25x the input and the gradient) went out to memory and back, and cost more than
+  // the products.
+  const int64_t block = std::clamp<int64_t>(
+      kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * static_cast<int64_t>(x.element_size())), 8, 1024);
+  auto v = torch::empty({kAlpha * kAlpha, block, c}, x.options());
+  auto m = torch::empty({kAlpha * kAlpha, block, co}, x.options());
+  auto du = torch::zeros({kAlpha * kAlpha, c, co}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_weight_grad", [&] {
+    for (int64_t t0 = 0; t0 < tiles; t0 += block) {
+      const int64_t count = std::min(block, tiles - t0);
+      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count,
+                                      v.mutable_data_ptr<scalar_t>(), block * c);
+      transform_range<OutputGradTransform>(dc.const_data_ptr<scalar_t>(), gy, 0, t0, count,
+                                           m.mutable_data_ptr<scalar_t>(), block * co);
+      du.baddbmm_(v.narrow(1, 0, count).transpose(1, 2), m.narrow(1, 0, count));
+    }
+  });
+  auto gm = torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(x.scalar_type());
+  return torch::einsum("iu,ijcd,jv->dcuv", {gm, du.view({kAlpha, kAlpha, c, co}), gm}).contiguous();
+}
+
+}  // namespace fm::winograd
