@@ -84,11 +84,46 @@ TEST(Winograd, TransformsEqualTheirMatrices) {
   EXPECT_EQ(winograd::tile_count(x.sizes()), n * th * tw);
 }
 
+// The forward pass through the same tiles against LibTorch's conv2d; float64 for the algebra (with and without bias,
+// edges, several blocks), and float32 within a bound.
+TEST_P(WinogradShape, ForwardMatchesConv2dInFloat64) {
+  const auto s = GetParam();
+  torch::manual_seed(4);
+  auto x = torch::randn({s[0], s[1], s[2], s[3]}, torch::kFloat64);
+  auto w = torch::randn({s[4], s[1], 3, 3}, torch::kFloat64);
+  auto b = torch::randn({s[4]}, torch::kFloat64);
+  EXPECT_LT(rel_err(winograd::conv3x3(x, w, b), torch::conv2d(x, w, b, 1, 1)), 1e-12);
+  auto y = winograd::conv3x3(x, w, {});
+  EXPECT_TRUE(y.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_LT(rel_err(y, torch::conv2d(x, w, {}, 1, 1)), 1e-12);
+  // The input gradient is the same convolution with the kernel flipped and its channels swapped.
+  auto dy = torch::randn({s[0], s[4], s[2], s[3]}, torch::kFloat64);
+  auto dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+                                                 {true, false, false}));
+  EXPECT_LT(rel_err(winograd::conv3x3(dy, w.flip({2, 3}).transpose(0, 1), {}), dx), 1e-12);
+}
+
+TEST(Winograd, Float32ForwardIsCloseToFloat64) {
+  torch::manual_seed(5);
+  for (auto s : std::vector<std::vector<int64_t>>{{8, 32, 32, 32, 32}, {4, 64, 8, 8, 64}, {4, 96, 16, 16, 32}}) {
+    auto x = torch::randn({s[0], s[1], s[2], s[3]}, torch::kFloat64);
+    auto w = torch::randn({s[4], s[1], 3, 3}, torch::kFloat64) / std::sqrt(9.0 * s[1]);
+    auto b = torch::randn({s[4]}, torch::kFloat64);
+    auto want = torch::conv2d(x, w, b, 1, 1);
+    auto got = winograd::conv3x3(x.to(torch::kFloat32).contiguous(at::MemoryFormat::ChannelsLast),
+                                 w.to(torch::kFloat32), b.to(torch::kFloat32));
+    EXPECT_LT(rel_err(got, want), 2e-5) << "shape " << torch::IntArrayRef(s);
+  }
+}
+
 TEST(Winograd, RejectsMismatchedShapes) {
   auto x = torch::randn({2, 4, 8, 8});
   EXPECT_THROW(winograd::conv3x3_weight_grad(x, torch::randn({2, 4, 4, 4})), c10::Error);
   EXPECT_THROW(winograd::conv3x3_weight_grad(x, torch::randn({2, 4, 8, 8}, torch::kFloat64)), c10::Error);
   EXPECT_THROW(winograd::conv3x3_weight_grad(x.to(torch::kInt32), torch::randn({2, 4, 8, 8})), c10::Error);
+  EXPECT_THROW(winograd::conv3x3(x, torch::randn({5, 3, 3, 3}), {}), c10::Error);
+  EXPECT_THROW(winograd::conv3x3(x, torch::randn({5, 4, 1, 1}), {}), c10::Error);
+  EXPECT_THROW(winograd::conv3x3(x, torch::randn({5, 4, 3, 3}), torch::randn({4})), c10::Error);
 }
 
 struct Grads {
@@ -104,20 +139,28 @@ Grads run_conv(torch::nn::Conv2d conv, const torch::Tensor& x_in, const torch::T
   return {y.detach(), x.grad(), conv->weight.grad().clone(), conv->bias.grad().clone(), y.grad_fn()->name()};
 }
 
+// Below 64 input channels the forward pass is oneDNN's (bit for bit); from 64 it is Winograd's too. The outputs keep
+// the input's layout either way.
 TEST(Conv2d, WinogradConvolutionGivesTheModulesGradients) {
   torch::manual_seed(3);
-  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(32, 48, 3).padding(1));
-  for (auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
-    auto x = torch::randn({4, 32, 12, 10}).contiguous(layout);
-    auto dy = torch::randn({4, 48, 12, 10}).contiguous(layout);
-    ASSERT_TRUE(winograd_weight_grad_applies(conv, x));
-    auto ours = run_conv(conv, x, dy, true), theirs = run_conv(conv, x, dy, false);
-    EXPECT_NE(ours.grad_fn, theirs.grad_fn);  // it did take the custom op
-    EXPECT_TRUE(torch::equal(ours.y, theirs.y));    // the forward pass is oneDNN's in both
-    EXPECT_TRUE(torch::equal(ours.dx, theirs.dx));  // and so is the input gradient
-    EXPECT_TRUE(torch::equal(ours.db, theirs.db) || rel_err(ours.db, theirs.db) < 1e-6);
-    EXPECT_LT(rel_err(ours.dw, theirs.dw), 2e-5);
-    EXPECT_EQ(ours.dw.sizes(), conv->weight.sizes());
+  for (int64_t c_in : {32, 64}) {
+    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(c_in, 48, 3).padding(1));
+    for (auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      auto x = torch::randn({4, c_in, 12, 10}).contiguous(layout);
+      auto dy = torch::randn({4, 48, 12, 10}).contiguous(layout);
+      ASSERT_TRUE(winograd_weight_grad_applies(conv, x));
+      auto ours = run_conv(conv, x, dy, true), theirs = run_conv(conv, x, dy, false);
+      SCOPED_TRACE("c_in " + std::to_string(c_in) + (layout == at::MemoryFormat::Contiguous ? " NCHW" : " NHWC"));
+      EXPECT_NE(ours.grad_fn, theirs.grad_fn);  // it did take the custom op
+      if (c_in < 64) EXPECT_TRUE(torch::equal(ours.y, theirs.y));
+      EXPECT_LT(rel_err(ours.y, theirs.y), 2e-5);
+      EXPECT_LT(rel_err(ours.dx, theirs.dx), 2e-5);
+      EXPECT_LT(rel_err(ours.dw, theirs.dw), 2e-5);
+      EXPECT_LT(rel_err(ours.db, theirs.db), 1e-6);
+      EXPECT_EQ(ours.dw.sizes(), conv->weight.sizes());
+      EXPECT_TRUE(ours.y.is_contiguous(layout));
+      EXPECT_TRUE(ours.dx.is_contiguous(layout));
+    }
   }
 }
 

@@ -155,6 +155,9 @@ std::shared_ptr<VelocityField> bench_model(const Config& cfg, const BenchOptions
   model->to(device);
   if (prefers_channels_last(device, o.shape, /*training=*/false)) weights_to_channels_last(*model);
   model->eval();
+  // Frozen, as in fm sample and eval-nll: the likelihood's input gradients then take the inference convolutions
+  // (nn/conv2d.h), not the training ones.
+  for (auto& p : model->parameters()) p.requires_grad_(false);
   return model;
 }
 

@@ -7,13 +7,25 @@
 namespace fm {
 namespace {
 
+// Below this many input or output channels (the U-Net's first and last convs, 3 channels) the transforms cost more
+// than the products save: oneDNN keeps those.
+constexpr int64_t kMinChannels = 16;
+// The forward pass is oneDNN's below 64 input channels: its forward kernels run near the FMA peak, and with few
+// input channels the input transform costs about what the products save. Smoke U-Net step, one thread: Winograd
+// for the input and weight gradients only 725/697 ms, forward too from 64 channels 671/645/637/744, from 16
+// 705/703 (oneDNN for all three: 911/977).
+constexpr int64_t kMinForwardChannels = 64;
+
 class Conv3x3 : public torch::autograd::Function<Conv3x3> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& weight, const torch::Tensor& bias) {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.numel() > 0;
-    return torch::conv2d(x, weight, bias.numel() ? bias : torch::Tensor(), 1, 1);
+    const auto b = bias.numel() ? bias : torch::Tensor();
+    if (x.size(1) < kMinForwardChannels) return torch::conv2d(x, weight, b, 1, 1);
+    // The transforms write channels-last; an NCHW network (nn/memory_format.h) gets NCHW back, as from oneDNN.
+    return winograd::conv3x3(x, weight, b).contiguous(x.suggest_memory_format());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -22,18 +34,14 @@ class Conv3x3 : public torch::autograd::Function<Conv3x3> {
     const auto &x = saved[0], &w = saved[1];
     const auto& dy = grads[0];
     torch::Tensor dx, dw, db;
+    // The input gradient is the convolution of dy with the kernel flipped and its channels swapped.
     if (ctx->needs_input_grad(0))
-      dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
-                                                {true, false, false}));
+      dx = winograd::conv3x3(dy, w.flip({2, 3}).transpose(0, 1), {}).contiguous(x.suggest_memory_format());
     if (ctx->needs_input_grad(1)) dw = winograd::conv3x3_weight_grad(x, dy).contiguous(w.suggest_memory_format());
     if (ctx->needs_input_grad(2) && ctx->saved_data["has_bias"].toBool()) db = dy.sum({0, 2, 3});
     return {dx, dw, db};
   }
 };
-
-// Below this many input or output channels (the U-Net's first and last convs, 3 channels) the transforms cost more
-// than the products save: oneDNN keeps those.
-constexpr int64_t kMinChannels = 16;
 
 bool is_3x3_same(const torch::nn::detail::ConvNdOptions<2>& o) {
   auto all = [](const auto& a, int64_t v) { return (*a)[0] == v && (*a)[1] == v; };

@@ -1,8 +1,9 @@
 #pragma once
-// The U-Net's convolutions. A 3x3 convolution with stride 1 and padding 1 on float32 CPU tensors, trained (its weight
-// needs a gradient), takes its weight gradient from Winograd's F(4x4, 3x3) (nn/winograd.h) instead of oneDNN; the
-// forward pass and the input gradient stay oneDNN's. Every other convolution is the module's own forward. The
-// Winograd backward is not itself differentiable (no double backward through the weights).
+// The U-Net's convolutions. A 3x3 convolution with stride 1 and padding 1 on float32 CPU tensors with at least 16
+// channels in and out, trained (its weight needs a gradient), runs through Winograd's F(4x4, 3x3) (nn/winograd.h):
+// its weight and input gradients, and its forward pass from 64 input channels. Every other convolution, and every
+// convolution at inference (sampling, likelihood: they stay oneDNN's, as in PyTorch), is the module's own forward.
+// The Winograd backward is not itself differentiable (no double backward).
 #include <torch/torch.h>
 
 namespace fm {

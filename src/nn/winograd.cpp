@@ -88,6 +88,21 @@ struct OutputGradTransform {  // A dy
   }
 };
 
+struct OutputTransform {  // A^T m: six inputs, four outputs
+  template <class T>
+  static void apply(const T* __restrict m, int64_t in_stride, T* __restrict r, int64_t out_stride, int64_t c) {
+    for (int64_t k = 0; k < c; ++k) {
+      const T m0 = m[k], m1 = m[in_stride + k], m2 = m[2 * in_stride + k], m3 = m[3 * in_stride + k],
+              m4 = m[4 * in_stride + k], m5 = m[5 * in_stride + k];
+      const T s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+      r[k] = m0 + s12 + s34;
+      r[out_stride + k] = d12 + T(2) * d34;
+      r[2 * out_stride + k] = s12 + T(4) * s34;
+      r[3 * out_stride + k] = d12 + T(8) * d34 + m5;
+    }
+  }
+};
+
 // Transform::apply along both axes of the patches of tiles [t0, t0 + count) (In x In pixels starting `pad` pixels
 // before each tile), into out[i * 6 + j][t - t0][c] with planes `plane` elements apart.
 template <class Transform, class T>
@@ -115,6 +130,39 @@ void transform_range(const T* image, const Geometry& g, int64_t pad, int64_t t0,
         Transform::apply(tmp.data() + i * In * c, c, out + i * kAlpha * plane + (t - t0) * c, plane, c);
     }
   });
+}
+
+// The inverse direction for the forward pass: A^T m A (+ bias) of tiles [t0, t0 + count) from
+// m[i * 6 + j][t - t0][c] (planes `plane` elements apart) into their 4x4 places of the channels-last output.
+template <class T>
+void untransform_range(const T* m, int64_t plane, const T* bias, const Geometry& g, int64_t t0, int64_t count,
+                       T* image) {
+  const int64_t per_sample = g.tiles_h * g.tiles_w, c = g.c;
+  at::parallel_for(t0, t0 + count, 8, [&](int64_t begin, int64_t end) {
+    std::vector<T> tmp(kTile * kAlpha * c), patch(kTile * kTile * c);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_sample, y0 = t % per_sample / g.tiles_w * kTile, x0 = t % g.tiles_w * kTile;
+      for (int j = 0; j < kAlpha; ++j)  // columns: tmp[r][j]
+        OutputTransform::apply(m + j * plane + (t - t0) * c, kAlpha * plane, tmp.data() + j * c, kAlpha * c, c);
+      T* out = image + n * g.h * g.w * c;
+      const bool inside = y0 + kTile <= g.h && x0 + kTile <= g.w;
+      for (int r = 0; r < kTile; ++r) {  // rows: pixel (y0 + r, x0 + s), written in place unless past the edge
+        T* dst = inside ? out + ((y0 + r) * g.w + x0) * c : patch.data() + r * kTile * c;
+        OutputTransform::apply(tmp.data() + r * kAlpha * c, c, dst, c, c);
+        if (bias)
+          for (int64_t k = 0; k < kTile * c; ++k) dst[k] += bias[k % c];
+      }
+      if (!inside)
+        for (int64_t r = 0; r < std::min(kTile, g.h - y0); ++r)
+          std::memcpy(out + ((y0 + r) * g.w + x0) * c, patch.data() + r * kTile * c,
+                      std::min(kTile, g.w - x0) * c * sizeof(T));
+    }
+  });
+}
+
+// Tiles per block: both transforms of a block (C and C_out channels) in kBlockBytes.
+int64_t block_size(int64_t c, int64_t co, int64_t element_size) {
+  return std::clamp<int64_t>(kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * element_size), 8, 1024);
 }
 
 void check_cpu_float(const torch::Tensor& t) {
@@ -159,23 +207,60 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
   // Tiles go through in blocks whose transforms stay in the cache until their 36 products have read them: the
   // transforms of a whole batch (2.25x the input and the gradient) went out to memory and back, and cost more than
   // the products.
-  const int64_t block = std::clamp<int64_t>(
-      kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * static_cast<int64_t>(x.element_size())), 8, 1024);
-  auto v = torch::empty({kAlpha * kAlpha, block, c}, x.options());
-  auto m = torch::empty({kAlpha * kAlpha, block, co}, x.options());
+  const int64_t block = block_size(c, co, x.element_size());
+  // Each block's transforms are contiguous [36, count, C] tensors at the front of these buffers.
+  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, x.options());
+  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, x.options());
   auto du = torch::zeros({kAlpha * kAlpha, c, co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_weight_grad", [&] {
     for (int64_t t0 = 0; t0 < tiles; t0 += block) {
       const int64_t count = std::min(block, tiles - t0);
+      auto v = vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c});
+      auto m = mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co});
       transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count,
-                                      v.mutable_data_ptr<scalar_t>(), block * c);
+                                      v.mutable_data_ptr<scalar_t>(), count * c);
       transform_range<OutputGradTransform>(dc.const_data_ptr<scalar_t>(), gy, 0, t0, count,
-                                           m.mutable_data_ptr<scalar_t>(), block * co);
-      du.baddbmm_(v.narrow(1, 0, count).transpose(1, 2), m.narrow(1, 0, count));
+                                           m.mutable_data_ptr<scalar_t>(), count * co);
+      du.baddbmm_(v.transpose(1, 2), m);
     }
   });
   auto gm = torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(x.scalar_type());
   return torch::einsum("iu,ijcd,jv->dcuv", {gm, du.view({kAlpha, kAlpha, c, co}), gm}).contiguous();
+}
+
+
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  check_cpu_float(x);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 && weight.size(3) == 3,
+              "winograd: weight ", weight.sizes(), " is not a 3x3 convolution of ", x.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && (!bias.defined() || bias.numel() == weight.size(0)),
+              "winograd: weight or bias do not match the input");
+  const auto gx = geometry_of(x);
+  const int64_t c = gx.c, co = weight.size(0), tiles = gx.tiles();
+  const Geometry gy{gx.n, co, gx.h, gx.w, gx.tiles_h, gx.tiles_w};
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto gm = torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(x.scalar_type());
+  // G g G^T for every (output, input) channel pair: [36, C_in, C_out].
+  const auto u = torch::einsum("iu,ocuv,jv->ijco", {gm, weight, gm}).reshape({kAlpha * kAlpha, c, co}).contiguous();
+  const auto b = bias.defined() ? bias.to(x.scalar_type()).contiguous() : torch::Tensor();
+  auto y = torch::empty({gx.n, co, gx.h, gx.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t block = block_size(c, co, x.element_size());
+  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, x.options());
+  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
+    for (int64_t t0 = 0; t0 < tiles; t0 += block) {
+      const int64_t count = std::min(block, tiles - t0);
+      auto v = vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c});
+      auto m = mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co});
+      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count,
+                                      v.mutable_data_ptr<scalar_t>(), count * c);
+      at::bmm_out(m, v, u);
+      untransform_range<scalar_t>(m.const_data_ptr<scalar_t>(), count * co,
+                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, gy, t0, count,
+                                  y.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return y;
 }
 
 }  // namespace fm::winograd

@@ -30,4 +30,8 @@ torch::Tensor output_grad_tiles(const torch::Tensor& dy);
 // on the CPU, in any memory layout.
 torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy);
 
+// conv2d(x, weight, bias, stride 1, padding 1) through the same tiles: Y = A^T [(G g G^T) * (B^T d B)] A per tile;
+// channels-last output. The input gradient is this with weight.flip({2, 3}).transpose(0, 1).
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
 }  // namespace fm::winograd
