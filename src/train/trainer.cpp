@@ -22,7 +22,6 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/seal.h"
 #include "train/adamw.h"
-#include "train/ema.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
 #include "train/nonfinite_guard.h"
@@ -124,7 +123,6 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
 
   TrainingSetup setup(cfg, shape, device);
   auto &model = setup.model, &ema_model = setup.ema_model;
-  auto& ema = setup.ema;
   auto& params = setup.params;
   auto& optimizer = setup.optimizer;
   auto& guard = setup.guard;
