@@ -165,6 +165,26 @@ int64_t block_size(int64_t c, int64_t co, int64_t element_size) {
   return std::clamp<int64_t>(kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * element_size), 8, 1024);
 }
 
+// f(t0, count, v, m) for the blocks of tiles in turn, v and m the block's transforms ([36, count, C] and
+// [36, count, C_out], contiguous) in buffers allocated once. Blocks keep the transforms in the cache until their 36
+// products have read them: the transforms of a whole batch (2.25x the input and the gradient) went out to memory and
+// back, and cost more than the products.
+template <class F>
+void for_each_block(int64_t tiles, int64_t c, int64_t co, const torch::TensorOptions& options, F&& f) {
+  const int64_t block = block_size(c, co, static_cast<int64_t>(options.dtype().itemsize()));
+  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, options);
+  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, options);
+  for (int64_t t0 = 0; t0 < tiles; t0 += block) {
+    const int64_t count = std::min(block, tiles - t0);
+    f(t0, count, vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c}),
+      mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co}));
+  }
+}
+
+torch::Tensor g_matrix(torch::ScalarType dtype) {
+  return torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(dtype);
+}
+
 void check_cpu_float(const torch::Tensor& t) {
   TORCH_CHECK(t.is_cpu() && (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64),
               "winograd: expected a float32 or float64 CPU tensor, got ", t.toString());
@@ -204,30 +224,19 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
   const auto gx = geometry_of(x), gy = geometry_of(dy);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast), dc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c = gx.c, co = gy.c, tiles = gx.tiles();
-  // Tiles go through in blocks whose transforms stay in the cache until their 36 products have read them: the
-  // transforms of a whole batch (2.25x the input and the gradient) went out to memory and back, and cost more than
-  // the products.
-  const int64_t block = block_size(c, co, x.element_size());
-  // Each block's transforms are contiguous [36, count, C] tensors at the front of these buffers.
-  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, x.options());
-  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, x.options());
   auto du = torch::zeros({kAlpha * kAlpha, c, co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_weight_grad", [&] {
-    for (int64_t t0 = 0; t0 < tiles; t0 += block) {
-      const int64_t count = std::min(block, tiles - t0);
-      auto v = vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c});
-      auto m = mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co});
-      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count,
-                                      v.mutable_data_ptr<scalar_t>(), count * c);
+    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m) {
+      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count, v.mutable_data_ptr<scalar_t>(),
+                                      count * c);
       transform_range<OutputGradTransform>(dc.const_data_ptr<scalar_t>(), gy, 0, t0, count,
                                            m.mutable_data_ptr<scalar_t>(), count * co);
       du.baddbmm_(v.transpose(1, 2), m);
-    }
+    });
   });
-  auto gm = torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(x.scalar_type());
+  const auto gm = g_matrix(x.scalar_type());
   return torch::einsum("iu,ijcd,jv->dcuv", {gm, du.view({kAlpha, kAlpha, c, co}), gm}).contiguous();
 }
-
 
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   check_cpu_float(x);
@@ -239,26 +248,20 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const
   const int64_t c = gx.c, co = weight.size(0), tiles = gx.tiles();
   const Geometry gy{gx.n, co, gx.h, gx.w, gx.tiles_h, gx.tiles_w};
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  auto gm = torch::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, torch::kFloat64).to(x.scalar_type());
+  const auto gm = g_matrix(x.scalar_type());
   // G g G^T for every (output, input) channel pair: [36, C_in, C_out].
   const auto u = torch::einsum("iu,ocuv,jv->ijco", {gm, weight, gm}).reshape({kAlpha * kAlpha, c, co}).contiguous();
   const auto b = bias.defined() ? bias.to(x.scalar_type()).contiguous() : torch::Tensor();
   auto y = torch::empty({gx.n, co, gx.h, gx.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t block = block_size(c, co, x.element_size());
-  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, x.options());
-  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
-    for (int64_t t0 = 0; t0 < tiles; t0 += block) {
-      const int64_t count = std::min(block, tiles - t0);
-      auto v = vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c});
-      auto m = mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co});
-      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count,
-                                      v.mutable_data_ptr<scalar_t>(), count * c);
+    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m) {
+      transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count, v.mutable_data_ptr<scalar_t>(),
+                                      count * c);
       at::bmm_out(m, v, u);
       untransform_range<scalar_t>(m.const_data_ptr<scalar_t>(), count * co,
                                   b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, gy, t0, count,
                                   y.mutable_data_ptr<scalar_t>());
-    }
+    });
   });
   return y;
 }

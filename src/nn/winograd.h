@@ -1,15 +1,15 @@
 #pragma once
 // Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)
-// for the weight gradient of a 3x3 convolution with stride 1 and padding 1.
+// for a 3x3 convolution with stride 1 and padding 1 on the CPU: its forward pass, input gradient and weight gradient.
 //
-// Why: oneDNN's weight-gradient kernels reach about 60% of a CPU core's FMA peak on the U-Net's shapes (its forward
-// and data-gradient kernels about 90%), and the weight gradient is the largest item of a CPU training step. With the
-// output cut into 4x4 tiles, the forward conv of one tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 6x6 input
-// patch d, and its adjoint gives
-//     dL/dg = G^T [ sum over tiles of (B^T d B) * (A dY A^T) ] G,
-// 36 matrix products over channels (one per position of the 6x6 transformed tile) that need 4x fewer multiply-adds
-// than the direct sum over 9 taps. The transforms run in the tensor's own precision: float32 results differ from
-// oneDNN's by a few 1e-6 of the gradient's largest entry, float64 agrees to rounding.
+// Why: the convolutions are three quarters of a CPU training step, and oneDNN's weight-gradient kernels reach only
+// about 60% of a core's FMA peak on the U-Net's shapes (its forward and input-gradient kernels about 90%). With the
+// output cut into 4x4 tiles, the convolution of one tile is Y = A^T [(G g G^T) * (B^T d B)] A for its 6x6 input
+// patch d, and the adjoint of that gives
+//     dL/dg = G^T [ sum over tiles of (B^T d B) * (A dY A^T) ] G.
+// Either way the work is 36 matrix products over channels (one per position of the 6x6 transformed tile), 4x fewer
+// multiply-adds than the direct sum over 9 taps, plus transforms that only add and scale. They run in the tensor's
+// own precision: float32 results differ from oneDNN's by a few 1e-6 of the largest entry, float64 agrees to rounding.
 #include <torch/torch.h>
 
 namespace fm::winograd {
