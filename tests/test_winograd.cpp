@@ -2,6 +2,8 @@
 // (src/nn/conv2d.*), against LibTorch's own convolution backward.
 #include <gtest/gtest.h>
 
+#include <ATen/autocast_mode.h>
+
 #include <string>
 #include <vector>
 
@@ -180,6 +182,10 @@ TEST(Conv2d, OtherConvolutionsTakeTheModulesForward) {
     torch::NoGradGuard no_grad;  // sampling
     EXPECT_FALSE(winograd_weight_grad_applies(conv, x));
   }
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  EXPECT_FALSE(winograd_weight_grad_applies(conv, x));  // CPU autocast: oneDNN's bf16 convolutions
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  EXPECT_TRUE(winograd_weight_grad_applies(conv, x));
   conv->weight.requires_grad_(false);  // a frozen weight (the likelihood's input-only gradients)
   EXPECT_FALSE(winograd_weight_grad_applies(conv, x));
   auto y = conv2d(conv, x.requires_grad_(true));

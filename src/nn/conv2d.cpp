@@ -1,5 +1,7 @@
 #include "nn/conv2d.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <variant>
 
 #include "nn/winograd.h"
@@ -54,7 +56,9 @@ bool is_3x3_same(const torch::nn::detail::ConvNdOptions<2>& o) {
 
 bool winograd_weight_grad_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const auto& w = conv.ptr()->weight;
+  // Not under CPU autocast: the forward pass would be bf16 below 64 channels and float32 above.
   return torch::GradMode::is_enabled() && w.requires_grad() && x.is_cpu() && w.is_cpu() &&
+         !at::autocast::is_autocast_enabled(at::kCPU) &&
          x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.dim() == 4 &&
          is_3x3_same(conv.ptr()->options) && w.size(0) >= kMinChannels && w.size(1) >= kMinChannels;
 }
