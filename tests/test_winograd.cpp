@@ -150,7 +150,7 @@ TEST(Conv2d, WinogradConvolutionGivesTheModulesGradients) {
     for (auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
       auto x = torch::randn({4, c_in, 12, 10}).contiguous(layout);
       auto dy = torch::randn({4, 48, 12, 10}).contiguous(layout);
-      ASSERT_TRUE(winograd_weight_grad_applies(conv, x));
+      ASSERT_TRUE(winograd_applies(conv, x));
       auto ours = run_conv(conv, x, dy, true), theirs = run_conv(conv, x, dy, false);
       SCOPED_TRACE("c_in " + std::to_string(c_in) + (layout == at::MemoryFormat::Contiguous ? " NCHW" : " NHWC"));
       EXPECT_NE(ours.grad_fn, theirs.grad_fn);  // it did take the custom op
@@ -171,23 +171,23 @@ TEST(Conv2d, OtherConvolutionsTakeTheModulesForward) {
   auto conv3 = [](int64_t in, int64_t out, int64_t stride) {
     return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(stride).padding(1));
   };
-  EXPECT_TRUE(winograd_weight_grad_applies(conv3(32, 32, 1), x));
-  EXPECT_FALSE(winograd_weight_grad_applies(conv3(32, 32, 2), x));                    // the downsampling conv
-  EXPECT_FALSE(winograd_weight_grad_applies(conv3(3, 32, 1), torch::randn({2, 3, 8, 8})));  // the first conv
-  EXPECT_FALSE(winograd_weight_grad_applies(conv3(32, 3, 1), x));                     // the last conv
-  EXPECT_FALSE(winograd_weight_grad_applies(torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 1)), x));
+  EXPECT_TRUE(winograd_applies(conv3(32, 32, 1), x));
+  EXPECT_FALSE(winograd_applies(conv3(32, 32, 2), x));                    // the downsampling conv
+  EXPECT_FALSE(winograd_applies(conv3(3, 32, 1), torch::randn({2, 3, 8, 8})));  // the first conv
+  EXPECT_FALSE(winograd_applies(conv3(32, 3, 1), x));                     // the last conv
+  EXPECT_FALSE(winograd_applies(torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 1)), x));
   auto conv = conv3(32, 32, 1);
-  EXPECT_FALSE(winograd_weight_grad_applies(conv, x.to(torch::kFloat64)));
+  EXPECT_FALSE(winograd_applies(conv, x.to(torch::kFloat64)));
   {
     torch::NoGradGuard no_grad;  // sampling
-    EXPECT_FALSE(winograd_weight_grad_applies(conv, x));
+    EXPECT_FALSE(winograd_applies(conv, x));
   }
   at::autocast::set_autocast_enabled(at::kCPU, true);
-  EXPECT_FALSE(winograd_weight_grad_applies(conv, x));  // CPU autocast: oneDNN's bf16 convolutions
+  EXPECT_FALSE(winograd_applies(conv, x));  // CPU autocast: oneDNN's bf16 convolutions
   at::autocast::set_autocast_enabled(at::kCPU, false);
-  EXPECT_TRUE(winograd_weight_grad_applies(conv, x));
+  EXPECT_TRUE(winograd_applies(conv, x));
   conv->weight.requires_grad_(false);  // a frozen weight (the likelihood's input-only gradients)
-  EXPECT_FALSE(winograd_weight_grad_applies(conv, x));
+  EXPECT_FALSE(winograd_applies(conv, x));
   auto y = conv2d(conv, x.requires_grad_(true));
   EXPECT_EQ(y.grad_fn()->name(), conv->forward(x).grad_fn()->name());
 }

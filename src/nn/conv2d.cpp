@@ -54,7 +54,7 @@ bool is_3x3_same(const torch::nn::detail::ConvNdOptions<2>& o) {
 
 }  // namespace
 
-bool winograd_weight_grad_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
+bool winograd_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const auto& w = conv.ptr()->weight;
   // Not under CPU autocast: the forward pass would be bf16 below 64 channels and float32 above.
   return torch::GradMode::is_enabled() && w.requires_grad() && x.is_cpu() && w.is_cpu() &&
@@ -64,9 +64,10 @@ bool winograd_weight_grad_applies(const torch::nn::Conv2d& conv, const torch::Te
 }
 
 torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
-  if (!winograd_weight_grad_applies(conv, x)) return conv.ptr()->forward(x);
+  if (!winograd_applies(conv, x)) return conv.ptr()->forward(x);
   // Custom autograd functions need defined inputs: no bias is an empty tensor.
-  return Conv3x3::apply(x, conv.ptr()->weight, conv.ptr()->bias.defined() ? conv.ptr()->bias : torch::empty({0}, x.options()));
+  const auto& bias = conv.ptr()->bias;
+  return Conv3x3::apply(x, conv.ptr()->weight, bias.defined() ? bias : torch::empty({0}, x.options()));
 }
 
 }  // namespace fm

@@ -10,7 +10,7 @@ namespace fm {
 
 torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x);
 
-// Whether conv2d(conv, x) takes the Winograd weight gradient.
-bool winograd_weight_grad_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x);
+// Whether conv2d(conv, x) takes the Winograd convolution (its gradients, and its forward pass from 64 channels).
+bool winograd_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x);
 
 }  // namespace fm
