@@ -10,8 +10,8 @@ namespace fm::winograd {
 namespace {
 
 // F(4x4, 3x3) with the interpolation points 0, +-1, +-2 and infinity (Lavin & Gray's choice, and cuDNN's and
-// oneDNN's). B^T and A are applied by InputTransform and OutputGradTransform below; G maps the transformed weight
-// gradient back to 3x3.
+// oneDNN's). B^T, A and A^T are applied by InputTransform, OutputGradTransform and OutputTransform below; G takes a
+// 3x3 kernel to 6x6 and (transposed) a transformed weight gradient back.
 constexpr double kG[kAlpha][3] = {{1.0 / 4, 0, 0},
                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
@@ -51,8 +51,8 @@ void gather(const T* image, const Geometry& g, int64_t y0, int64_t x0, T* patch)
 }
 
 // The one-dimensional transforms, written out with their common terms so that each input is loaded once; they
-// apply to c channels at a time, the six (or four) inputs `in_stride` apart, the six outputs `out_stride` apart.
-// Each equals the matrix above it times the input column (the tests compare against the matrices).
+// apply to c channels at a time, the inputs `in_stride` apart, the outputs `out_stride` apart. Each is its matrix
+// times the input column (tests/test_winograd.cpp writes the matrices out and compares).
 struct InputTransform {  // B^T d
   static constexpr int kIn = kAlpha;
   template <class T>
