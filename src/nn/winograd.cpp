@@ -52,7 +52,8 @@ void gather(const T* image, const Geometry& g, int64_t y0, int64_t x0, T* patch)
 
 // The one-dimensional transforms, written out with their common terms so that each input is loaded once; they
 // apply to c channels at a time, the inputs `in_stride` apart, the outputs `out_stride` apart. Each is its matrix
-// times the input column (tests/test_winograd.cpp writes the matrices out and compares).
+// times the input column: tests/test_winograd.cpp compares the first two with B^T and A written out, and the third
+// through the forward pass against LibTorch's conv2d.
 struct InputTransform {  // B^T d
   static constexpr int kIn = kAlpha;
   template <class T>
