@@ -11,6 +11,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "nn/velocity_field.h"
+#include "checkpoint_weights.h"
 #include "test_util.h"
 #include "train/nonfinite_guard.h"
 #include "util/preemption.h"
@@ -19,6 +20,8 @@ using fm::test::run;
 using fm::test::TempDir;
 
 namespace {
+
+using fm::test::checkpoint_weights;
 
 constexpr int64_t kSteps = 600;
 
@@ -43,16 +46,9 @@ int interrupt_at(const std::string& cmd, const std::string& out, int lines, cons
   return at == std::string::npos ? -1 : std::stoi(r.output.substr(at + 3));
 }
 
-std::vector<torch::Tensor> weights(const std::string& ckpt, const std::string& key) {
-  fm::CheckpointReader r(ckpt, torch::kCPU);
-  auto m = fm::make_velocity_field(r.config().model, r.sample_shape());
-  r.load_module(key, *m);
-  return m->parameters();
-}
-
 void expect_same_weights(const std::string& a, const std::string& b) {
   for (const char* key : {"model", "ema"}) {
-    auto x = weights(a, key), y = weights(b, key);
+    auto x = checkpoint_weights(a, key), y = checkpoint_weights(b, key);
     ASSERT_EQ(x.size(), y.size());
     for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(torch::equal(x[i], y[i])) << key << " parameter " << i;
   }
@@ -145,7 +141,7 @@ TEST(Preemption, DivergingRunSkipsStepsThenStopsWithoutABadCheckpoint) {
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(out + "/checkpoints")) {
     ++n;
-    for (const char* key : {"model", "ema"}) EXPECT_TRUE(fm::all_finite(weights(e.path(), key))) << e.path();
+    for (const char* key : {"model", "ema"}) EXPECT_TRUE(fm::all_finite(checkpoint_weights(e.path(), key))) << e.path();
   }
   EXPECT_GE(n, 1) << "the run should have diverged after its first checkpoints";
   // The metrics count the skipped steps.

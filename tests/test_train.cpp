@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "nn/velocity_field.h"
 #include "sample/generate.h"
+#include "checkpoint_weights.h"
 #include "test_util.h"
 #include "trained_toy.h"
 #include "checkpoint/checkpoint.h"
@@ -35,6 +36,8 @@ constexpr int kShapesTestSteps = 300;
 
 namespace {
 
+using fm::test::checkpoint_weights;
+
 fm::Config tiny_toy_config() {
   fm::Config c;
   c.device = fm::test::device_spec();
@@ -52,13 +55,6 @@ fm::Config tiny_toy_config() {
   c.sample.n = 200;
   c.sample.steps = 4;
   return c;
-}
-
-std::vector<torch::Tensor> weights(const std::string& ckpt, const std::string& key) {
-  fm::CheckpointReader r(ckpt, torch::kCPU);
-  auto m = fm::make_velocity_field(r.config().model, r.sample_shape());
-  r.load_module(key, *m);
-  return m->parameters();
 }
 
 }  // namespace
@@ -268,14 +264,14 @@ TEST(Train, ResumeIsBitwiseExact) {
   auto second = fm::train(cfg, {d / "resumed", "auto"});
   EXPECT_EQ(second.step, 40);
   for (const char* key : {"model", "ema"}) {
-    auto a = weights(d / "straight/checkpoints/ckpt_000000040.pt", key);
-    auto b = weights(d / "resumed/checkpoints/ckpt_000000040.pt", key);
+    auto a = checkpoint_weights(d / "straight/checkpoints/ckpt_000000040.pt", key);
+    auto b = checkpoint_weights(d / "resumed/checkpoints/ckpt_000000040.pt", key);
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << key << " parameter " << i;
   }
   // And it did learn something: the checkpoint differs from step 20.
-  auto mid = weights(d / "resumed/checkpoints/ckpt_000000020.pt", "model");
-  EXPECT_FALSE(torch::equal(mid[0], weights(d / "resumed/checkpoints/ckpt_000000040.pt", "model")[0]));
+  auto mid = checkpoint_weights(d / "resumed/checkpoints/ckpt_000000020.pt", "model");
+  EXPECT_FALSE(torch::equal(mid[0], checkpoint_weights(d / "resumed/checkpoints/ckpt_000000040.pt", "model")[0]));
   // Metrics of the resumed run continue where the first part stopped, without duplicates.
   std::ifstream m(d / "resumed/metrics.jsonl");
   std::vector<int64_t> steps;
@@ -387,8 +383,8 @@ TEST(Train, ImageResumeIsBitwiseExact) {
   fm::train(cfg, {d / "straight", ""});
   fm::train(cfg, {d / "resumed", "", 3});
   fm::train(cfg, {d / "resumed", "auto"});
-  auto a = weights(d / "straight/checkpoints/ckpt_000000006.pt", "model");
-  auto b = weights(d / "resumed/checkpoints/ckpt_000000006.pt", "model");
+  auto a = checkpoint_weights(d / "straight/checkpoints/ckpt_000000006.pt", "model");
+  auto b = checkpoint_weights(d / "resumed/checkpoints/ckpt_000000006.pt", "model");
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i;
   EXPECT_TRUE(std::filesystem::exists(d / "resumed/samples.png"));
