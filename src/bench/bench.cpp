@@ -27,6 +27,7 @@
 #include "train/train_step_graph.h"
 #include "util/device.h"
 #include "util/error.h"
+#include "util/parallel.h"
 
 namespace fm {
 
@@ -57,7 +58,8 @@ nlohmann::json common(const std::string& what, const torch::Device& device) {
   return {{"impl", "fm"},
           {"what", what},
           {"device", device.str()},
-          {"threads", at::get_num_threads()}};
+          {"threads", at::get_num_threads()},
+          {"kernel_threads", kernel_threads()}};
 }
 
 nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch::Device& device, bool profile) {
