@@ -64,6 +64,25 @@ TEST(Winograd, Float32WeightGradIsCloseToFloat64) {
   }
 }
 
+// With several threads each thread takes its own blocks of tiles (in a build with parallel kernels,
+// tests/test_parallel.cpp) and its own share of the weight gradient: the results stay those of the float64 reference,
+// on a shape whose tiles do not divide evenly among 3 threads.
+TEST(Winograd, SeveralThreadsGiveTheSameResults) {
+  torch::manual_seed(6);
+  auto x = torch::randn({12, 32, 30, 30}, torch::kFloat64);
+  auto w = torch::randn({16, 32, 3, 3}, torch::kFloat64);
+  auto dy = torch::randn({12, 16, 30, 30}, torch::kFloat64);
+  const auto want_dw = reference_weight_grad(x, dy);
+  const auto want_y = torch::conv2d(x, w, {}, 1, 1);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(3);
+  for (int round = 0; round < 5; ++round) {  // a race between threads need not show the first time
+    EXPECT_LT(rel_err(winograd::conv3x3_weight_grad(x, dy), want_dw), 1e-12) << "round " << round;
+    EXPECT_LT(rel_err(winograd::conv3x3(x, w, {}), want_y), 1e-12) << "round " << round;
+  }
+  torch::set_num_threads(threads);
+}
+
 // The hand-written transforms against the matrices of Lavin & Gray's F(4x4, 3x3).
 TEST(Winograd, TransformsEqualTheirMatrices) {
   const auto f64 = torch::kFloat64;

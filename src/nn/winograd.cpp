@@ -161,25 +161,34 @@ void untransform_range(const T* m, int64_t plane, const T* bias, const Geometry&
   });
 }
 
-// Tiles per block: both transforms of a block (C and C_out channels) in kBlockBytes.
-int64_t block_size(int64_t c, int64_t co, int64_t element_size) {
-  return std::clamp<int64_t>(kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * element_size), 8, 1024);
+// Tiles per block: both transforms of a block (C and C_out channels) within kBlockBytes, and the same number of blocks
+// for every thread.
+int64_t block_size(int64_t tiles, int64_t c, int64_t co, int64_t element_size) {
+  const int64_t fits =
+      std::clamp<int64_t>(kBlockBytes / (kAlpha * kAlpha * std::max<int64_t>(1, c + co) * element_size), 8, 1024);
+  const int64_t threads = at::get_num_threads(), per_thread = (tiles + threads - 1) / threads;
+  const int64_t blocks_per_thread = (per_thread + fits - 1) / fits;
+  return std::max<int64_t>(1, (per_thread + blocks_per_thread - 1) / blocks_per_thread);
 }
 
-// f(t0, count, v, m) for the blocks of tiles in turn, v and m the block's transforms ([36, count, C] and
-// [36, count, C_out], contiguous) in buffers allocated once. Blocks keep the transforms in the cache until their 36
-// products have read them: the transforms of a whole batch (2.25x the input and the gradient) went out to memory and
-// back, and cost more than the products.
+// f(t0, count, v, m, thread) for the blocks of tiles, v and m the block's transforms ([36, count, C] and
+// [36, count, C_out], contiguous) in buffers of the thread's own. Blocks keep the transforms in the cache until their
+// 36 products have read them: the transforms of a whole batch (2.25x the input and the gradient) went out to memory
+// and back, and cost more than the products. Each thread takes whole blocks, transforms and products alike: one
+// parallel region per convolution rather than three per block, and the products (run on one thread inside the region)
+// are too small to split well.
 template <class F>
 void for_each_block(int64_t tiles, int64_t c, int64_t co, const torch::TensorOptions& options, F&& f) {
-  const int64_t block = block_size(c, co, static_cast<int64_t>(options.dtype().itemsize()));
-  auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, options);
-  auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, options);
-  for (int64_t t0 = 0; t0 < tiles; t0 += block) {
-    const int64_t count = std::min(block, tiles - t0);
-    f(t0, count, vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c}),
-      mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co}));
-  }
+  const int64_t block = block_size(tiles, c, co, static_cast<int64_t>(options.dtype().itemsize()));
+  at::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+    auto vbuf = torch::empty({kAlpha * kAlpha * block * c}, options);
+    auto mbuf = torch::empty({kAlpha * kAlpha * block * co}, options);
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t t0 = b * block, count = std::min(block, tiles - t0);
+      f(t0, count, vbuf.narrow(0, 0, kAlpha * kAlpha * count * c).view({kAlpha * kAlpha, count, c}),
+        mbuf.narrow(0, 0, kAlpha * kAlpha * count * co).view({kAlpha * kAlpha, count, co}), at::get_thread_num());
+    }
+  });
 }
 
 torch::Tensor g_matrix(torch::ScalarType dtype) {
@@ -225,18 +234,20 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
   const auto gx = geometry_of(x), gy = geometry_of(dy);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast), dc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c = gx.c, co = gy.c, tiles = gx.tiles();
-  auto du = torch::zeros({kAlpha * kAlpha, c, co}, x.options());
+  // Each thread sums its own blocks' products; the threads' sums are added at the end.
+  auto du = torch::zeros({at::get_num_threads(), kAlpha * kAlpha, c, co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_weight_grad", [&] {
-    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m) {
+    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m,
+                                                  int thread) {
       transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count, v.mutable_data_ptr<scalar_t>(),
                                       count * c);
       transform_range<OutputGradTransform>(dc.const_data_ptr<scalar_t>(), gy, 0, t0, count,
                                            m.mutable_data_ptr<scalar_t>(), count * co);
-      du.baddbmm_(v.transpose(1, 2), m);
+      du[thread].baddbmm_(v.transpose(1, 2), m);
     });
   });
   const auto gm = g_matrix(x.scalar_type());
-  return torch::einsum("iu,ijcd,jv->dcuv", {gm, du.view({kAlpha, kAlpha, c, co}), gm}).contiguous();
+  return torch::einsum("iu,ijcd,jv->dcuv", {gm, du.sum(0).view({kAlpha, kAlpha, c, co}), gm}).contiguous();
 }
 
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -255,7 +266,7 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const
   const auto b = bias.defined() ? bias.to(x.scalar_type()).contiguous() : torch::Tensor();
   auto y = torch::empty({gx.n, co, gx.h, gx.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
-    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m) {
+    for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m, int) {
       transform_range<InputTransform>(xc.const_data_ptr<scalar_t>(), gx, 1, t0, count, v.mutable_data_ptr<scalar_t>(),
                                       count * c);
       at::bmm_out(m, v, u);
