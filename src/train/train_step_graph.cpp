@@ -4,27 +4,9 @@
 
 #include <ATen/autocast_mode.h>
 
-#if __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>)
-#include <ATen/cuda/CUDAEvent.h>
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#define FM_HAVE_CUDA_GRAPHS 1
-#endif
+#include "util/cuda_graphs.h"
 
 namespace fm {
-
-#ifdef FM_HAVE_CUDA_GRAPHS
-namespace {
-// `waiter` runs on only after the work queued so far on `first` (an event, no host sync).
-void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& first) {
-  at::cuda::CUDAEvent done;
-  done.record(first);
-  done.block(waiter);
-}
-}  // namespace
-#endif
 
 struct GraphedTrainStep::Impl {
   bool active = false;  // still aiming for (or using) the graph
