@@ -120,6 +120,11 @@ bench() {
     "${shape[@]}" "${solve[@]}" --write-weights "$w" --write-inputs "$in" | record "$label"
   "$FM" bench --config "$cfg" --what euler,dopri5,nll --weights "$w" --inputs "$in" "${shape[@]}" "${solve[@]}" \
     | record "$label"
+  # On CUDA also the samplers with the network replayed as a CUDA graph (sample.cuda_graph).
+  if [ "$DEVICE" != cpu ]; then
+    "$FM" bench --config "$cfg" --set sample.cuda_graph=true --what euler,dopri5 --weights "$w" --inputs "$in" \
+      "${shape[@]}" "${solve[@]}" | record "$label"
+  fi
   if [ "$COMPILE" = 1 ] && { [ "$QUICK" = 0 ] || [ "$DEVICE" = cpu ]; }; then
     "$PY" scripts/bench_ref.py run --config-json "$cfg" --device "$DEVICE" --mode compile --what euler,dopri5,nll \
       "${shape[@]}" "${solve[@]}" | record "$label"

@@ -238,6 +238,31 @@ TEST_F(CudaParity, SamplingFromTheSameNoise) {
   EXPECT_NEAR(static_cast<double>(b.nfe), static_cast<double>(a.nfe), 6.0) << "at most one step apart";
 }
 
+TEST_F(CudaParity, GraphedSamplingMatchesEager) {
+  // sample.cuda_graph replays the network captured after two eager evaluations: the same kernels on the same inputs,
+  // so each solver's samples and NFE agree with the eager solve to rounding. A replay that read a stale time or state,
+  // or handed out the static output that the next replay overwrites (rk4 and dopri5 keep several evaluations), would
+  // be off at once.
+  auto [t, x0, y] = inputs(4, 4);
+  auto cuda = unet_on(gpu());
+  const auto xg = x0.to(gpu()), yg = y.to(gpu());
+  for (const char* solver : {"euler", "rk4", "dopri5"}) {
+    SolveSettings eager{solver, 6, 1e-4, 1e-4}, graphed = eager;
+    graphed.cuda_graph = true;
+    auto a = generate(*cuda, xg, yg, eager), b = generate(*cuda, xg, yg, graphed);
+    EXPECT_FALSE(a.graphed);
+    EXPECT_TRUE(b.graphed) << solver;
+    EXPECT_LT(max_rel(b.x, a.x), 1e-4) << solver;
+    EXPECT_EQ(b.nfe, a.nfe) << solver;
+  }
+  // With guidance, which stacks the classes and the null label into one batch inside the graph.
+  SolveSettings heun{"heun", 4}, graphed_heun = heun;
+  graphed_heun.cuda_graph = true;
+  auto a = generate(*cuda, xg, yg, heun, 1.5), b = generate(*cuda, xg, yg, graphed_heun, 1.5);
+  EXPECT_TRUE(b.graphed);
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+}
+
 TEST_F(CudaParity, BitsPerDimOfTheSameImages) {
   auto g = at::make_generator<at::CPUGeneratorImpl>(5);
   auto levels = torch::randint(0, 256, {2, 3, 16, 16}, g, torch::TensorOptions().dtype(torch::kUInt8));

@@ -10,6 +10,7 @@
 #include "io/npy.h"
 #include "checkpoint/checkpoint.h"
 #include "sample/figures.h"
+#include "sample/graphed_velocity.h"
 #include "sample/sample_run.h"
 #include "sample/straightness.h"
 #include "test_util.h"
@@ -84,10 +85,7 @@ std::string shapes_unet_checkpoint(const TempDir& d, const std::string& run, dou
   c.data = fm::parse_data_spec("shapes:48");
   c.data.resolution = 16;
   c.model.type = "unet";
-  c.model.unet.model_channels = 32;
-  c.model.unet.num_res_blocks = 1;
-  c.model.unet.channel_mult = {1, 2};
-  c.model.unet.attention_resolutions = {};
+  c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.num_classes = 3;
   c.model.unet.class_dropout = class_dropout;
   c.train.steps = 3;
@@ -297,6 +295,42 @@ TEST(Sample, GuidanceMatchesTheClosedFormOfGaussianClasses) {
     auto expect = w == 0.0 ? labels : torch::cat({labels, torch::full({6}, 3, fm::test::opts(torch::kLong))});
     for (const auto& l : model.seen) ASSERT_TRUE(torch::equal(l, expect)) << l;
   }
+}
+
+// sample.cuda_graph: on CUDA the host calls the network only for the warm-up evaluations and the capture, every
+// other evaluation is a replay, and the samples stay the eager solve's; elsewhere the setting changes nothing.
+TEST(Sample, CudaGraphReplaysTheNetworkOnCudaAndChangesNothingElsewhere) {
+  auto f64 = fm::test::opts(torch::kFloat64);
+  auto means = torch::tensor({1.0, -2.0, 0.5, 3.0, -1.0, -0.5, 0.0, 0.0}, f64).view({4, 2});
+  ClassGaussians model(means, 0.5);
+  torch::manual_seed(0);
+  auto x0 = torch::randn({6, 2}, f64);
+  auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, fm::test::opts(torch::kLong));
+  fm::SolveSettings rk4{"rk4", 10}, graphed = rk4;
+  graphed.cuda_graph = true;
+  const auto eager = fm::generate(model, x0, labels, rk4, 1.5);
+  EXPECT_EQ(model.seen.size(), static_cast<size_t>(eager.nfe));
+  model.seen.clear();
+  const auto g = fm::generate(model, x0, labels, graphed, 1.5);
+  EXPECT_EQ(g.nfe, eager.nfe);
+  EXPECT_FALSE(eager.graphed);
+  if (fm::test::on_cuda()) {
+    EXPECT_TRUE(g.graphed);
+    EXPECT_EQ(model.seen.size(), static_cast<size_t>(fm::GraphedVelocity::kWarmupEvaluations + 1));
+    EXPECT_LT((g.x - eager.x).abs().max().item<double>(), 1e-12);
+  } else {
+    EXPECT_FALSE(g.graphed);
+    EXPECT_EQ(model.seen.size(), static_cast<size_t>(eager.nfe));
+    EXPECT_TRUE(torch::equal(g.x, eager.x));
+  }
+  // fm sample --cuda-graph turns it on over a checkpoint's sample.cuda_graph = false, and cannot turn it off.
+  fm::SampleConfig from;
+  fm::SolveOverrides given;
+  EXPECT_FALSE(fm::resolve_solve(from, given).cuda_graph);
+  given.cuda_graph = true;
+  EXPECT_TRUE(fm::resolve_solve(from, given).cuda_graph);
+  from.cuda_graph = true;
+  EXPECT_TRUE(fm::resolve_solve(from, {}).cuda_graph);
 }
 
 TEST(Sample, ClassConditionalUNetSamplesEveryClassWithGuidance) {

@@ -243,8 +243,11 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
       s.solver = what;
       s.steps = o.euler_steps;
       s.atol = s.rtol = o.tol;
+      s.cuda_graph = cfg.sample.cuda_graph;
       auto r = generate(*model, in.x0, {}, s);
       const double mean_x = r.x.mean().item<double>();
+      if (r.graphed) j["impl"] = "fm_cuda_graph";
+      j["cuda_graph"] = r.graphed;
       const double dt = seconds(t0);
       j["batch"] = in.x0.size(0);
       j["nfe"] = r.nfe;

@@ -29,6 +29,8 @@ void add_sample_command(CLI::App& app) {
                    ->check(greater_than(0));
   auto* rtol = cmd->add_option("--rtol", solve->rtol, "dopri5 relative tolerance (default: sample.rtol)")
                    ->check(greater_than(0));
+  cmd->add_flag("--cuda-graph", o->solve.cuda_graph,
+                "CUDA: replay the network as one captured CUDA graph per evaluation (default: sample.cuda_graph)");
   cmd->add_option("--seed", o->seed, "noise seed (sample i gets the same noise whatever --batch)")
       ->check(seed_value())
       ->capture_default_str();

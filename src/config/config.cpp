@@ -174,6 +174,7 @@ void visit(V& v, SampleConfig& c) {
   v("rtol", c.rtol, greater_than(0.0));
   v("time_grid", c.time_grid, one_of({"uniform", "edm"}));
   v("n", c.n, between(1, int64_t(1) << 30));
+  v("cuda_graph", c.cuda_graph);
 }
 template <class V>
 void visit(V& v, DistConfig& c) {

@@ -103,6 +103,7 @@ struct SampleConfig {
   double rtol = 1e-5;
   std::string time_grid = "uniform";  // uniform | edm
   int64_t n = 4000;                   // samples drawn for the run's own figures
+  bool cuda_graph = false;  // CUDA only: replay the network as a captured CUDA graph (sample/graphed_velocity.h)
 };
 
 // Multi-process jobs (torchrun, srun; see dist/world.h).

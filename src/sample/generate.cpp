@@ -1,8 +1,12 @@
 #include "sample/generate.h"
 
+#include "sample/graphed_velocity.h"
+
 namespace fm {
 
-SolveSettings solve_settings(const SampleConfig& c) { return {c.solver, c.steps, c.atol, c.rtol, c.time_grid}; }
+SolveSettings solve_settings(const SampleConfig& c) {
+  return {c.solver, c.steps, c.atol, c.rtol, c.time_grid, c.cuda_graph};
+}
 
 std::vector<double> sampling_grid(const SolveSettings& s) {
   if (s.solver == "dopri5") return {0.0, 1.0};
@@ -17,18 +21,21 @@ OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::T
   const int64_t b = x0.size(0);
   torch::Tensor null_labels;
   if (labels.defined() && cfg_scale != 0.0) null_labels = torch::full_like(labels, model.num_classes());
-  OdeFunc f = [&](double t, const torch::Tensor& x) {
-    auto tt = torch::full({b}, t, x.options());
-    if (!null_labels.defined()) return model(tt, x, labels);
-    // One batched call for the conditional and unconditional velocities.
-    auto v = model(torch::cat({tt, tt}), torch::cat({x, x}), torch::cat({labels, null_labels}));
-    auto vc = v.narrow(0, 0, b), vu = v.narrow(0, b, b);
-    return (1.0 + cfg_scale) * vc - cfg_scale * vu;
-  };
+  GraphedVelocity velocity(
+      [&](const torch::Tensor& tt, const torch::Tensor& x) {
+        if (!null_labels.defined()) return model(tt, x, labels);
+        // One batched call for the conditional and unconditional velocities.
+        auto v = model(torch::cat({tt, tt}), torch::cat({x, x}), torch::cat({labels, null_labels}));
+        auto vc = v.narrow(0, 0, b), vu = v.narrow(0, b, b);
+        return (1.0 + cfg_scale) * vc - cfg_scale * vu;
+      },
+      s.cuda_graph, x0.device());
+  OdeFunc f = [&](double t, const torch::Tensor& x) { return velocity(t, x); };
   Dopri5Options opt;
   opt.atol = s.atol;
   opt.rtol = s.rtol;
   auto r = solve_ode(f, x0, sampling_grid(s), s.solver, opt, on_step);
+  r.graphed = velocity.graphed();
   model.train(was_training);
   return r;
 }

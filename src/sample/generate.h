@@ -15,6 +15,7 @@ struct SolveSettings {
   int64_t steps = 100;
   double atol = 1e-5, rtol = 1e-5;
   std::string time_grid = "uniform";  // uniform | edm (fixed-step solvers)
+  bool cuda_graph = false;            // CUDA: the network replayed as a CUDA graph (sample/graphed_velocity.h)
 };
 SolveSettings solve_settings(const SampleConfig& c);
 

@@ -49,6 +49,7 @@ SolveSettings resolve_solve(const SampleConfig& from_checkpoint, const SolveOver
   if (given.time_grid) s.time_grid = *given.time_grid;
   if (given.atol) s.atol = *given.atol;
   if (given.rtol) s.rtol = *given.rtol;
+  if (given.cuda_graph) s.cuda_graph = true;
   if (s.solver == "dopri5") {
     if (given.steps || given.time_grid)
       spdlog::warn("--steps and --time-grid do nothing with dopri5, which chooses its own steps (--atol, --rtol)");

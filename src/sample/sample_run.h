@@ -17,6 +17,7 @@ struct SolveOverrides {
   std::optional<std::string> solver, time_grid;
   std::optional<int64_t> steps;
   std::optional<double> atol, rtol;
+  bool cuda_graph = false;  // --cuda-graph: replay the network as a CUDA graph, whatever sample.cuda_graph says
 };
 
 struct SampleOptions {

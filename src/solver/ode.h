@@ -19,6 +19,7 @@ struct OdeResult {
   int64_t nfe = 0;
   int64_t accepted = 0;  // steps taken
   int64_t rejected = 0;  // adaptive solvers only
+  bool graphed = false;  // set by generate(): the network ran as a replayed CUDA graph (sample.cuda_graph)
 };
 
 // Fixed-step methods over an explicit time grid (t_0, ..., t_K), which may be non-uniform or decreasing.
