@@ -15,43 +15,22 @@ Usage:
 """
 import argparse
 import copy
-import importlib.util
 import json
 import math
-import os
 import resource
-import sys
 import time
-import types
 
 import numpy as np
 import torch
 
-
-def torchcfm_unet():
-    if "torchcfm" not in sys.modules:
-        load_torchcfm_package()
-    from torchcfm.models.unet.unet import UNetModel
-
-    return UNetModel
-
-
-def load_torchcfm_package():
-    spec = importlib.util.find_spec("torchcfm")
-    if spec is None:
-        print("torchcfm is not installed", file=sys.stderr)
-        sys.exit(77)
-    # Only the U-Net is needed: skip torchcfm/__init__.py, which imports the optimal-transport extras (POT).
-    pkg = types.ModuleType("torchcfm")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules["torchcfm"] = pkg
+from torchcfm_import import torchcfm_unet_module
 
 
 def build_model(cfg, shape):
     """torchcfm's UNetModel for fm's model.unet section (attention resolutions are feature-map widths in fm)."""
     u = cfg["model"]["unet"]
     width = shape[2]
-    UNetModel = torchcfm_unet()
+    UNetModel = torchcfm_unet_module().UNetModel
     return UNetModel(image_size=width, in_channels=shape[0], model_channels=u["model_channels"],
                      out_channels=shape[0], num_res_blocks=u["num_res_blocks"],
                      attention_resolutions=tuple(width // r for r in u["attention_resolutions"]),

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import torch
@@ -33,12 +32,10 @@ for mod in ("torchcfm", "safetensors"):
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-# Only the U-Net is needed: skip torchcfm/__init__.py, which imports the optimal-transport extras (POT).
-spec = importlib.util.find_spec("torchcfm")
-pkg = types.ModuleType("torchcfm")
-pkg.__path__ = list(spec.submodule_search_locations)
-sys.modules["torchcfm"] = pkg
-from torchcfm.models.unet.unet import UNetModelWrapper  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from torchcfm_import import torchcfm_unet_module  # noqa: E402
+
+UNetModelWrapper = torchcfm_unet_module().UNetModelWrapper
 
 
 def export(d):

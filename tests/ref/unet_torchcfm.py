@@ -3,23 +3,16 @@
 Usage: unet_torchcfm.py OUT_DIR. For each case writes OUT_DIR/<case>_params.npz (the state_dict as torchcfm names
 it) and OUT_DIR/<case>_io.npz (x, t, y, out). Exits with 77 when torchcfm is not installed.
 """
-import importlib.util
 import os
 import sys
-import types
 
 import numpy as np
 import torch
 
-spec = importlib.util.find_spec("torchcfm")
-if spec is None:
-    print("torchcfm is not installed", file=sys.stderr)
-    sys.exit(77)
-# Only the U-Net is needed: skip torchcfm/__init__.py, which imports the optimal-transport extras (POT).
-pkg = types.ModuleType("torchcfm")
-pkg.__path__ = list(spec.submodule_search_locations)
-sys.modules["torchcfm"] = pkg
-from torchcfm.models.unet.unet import UNetModel  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from torchcfm_import import torchcfm_unet_module  # noqa: E402
+
+UNetModel = torchcfm_unet_module().UNetModel
 
 
 def export(model, name, out_dir, x, t, y):
