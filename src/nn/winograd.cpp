@@ -234,7 +234,8 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
   const auto gx = geometry_of(x), gy = geometry_of(dy);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast), dc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c = gx.c, co = gy.c, tiles = gx.tiles();
-  // Each thread sums its own blocks' products; the threads' sums are added at the end.
+  // Each thread sums its own blocks' products and the threads' sums are added at the end: threads x 36 x C x C_out
+  // numbers (oneDNN's per-thread weight-gradient buffers hold threads x 9 x C x C_out).
   auto du = torch::zeros({at::get_num_threads(), kAlpha * kAlpha, c, co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_weight_grad", [&] {
     for_each_block(tiles, c, co, x.options(), [&](int64_t t0, int64_t count, torch::Tensor v, torch::Tensor m,
