@@ -31,6 +31,7 @@
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
+#include "util/parallel.h"
 #include "util/progress.h"
 
 namespace fm {
@@ -160,9 +161,16 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     make_dirs(out);
     write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
   }
+  std::string where = device.str();
+  if (device.is_cpu()) {
+    // A build whose own kernels cannot use LibTorch's threads (util/parallel.h) says so here, where it costs time.
+    const int threads = at::get_num_threads(), kernels = kernel_threads();
+    where += fmt::format(", {} thread{}", threads, threads == 1 ? "" : "s");
+    if (kernels != threads) where += fmt::format(" (fm's own kernels: {})", kernels);
+  }
+  if (setup.channels_last) where += ", channels-last";
   spdlog::info("training {} on {} ({}), {} parameters, {} steps of batch {}, run directory {}", cfg.model.type,
-               data.name, device.str() + (setup.channels_last ? ", channels-last" : ""), parameter_count(*model),
-               cfg.train.steps, cfg.train.batch_size, out);
+               data.name, where, parameter_count(*model), cfg.train.steps, cfg.train.batch_size, out);
   if (world.distributed())
     spdlog::info("{} processes, {} rows of each global batch of {} per process", world.size(),
                  cfg.train.batch_size / world.size(), cfg.train.batch_size);
