@@ -142,7 +142,7 @@ LayoutCase layout_case() {
 TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
   auto [net, x, t] = layout_case();
   auto y = torch::tensor({0, 9}, opts(torch::kLong));
-  // With gradients on, a CPU network takes the training convolutions (Winograd's from 64 channels, nn/conv2d.h),
+  // With gradients on, a CPU network takes the training convolutions (Winograd's, nn/conv2d.h),
   // which round differently; the comparisons below are of the inference path.
   const auto v_train = (*net)(t, x, y).detach();
   torch::NoGradGuard no_grad;

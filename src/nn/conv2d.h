@@ -1,7 +1,7 @@
 #pragma once
 // The U-Net's convolutions. A 3x3 convolution with stride 1 and padding 1 on float32 CPU tensors with at least 16
 // channels in and out, trained (its weight needs a gradient), runs through Winograd's F(4x4, 3x3) (nn/winograd.h):
-// its weight and input gradients, and its forward pass from 64 input channels. Every other convolution, and every
+// its forward pass and its weight and input gradients. Every other convolution, and every
 // convolution at inference (sampling, likelihood: they stay oneDNN's, as in PyTorch), is the module's own forward.
 // The Winograd backward is not itself differentiable (no double backward).
 #include <torch/torch.h>
@@ -10,7 +10,7 @@ namespace fm {
 
 torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x);
 
-// Whether conv2d(conv, x) takes the Winograd convolution (its gradients, and its forward pass from 64 channels).
+// Whether conv2d(conv, x) takes the Winograd convolution.
 bool winograd_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x);
 
 }  // namespace fm
