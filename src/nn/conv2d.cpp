@@ -11,9 +11,6 @@ namespace {
 
 // Below this many input or output channels (the U-Net's first and last convs, 3 channels) the transforms cost more
 // than the products save: oneDNN keeps those.
-// The forward pass is Winograd's too. Until its transforms were vectorised, oneDNN's forward kernels (near the FMA
-// peak) were faster below 64 input channels; since, F(4x4, 3x3) is faster from 32 (batch 32, one thread, best of 30:
-// 32 -> 32 channels at 32x32 5.7 ms against 6.6, 32 -> 64 at 16x16 2.6 against 4.3, 128 -> 64 at 8x8 1.9 against 3.1).
 constexpr int64_t kMinChannels = 16;
 
 class Conv3x3 : public torch::autograd::Function<Conv3x3> {
@@ -23,7 +20,10 @@ class Conv3x3 : public torch::autograd::Function<Conv3x3> {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.numel() > 0;
     const auto b = bias.numel() ? bias : torch::Tensor();
-    // The transforms write channels-last; an NCHW network (nn/memory_format.h) gets NCHW back, as from oneDNN.
+    // Winograd's forward pass too: until its transforms were vectorised, oneDNN's forward kernels (near the FMA peak)
+    // were faster below 64 input channels; since, F(4x4, 3x3) is faster from 32 (batch 32, one thread, best of 30:
+    // 32 -> 32 channels at 32x32 5.7 ms against 6.6, 32 -> 64 at 16x16 2.6 against 4.3, 128 -> 64 at 8x8 1.9 against
+    // 3.1). The transforms write channels-last; an NCHW network (nn/memory_format.h) gets NCHW back, as from oneDNN.
     return winograd::conv3x3(x, weight, b).contiguous(x.suggest_memory_format());
   }
 
