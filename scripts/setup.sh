@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-REQS=(numpy scipy torchdiffeq pytorch-fid safetensors tensorboard torchcfm==1.0.7)
+REQS=(numpy scipy torchdiffeq pytorch-fid safetensors tensorboard pot torchcfm==1.0.7)
 if [ -z "${Torch_DIR:-}" ]; then REQS=("torch==${TORCH_VERSION}" "${REQS[@]}"); fi
 if ! "$VPY" - "${REQS[@]}" <<'PY' 2>/dev/null
 import sys
@@ -63,11 +63,12 @@ then
   "$VPY" -m pip install -q --upgrade pip
   # torch is pinned first so that nothing else moves it.
   if [ -z "${Torch_DIR:-}" ]; then "$VPY" -m pip install -q "torch==${TORCH_VERSION}"; fi
-  # torchcfm is a test reference for the U-Net only; its training dependencies are not needed.
+  # torchcfm is a test reference; its training dependencies beyond POT are not needed.
   # pytorch-fid pulls torchvision; pinning torch alongside keeps pip from upgrading it.
   PIN=(); [ -z "${Torch_DIR:-}" ] && PIN=("torch==${TORCH_VERSION}")
-  # safetensors and tensorboard read back what fm export and fm train's event files write (tests/test_interop.cpp).
-  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid safetensors tensorboard "${PIN[@]}"
+  # safetensors and tensorboard read back what fm export and fm train's event files write (tests/test_interop.cpp);
+  # POT is what torchcfm's own __init__ imports, so that `from torchcfm... import` works as a user writes it.
+  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid safetensors tensorboard pot "${PIN[@]}"
   "$VPY" -m pip install -q --no-deps torchcfm==1.0.7
 fi
 

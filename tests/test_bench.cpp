@@ -22,7 +22,7 @@ std::string write_config(const Config& cfg, const std::string& path) {
 
 Config unet_config(const UNetConfig& u) {
   Config cfg;
-  cfg.model.type = "unet";
+  cfg.model.type = fm::ModelType::unet;
   cfg.model.unet = u;
   cfg.device = "cpu";
   return cfg;
@@ -137,6 +137,33 @@ TEST(Bench, CommandMeasuresAndMatchesTheReferenceSolve) {
   auto bad = test::run(test::fm_binary() + " bench --config " + cfg + " --what train,fast --device cpu");
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--what"), std::string::npos) << bad.output;
+}
+
+// Without --shape, the bench measures the config's own data: the shapes demo's 16x16 images, the 2-D demo's points.
+TEST(Bench, MeasuresTheShapeOfItsConfigsData) {
+  FM_SKIP_ON_CUDA("a CPU run of the command");
+  TempDir dir("bench_shape");
+  const std::string shapes = test::source_dir() + "/configs/shapes_cpu.json";
+  auto r = test::run_split(test::fm_binary() + " bench --config " + shapes +
+                               " --device cpu --what train --batch 2 --warmup 0 --steps 1",
+                           dir.str());
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  const auto cfg = load_config(shapes, {});
+  EXPECT_EQ(lines[0]["flops_per_step"].get<double>(), unet_train_step_flops(cfg.model.unet, {3, 16, 16}, 2));
+
+  const std::string toy = test::source_dir() + "/configs/toy2d.json";
+  r = test::run_split(test::fm_binary() + " bench --config " + toy +
+                          " --device cpu --what train,euler --batch 8 --warmup 0 --steps 1 --sample-batch 4"
+                          " --euler-steps 2",
+                      dir.str());
+  ASSERT_EQ(r.code, 0) << r.err;
+  lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_TRUE(std::isfinite(lines[0]["loss"].get<double>()));
+  EXPECT_FALSE(lines[0].contains("flops_per_step")) << "FLOPs are counted for the U-Net";
+  EXPECT_EQ(lines[1]["nfe"], 2);
 }
 
 }  // namespace

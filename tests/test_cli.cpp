@@ -39,7 +39,12 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
        "cuda:7"},
       {"sample --checkpoint " + d / "missing.pt", "missing.pt: no such checkpoint"},
       {"sample --checkpoint x.pt --solver rk45", "rk45"},
-      // issue 16: parser messages say what is wrong.
+      {"config --config " + fm::test::source_dir() + "/configs/toy2d.json --device gpu", "device: must be auto, cpu"},
+      {"config --config " + fm::test::source_dir() + "/configs/toy2d.json --set device=gpu",
+       "device: must be auto, cpu"},
+      {"sample --checkpoint x.pt --solver eulr", "did you mean \"euler\""},
+      {"bench --config " + fm::test::source_dir() + "/configs/toy2d.json --what trian", "did you mean \"train\""},
+      // Parser messages say what is wrong.
       {"trian --config x.json", "unknown command 'trian' (commands: train, sample, config, eval-nll"},
       {"sample --checkpoint x.pt --num-samples 0", "--num-samples: must be >= 1, got 0"},
       {"sample --checkpoint x.pt --atol 0", "--atol: must be > 0, got 0"},
@@ -88,7 +93,7 @@ TEST(Cli, TrainThenSampleWritesNpzAndPng) {
   EXPECT_TRUE(std::filesystem::exists(d / "s/samples.png"));
 }
 
-// issue 11: `torchrun --no-python ... fm SUB OPTIONS` hands fm's options to torchrun's argparse first, which takes any
+// `torchrun --no-python ... fm SUB OPTIONS` hands fm's options to torchrun's argparse first, which takes any
 // argument that abbreviates one of its own options (`--n` of `--nnodes`) or refuses it as ambiguous. Every option of
 // every subcommand, as fm's own --help lists them, goes through torchrun's real parser and must reach fm unchanged.
 TEST(Cli, EveryOptionReachesFmThroughTorchrunsParser) {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -5,6 +6,7 @@
 #include "config/config.h"
 #include "test_util.h"
 #include "util/error.h"
+#include "util/suggest.h"
 
 using fm::Config;
 using fm::InputError;
@@ -51,6 +53,53 @@ TEST(Config, UnknownKeyNamesPathAndClosestKey) {
   EXPECT_NE(msg.find("'trian'"), std::string::npos) << msg;
 }
 
+// train.earlier_steps is a record fm train writes, not a setting: a typo is never pointed to it and --set refuses it,
+// but a run's own config.json, which holds it, reads back.
+TEST(Config, RecordsAreNeitherSuggestedNorSettable) {
+  TempDir d;
+  auto msg = error_of([&] { fm::load_config(write(d, R"({"train": {"learning_rate": 1e-3}})"), {}); });
+  EXPECT_NE(msg.find("unknown key 'train.learning_rate'"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("earlier_steps"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, "{}"), {"train.earlier_steps=100"}); });
+  EXPECT_NE(msg.find("unknown key 'train.earlier_steps'"), std::string::npos) << msg;
+  const auto keys = fm::config_keys();
+  EXPECT_EQ(std::count(keys.begin(), keys.end(), "train.earlier_steps"), 0);
+  EXPECT_EQ(std::count(keys.begin(), keys.end(), "train.steps"), 1);
+  auto c = fm::load_config(write(d, R"({"train": {"earlier_steps": [100, 200]}})"), {});
+  EXPECT_EQ(c.train.earlier_steps, (std::vector<int64_t>{100, 200}));
+  EXPECT_EQ(fm::to_json(c)["train"]["earlier_steps"], nlohmann::json({100, 200}));
+}
+
+TEST(Config, SuggestionsCountASwapOfNeighboursAsOneEdit) {
+  EXPECT_EQ(fm::edit_distance("trian", "train"), 1u);
+  EXPECT_EQ(fm::edit_distance("ca", "abc"), 3u);  // optimal string alignment: no edits inside a swapped pair
+  EXPECT_EQ(fm::edit_distance("", "abc"), 3u);
+  EXPECT_EQ(fm::edit_distance("kitten", "sitting"), 3u);
+  EXPECT_EQ(fm::typo_of("trian", {"train", "profile"}), std::optional<std::string>("train"));
+  EXPECT_EQ(fm::typo_of("banana", {"ot", "sb"}), std::nullopt);
+}
+
+// A named choice is refused with the list, and a near miss names what it resembles; the device is checked here, by
+// every command that reads a config, not only when a run starts.
+TEST(Config, ChoicesAndDeviceAreCheckedWhenRead) {
+  TempDir d;
+  auto msg = error_of([&] { fm::load_config(write(d, R"({"path": {"coupling": "sinkhorm"}})"), {}); });
+  EXPECT_NE(msg.find("path.coupling: must be one of independent, ot, sinkhorn, sb (got \"sinkhorm\"; did you mean "
+                     "\"sinkhorn\"?)"),
+            std::string::npos)
+      << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"path": {"coupling": "banana"}})"), {}); });
+  EXPECT_EQ(msg.find("did you mean"), std::string::npos) << msg;
+  msg = error_of([&] { fm::load_config(write(d, R"({"model": {"type": 3}})"), {}); });
+  EXPECT_NE(msg.find("model.type: expected a string, got 3"), std::string::npos) << msg;
+  for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda0", "CPU"}) {
+    msg = error_of([&] { fm::load_config(write(d, "{}"), {std::string("device=") + bad}); });
+    EXPECT_NE(msg.find("device: must be auto, cpu, cuda or cuda:N"), std::string::npos) << bad << ": " << msg;
+  }
+  for (const char* good : {"auto", "cpu", "cuda", "cuda:0", "cuda:12"})
+    EXPECT_EQ(fm::load_config(write(d, "{}"), {std::string("device=") + good}).device, good);
+}
+
 TEST(Config, WrongTypeNamesPathAndExpectedType) {
   TempDir d;
   auto msg = error_of([&] { fm::load_config(write(d, R"({"train": {"steps": "many"}})"), {}); });
@@ -82,9 +131,9 @@ TEST(Config, OverridesParseWithTheKeysOwnType) {
   EXPECT_EQ(c.train.steps, 1000);
   EXPECT_FALSE(c.train.bf16);
   EXPECT_EQ(c.model.unet.channel_mult, (std::vector<int64_t>{1, 2, 4}));
-  EXPECT_EQ(c.data.format, "cifar10");  // a "format:path" spec sets both
+  EXPECT_EQ(c.data.format, fm::DataFormat::cifar10);  // a "format:path" spec sets both
   EXPECT_EQ(c.data.path, "/tmp/x");
-  EXPECT_EQ(c.path.type, "vp");
+  EXPECT_EQ(c.path.type, fm::PathType::vp);
 
   EXPECT_NE(error_of([&] { fm::load_config(p, {"train.steps=1.5"}); }).find("--set train.steps: expected an integer"),
             std::string::npos);
@@ -97,7 +146,7 @@ TEST(Config, OverridesParseWithTheKeysOwnType) {
   EXPECT_NE(error_of([&] { fm::load_config(p, {"noequals"}); }).find("expected KEY=VALUE"), std::string::npos);
 }
 
-// issue 16: "folders:DIR" passed as a path of the config's own format and failed with that format's error.
+// "folders:DIR" is a mistyped format, not a path of the config's own format that then fails with that format's error.
 TEST(Config, MistypedFormatInDataPathIsNamed) {
   TempDir d;
   auto p = write(d, R"({"data": {"format": "cifar10"}})");
@@ -156,16 +205,17 @@ TEST(Config, ThePapersTable1RecipesDifferOnlyInTargetAndPath) {
   // model.target and path, and cites the paper.
   const std::string dir = std::string(FM_SOURCE_DIR) + "/configs/";
   auto ot = fm::to_json(fm::load_config(dir + "cifar10.json", {}));
-  for (auto [file, target] : std::vector<std::pair<std::string, std::string>>{
-           {"cifar10_ddpm.json", "noise"}, {"cifar10_score_matching.json", "score"}, {"cifar10_fm_diffusion.json", "velocity"}}) {
+  for (auto [file, target] : std::vector<std::pair<std::string, fm::Target>>{{"cifar10_ddpm.json", fm::Target::noise},
+                                                                             {"cifar10_score_matching.json", fm::Target::score},
+                                                                             {"cifar10_fm_diffusion.json", fm::Target::velocity}}) {
     auto c = fm::load_config(dir + file, {});
     EXPECT_EQ(c.model.target, target) << file;
-    EXPECT_EQ(c.path.type, "vp") << file;
+    EXPECT_EQ(c.path.type, fm::PathType::vp) << file;
     EXPECT_NE(c.comment.find("Table 1"), std::string::npos) << file;
     auto j = fm::to_json(c);
     for (const char* same : {"data", "train", "sample", "time", "seed"}) EXPECT_EQ(j[same], ot[same]) << file << " " << same;
     j["model"]["target"] = "velocity";
     EXPECT_EQ(j["model"], ot["model"]) << file;
   }
-  EXPECT_EQ(fm::load_config(dir + "cifar10.json", {}).path.type, "cond_ot");
+  EXPECT_EQ(fm::load_config(dir + "cifar10.json", {}).path.type, fm::PathType::cond_ot);
 }

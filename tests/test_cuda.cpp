@@ -221,7 +221,7 @@ TEST_F(CudaParity, GraphedTrainingStepMatchesEager) {
 TEST_F(CudaParity, SamplingFromTheSameNoise) {
   auto [t, x0, y] = inputs(4, 4);
   auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());
-  SolveSettings heun{"heun", 8};
+  SolveSettings heun{Solver::heun, 8};
   auto a = generate(*cpu, x0, y, heun), b = generate(*cuda, x0.to(gpu()), y.to(gpu()), heun);
   ASSERT_TRUE(b.x.is_cuda());
   EXPECT_LT(max_rel(b.x, a.x), 1e-4);
@@ -231,7 +231,7 @@ TEST_F(CudaParity, SamplingFromTheSameNoise) {
   EXPECT_LT(max_rel(b.x, a.x), 1e-4);
   // dopri5: the step size controller sees the same errors up to rounding, so it takes the same steps. (Two samples
   // and tolerance 1e-4 keep the CPU's half short.)
-  SolveSettings dopri{"dopri5", 0, 1e-4, 1e-4};
+  SolveSettings dopri{Solver::dopri5, 0, 1e-4, 1e-4};
   auto x2 = x0.narrow(0, 0, 2), y2 = y.narrow(0, 0, 2);
   a = generate(*cpu, x2, y2, dopri), b = generate(*cuda, x2.to(gpu()), y2.to(gpu()), dopri);
   EXPECT_LT(max_rel(b.x, a.x), 1e-4);
@@ -246,7 +246,7 @@ TEST_F(CudaParity, GraphedSamplingMatchesEager) {
   auto [t, x0, y] = inputs(4, 4);
   auto cuda = unet_on(gpu());
   const auto xg = x0.to(gpu()), yg = y.to(gpu());
-  for (const char* solver : {"euler", "rk4", "dopri5"}) {
+  for (Solver solver : {Solver::euler, Solver::rk4, Solver::dopri5}) {
     SolveSettings eager{solver, 6, 1e-4, 1e-4}, graphed = eager;
     graphed.cuda_graph = true;
     auto a = generate(*cuda, xg, yg, eager), b = generate(*cuda, xg, yg, graphed);
@@ -256,7 +256,7 @@ TEST_F(CudaParity, GraphedSamplingMatchesEager) {
     EXPECT_EQ(b.nfe, a.nfe) << solver;
   }
   // With guidance, which stacks the classes and the null label into one batch inside the graph.
-  SolveSettings heun{"heun", 4}, graphed_heun = heun;
+  SolveSettings heun{Solver::heun, 4}, graphed_heun = heun;
   graphed_heun.cuda_graph = true;
   auto a = generate(*cuda, xg, yg, heun, 1.5), b = generate(*cuda, xg, yg, graphed_heun, 1.5);
   EXPECT_TRUE(b.graphed);
@@ -268,7 +268,7 @@ TEST_F(CudaParity, BitsPerDimOfTheSameImages) {
   auto levels = torch::randint(0, 256, {2, 3, 16, 16}, g, torch::TensorOptions().dtype(torch::kUInt8));
   auto y = dequantize(levels, torch::rand({2, 3, 16, 16}, g, torch::TensorOptions().dtype(torch::kFloat64)))
                .to(torch::kFloat32);
-  auto probe = make_probe("rademacher", {2, 3, 16, 16}, g);
+  auto probe = make_probe(Probe::rademacher, {2, 3, 16, 16}, g);
   auto bpd = [&](const torch::Device& d) {
     auto net = unet_on(d);
     auto labels = torch::full({2}, 4, torch::TensorOptions().dtype(torch::kLong).device(d));  // the null label

@@ -91,19 +91,19 @@ TEST(DataCifar10, PlanesLabelsAndFileOrder) {
   TempDir tmp;
   write_cifar(tmp / "cifar-10-batches-bin");
   for (const std::string& dir : {tmp / "cifar-10-batches-bin", tmp.str()}) {  // both accepted
-    auto train = read_cifar10(dir, "train");
+    auto train = read_cifar10(dir, fm::Split::train);
     ASSERT_EQ(train.images.sizes(), (std::vector<int64_t>{10, 3, 32, 32}));
     EXPECT_EQ(train.images.scalar_type(), torch::kUInt8);
     EXPECT_TRUE(torch::equal(train.images, expected_cifar(0, 10)));
     EXPECT_TRUE(torch::equal(train.labels, (torch::arange(10) * 3 + 1) % 10));
     EXPECT_EQ(train.num_classes, 10);
   }
-  auto test = read_cifar10(tmp.str(), "test");
+  auto test = read_cifar10(tmp.str(), fm::Split::test);
   EXPECT_TRUE(torch::equal(test.images, expected_cifar(100, 3)));
   EXPECT_TRUE(torch::equal(test.labels, (torch::arange(100, 103) * 3 + 1) % 10));
   // Spot check against the raw bytes: record 1 of data_batch_3 (global 5), G plane, row 2, column 7.
   auto raw = read_bytes(tmp / "cifar-10-batches-bin/data_batch_3.bin");
-  EXPECT_EQ(read_cifar10(tmp.str(), "train").images[5][1][2][7].item<int64_t>(),
+  EXPECT_EQ(read_cifar10(tmp.str(), fm::Split::train).images[5][1][2][7].item<int64_t>(),
             static_cast<uint8_t>(raw[3073 + 1 + 1024 + 2 * 32 + 7]));
 }
 
@@ -112,7 +112,7 @@ TEST(DataCifar10, TruncatedBadLabelAndMissingFiles) {
   const std::string dir = tmp / "c";
   write_cifar(dir);
   write_bytes(dir + "/data_batch_3.bin", cifar_records(4, 2).substr(0, 2 * 3073 - 100));
-  auto msg = input_error([&] { read_cifar10(dir, "train"); });
+  auto msg = input_error([&] { read_cifar10(dir, fm::Split::train); });
   EXPECT_HAS(msg, "data_batch_3.bin");
   EXPECT_HAS(msg, "not a multiple of the 3073-byte record");
 
@@ -120,23 +120,23 @@ TEST(DataCifar10, TruncatedBadLabelAndMissingFiles) {
   auto bad = cifar_records(2, 2);
   bad[3073] = 12;  // record 1's label
   write_bytes(dir + "/data_batch_2.bin", bad);
-  msg = input_error([&] { read_cifar10(dir, "train"); });
+  msg = input_error([&] { read_cifar10(dir, fm::Split::train); });
   EXPECT_HAS(msg, "data_batch_2.bin");
   EXPECT_HAS(msg, "record 1 ");
   EXPECT_HAS(msg, "label 12");
 
   write_cifar(dir);
   write_bytes(dir + "/test_batch.bin", "");
-  msg = input_error([&] { read_cifar10(dir, "test"); });
+  msg = input_error([&] { read_cifar10(dir, fm::Split::test); });
   EXPECT_HAS(msg, "test_batch.bin");
   EXPECT_HAS(msg, "empty");
 
   fs::remove(dir + "/data_batch_4.bin");
   fs::remove(dir + "/data_batch_5.bin");
-  msg = input_error([&] { read_cifar10(dir, "train"); });
+  msg = input_error([&] { read_cifar10(dir, fm::Split::train); });
   EXPECT_HAS(msg, "missing data_batch_4.bin, data_batch_5.bin");
 
-  msg = input_error([&] { read_cifar10(tmp / "nowhere", "train"); });
+  msg = input_error([&] { read_cifar10(tmp / "nowhere", fm::Split::train); });
   EXPECT_HAS(msg, "nowhere");
   EXPECT_HAS(msg, "not a directory");
 }
@@ -162,7 +162,7 @@ TEST(DataImageNet32, ChannelMajorRowsAndOneBasedLabels) {
                                              {"mean", torch::zeros({3072}, torch::kFloat64)}});
   write_npz(tmp / "val_data.npz", {{"data", dv}, {"labels", torch::tensor({3, 4}, torch::kInt32)}});
 
-  auto train = read_imagenet32(tmp.str(), "train");
+  auto train = read_imagenet32(tmp.str(), fm::Split::train);
   ASSERT_EQ(train.images.sizes(), (std::vector<int64_t>{5, 3, 32, 32}));
   EXPECT_TRUE(torch::equal(train.labels, torch::tensor({0, 999, 499, 6, 7}, torch::kLong)));
   EXPECT_EQ(train.num_classes, 1000);
@@ -174,7 +174,7 @@ TEST(DataImageNet32, ChannelMajorRowsAndOneBasedLabels) {
             << i << " " << c << " " << y << " " << x;
   EXPECT_TRUE(torch::equal(train.images.reshape({5, 3072}), all));
 
-  auto val = read_imagenet32(tmp.str(), "test");
+  auto val = read_imagenet32(tmp.str(), fm::Split::test);
   EXPECT_TRUE(torch::equal(val.images.reshape({2, 3072}), dv));
   EXPECT_TRUE(torch::equal(val.labels, torch::tensor({2, 3}, torch::kLong)));
 }
@@ -185,46 +185,46 @@ TEST(DataImageNet32, WrongDtypeShapeLabelsAndTruncation) {
   auto labels = torch::tensor({1, 2}, torch::kLong);
 
   write_npz(f, {{"data", imagenet_rows(0, 2).to(torch::kFloat32)}, {"labels", labels}});
-  auto msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  auto msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
   EXPECT_HAS(msg, "'data' has dtype Float, expected uint8");
 
   write_npz(f, {{"data", torch::zeros({2, 3000}, torch::kUInt8)}, {"labels", labels}});
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
   EXPECT_HAS(msg, "shape [2, 3000], expected [N, 3072]");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", torch::tensor({1, 0}, torch::kLong)}});
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "entry 1 is 0, expected 1..1000");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", torch::tensor({1, 2, 3}, torch::kLong)}});
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "'labels' has shape [3] but 'data' holds 2 images");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}});
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "no array 'labels'");
 
   write_npz(f, {{"data", imagenet_rows(0, 2)}, {"labels", labels}});
   auto bytes = read_bytes(f);
   write_bytes(f, bytes.substr(0, bytes.size() - 40));
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "train_data_batch_1.npz");
 
-  msg = input_error([&] { read_imagenet32(tmp.str(), "test"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::test); });
   EXPECT_HAS(msg, "missing val_data.npz");
   fs::remove(f);
-  msg = input_error([&] { read_imagenet32(tmp.str(), "train"); });
+  msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::train); });
   EXPECT_HAS(msg, "no train_data_batch_1.npz");
 }
 
 TEST(DataImageNet32, EmptyBatchIsRefused) {
-  // Known bug 4: zero images passed every check, and training then looped forever in the batch sampler.
+  // A set of zero images would pass every other check and leave training looping forever in the batch sampler.
   TempDir tmp;
   write_npz(tmp / "val_data.npz",
             {{"data", torch::zeros({0, 3072}, torch::kUInt8)}, {"labels", torch::zeros({0}, torch::kLong)}});
-  auto msg = input_error([&] { read_imagenet32(tmp.str(), "test"); });
+  auto msg = input_error([&] { read_imagenet32(tmp.str(), fm::Split::test); });
   EXPECT_HAS(msg, tmp / "val_data.npz");
   EXPECT_HAS(msg, "'data' holds no images");
 }
@@ -322,7 +322,7 @@ TEST(DataImageFolder, UnlabelledSortedAndLimit) {
   EXPECT_TRUE(torch::equal(limited.images, ds.images.narrow(0, 0, 2)));
 }
 
-// issue 16: a limit on a folder listed class by class used to take the first N files, all of the first class.
+// A limit on a folder listed class by class takes every class its share, not the first N files of the first class.
 TEST(DataImageFolder, LimitTakesEveryClassItsShare) {
   EXPECT_EQ(evenly_spread(10, 4), (std::vector<int64_t>{0, 2, 5, 7}));
   EXPECT_EQ(evenly_spread(3, 0), (std::vector<int64_t>{0, 1, 2}));
@@ -675,14 +675,14 @@ TEST(DataLoadDataset, ShapesSpecLimitAndCifarDispatch) {
 }
 
 TEST(DataBatchSampler, RefusesAnEmptyDataSet) {
-  // Known bug 4, second half: whatever reader lets an empty set through, the sampler must not spin on it.
+  // Whatever reader lets an empty set through, the sampler must not spin on it.
   Dataset ds;
   ds.name = "npz:empty.npz";
   ds.images = torch::zeros({0, 3, 4, 4}, torch::kUInt8);
   auto msg = input_error([&] { BatchSampler sampler(ds, false); });
   EXPECT_HAS(msg, "npz:empty.npz: the data set holds no images");
   Dataset toy;
-  toy.toy = "checkerboard";
+  toy.toy = ToyData::checkerboard;
   EXPECT_EQ(BatchSampler(toy, false).next(3).x.size(0), 3);  // toys have no images and are fine
 }
 

@@ -1,6 +1,6 @@
 // Evaluation: `fm evaluate` against the separate commands it is built from (eval-nll's bits/dim; sample + fid-features
 // + fid with a random-weight Inception), the data a checkpoint was trained on as the default data, and the soundness
-// of the importance-weighted bound with Hutchinson's estimator (known bug 6) against the exact divergence.
+// of the importance-weighted bound with Hutchinson's estimator against the exact divergence.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -29,20 +29,20 @@ using fm::test::TempDir;
 
 namespace {
 
-// Known bug 6's measurement: images, dequantisation draws and training steps (see the test).
-constexpr int64_t kBug6Images = 64, kBug6Draws = 4, kBug6TrainSteps = 200;
-constexpr double kBug6Tolerance = 1e-4;  // dopri5 atol = rtol, the same for every estimator compared
+// The shared-probe measurement: images, dequantisation draws and training steps (see the test).
+constexpr int64_t kProbeImages = 64, kProbeDraws = 4, kProbeTrainSteps = 200;
+constexpr double kProbeTolerance = 1e-4;  // dopri5 atol = rtol, the same for every estimator compared
 
-auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_split(cmd, dir.str()); }
+using fm::test::run;
 
 // A class-conditional U-Net on shapes of side `res`, trained for `steps` (seconds on a CPU).
 std::string tiny_shapes_checkpoint(const TempDir& dir, int64_t res, int64_t steps) {
   fm::Config c;
   c.device = "cpu";
-  c.data.format = "shapes";
+  c.data.format = fm::DataFormat::shapes;
   c.data.path = "64";
   c.data.resolution = res;
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.num_classes = 3;
   c.train.steps = steps;
@@ -76,14 +76,14 @@ nlohmann::json read_json(const std::string& path) {
 
 TEST(EvalData, DefaultIsTheCheckpointsDataAndSpecsInheritTheModelResolution) {
   fm::DataConfig trained;
-  trained.format = "cifar10";
+  trained.format = fm::DataFormat::cifar10;
   trained.path = "/data/c10";
   trained.limit = 500;
   trained.hflip = true;
-  auto d = fm::resolve_eval_data("", trained, {3, 32, 32}, "test");
+  auto d = fm::resolve_eval_data("", trained, {3, 32, 32}, fm::Split::test);
   EXPECT_TRUE(d.from_checkpoint);
   EXPECT_EQ(d.spec, "cifar10:/data/c10");
-  EXPECT_EQ(d.config.split, "test");
+  EXPECT_EQ(d.config.split, fm::Split::test);
   EXPECT_EQ(d.config.limit, 0);  // the training subset is not the evaluation set
   EXPECT_FALSE(d.config.hflip);
   EXPECT_NE(d.description.find("test split"), std::string::npos) << d.description;
@@ -91,19 +91,19 @@ TEST(EvalData, DefaultIsTheCheckpointsDataAndSpecsInheritTheModelResolution) {
 
   // shapes has no split: the training images, and the description says so.
   fm::DataConfig shapes;
-  shapes.format = "shapes";
+  shapes.format = fm::DataFormat::shapes;
   shapes.path = "20000";
   shapes.resolution = 16;
-  auto s = fm::resolve_eval_data("", shapes, {3, 16, 16}, "test");
+  auto s = fm::resolve_eval_data("", shapes, {3, 16, 16}, fm::Split::test);
   EXPECT_EQ(s.config.resolution, 16);
   EXPECT_NE(s.description.find("has no test split"), std::string::npos) << s.description;
   // A spec without a resolution of its own takes the model's (the new user's `--data shapes:200` on the demo).
-  auto cli = fm::resolve_eval_data("shapes:200", shapes, {3, 16, 16}, "test");
+  auto cli = fm::resolve_eval_data("shapes:200", shapes, {3, 16, 16}, fm::Split::test);
   EXPECT_FALSE(cli.from_checkpoint);
   EXPECT_EQ(cli.config.path, "200");
   EXPECT_EQ(cli.config.resolution, 16);
   // Formats that are not resized keep their size, and a mismatch names both sizes.
-  auto npz = fm::resolve_eval_data("npz:/x.npz", shapes, {3, 16, 16}, "test");
+  auto npz = fm::resolve_eval_data("npz:/x.npz", shapes, {3, 16, 16}, fm::Split::test);
   EXPECT_EQ(npz.config.resolution, 0);
   try {
     fm::check_eval_data_shape(npz, {3, 32, 32}, {3, 16, 16}, "ck.pt");
@@ -114,7 +114,7 @@ TEST(EvalData, DefaultIsTheCheckpointsDataAndSpecsInheritTheModelResolution) {
     EXPECT_NE(msg.find("3x16x16"), std::string::npos) << msg;
     EXPECT_NE(msg.find("ck.pt"), std::string::npos) << msg;
   }
-  EXPECT_THROW(fm::resolve_eval_data("nope:1", shapes, {3, 16, 16}, "test"), fm::InputError);
+  EXPECT_THROW(fm::resolve_eval_data("nope:1", shapes, {3, 16, 16}, fm::Split::test), fm::InputError);
 }
 
 TEST(EvalData, ShapesCheckpointEvaluatesOnItsOwnDataAndOnASpecWithoutResolution) {
@@ -233,9 +233,9 @@ std::string tiny_4x4_checkpoint(const TempDir& dir, int64_t steps) {
   fm::write_npz(dir / "tiny4.npz", {{"arr_0", small.permute({0, 2, 3, 1}).contiguous()}});
   fm::Config c;
   c.device = "cpu";
-  c.data.format = "npz";
+  c.data.format = fm::DataFormat::npz;
   c.data.path = dir / "tiny4.npz";
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet();
   c.train.steps = steps;
   c.train.batch_size = 64;
@@ -258,34 +258,34 @@ PairedBias paired(const torch::Tensor& hutch, const torch::Tensor& exact) {
 
 }  // namespace
 
-// Known bug 6: with K dequantisation draws, log-mean-exp of K Hutchinson estimates each with its own probe is
+// With K dequantisation draws, log-mean-exp of K Hutchinson estimates each with its own probe is
 // optimistic by Jensen (the noise of K independent probes raises the mean of a convex function). eval-nll shares one
 // probe across an image's K draws. Judged per image against the exact divergence on the same draws (paired, so the
 // spread between images cancels), the shared-probe bound's mean error is within its standard error; the
-// independent-probe estimator the code used before, computed here on common draws, is clearly optimistic against it,
-// which shows that this model and N give the comparison the power to see the bug.
+// independent-probe estimator, computed here on common draws, is clearly optimistic against it, which shows that this
+// model and N give the comparison the power to see the bias.
 TEST(EvalNll, ImportanceWeightedBoundWithHutchinsonIsNotOptimistic) {
   TempDir dir;
-  auto ckpt = tiny_4x4_checkpoint(dir, kBug6TrainSteps);
-  const int64_t n = kBug6Images, k = kBug6Draws;
+  auto ckpt = tiny_4x4_checkpoint(dir, kProbeTrainSteps);
+  const int64_t n = kProbeImages, k = kProbeDraws;
   fm::EvalNllOptions o;
   o.checkpoint = ckpt;
   o.limit = n;
   o.batch = n;
   o.dequant_samples = k;
-  o.atol = o.rtol = kBug6Tolerance;
+  o.atol = o.rtol = kProbeTolerance;
   o.device = "cpu";
   o.seed = 11;
-  o.divergence = "exact";
+  o.divergence = fm::Divergence::exact;
   auto exact = fm::run_eval_nll(o);
-  o.divergence = "hutchinson";
+  o.divergence = fm::Divergence::hutchinson;
   auto shared = fm::run_eval_nll(o);
   auto b = paired(shared.per_item, exact.per_item);
   RecordProperty("shared_probe_bias_bpd", std::to_string(b.mean));
   RecordProperty("shared_probe_bias_se_bpd", std::to_string(b.se));
   EXPECT_LT(std::abs(b.mean), 2 * b.se) << "shared-probe bias " << b.mean << " +- " << b.se;
 
-  // The estimator before the fix, from the library functions on the same images: K draws with K independent probes,
+  // The independent-probe estimator, from the library functions on the same images: K draws with K independent probes,
   // against one probe shared by the K draws (unbiased, as just shown), on the same draws.
   fm::CheckpointReader ck(ckpt, torch::kCPU);
   auto model = fm::make_velocity_field(ck.config().model, ck.sample_shape());
@@ -296,13 +296,13 @@ TEST(EvalNll, ImportanceWeightedBoundWithHutchinsonIsNotOptimistic) {
   auto images = fm::read_npz(dir / "tiny4.npz").at("arr_0").permute({0, 3, 1, 2}).narrow(0, 0, n).contiguous();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
   fm::LikelihoodOptions lo;
-  lo.atol = lo.rtol = kBug6Tolerance;
-  auto one_probe = fm::make_probe("rademacher", {n, 3, 4, 4}, gen);
+  lo.atol = lo.rtol = kProbeTolerance;
+  auto one_probe = fm::make_probe(fm::Probe::rademacher, {n, 3, 4, 4}, gen);
   std::vector<torch::Tensor> lp_shared, lp_fresh;
   for (int64_t i = 0; i < k; ++i) {
     auto y = fm::dequantize(images, torch::rand(images.sizes(), gen, torch::kFloat64).to(torch::kFloat32));
     lp_shared.push_back(fm::log_likelihood(vf, y, lo, one_probe).log_p);
-    lp_fresh.push_back(fm::log_likelihood(vf, y, lo, fm::make_probe("rademacher", {n, 3, 4, 4}, gen)).log_p);
+    lp_fresh.push_back(fm::log_likelihood(vf, y, lo, fm::make_probe(fm::Probe::rademacher, {n, 3, 4, 4}, gen)).log_p);
   }
   auto bpd = [&](const std::vector<torch::Tensor>& lp) {
     return fm::bits_per_dim(fm::logmeanexp(torch::stack(lp, 1), 1), 48);

@@ -185,7 +185,7 @@ TEST(Frechet, DiagonalCovariancesHaveTheClosedForm) {
   EXPECT_NEAR(r.distance, want, 1e-9 * want);
   EXPECT_FALSE(r.eps_added);
   EXPECT_NEAR(frechet_distance(s2, s2).distance, 0.0, 1e-9);
-  // A distance is never negative, whatever the rounding (issue 16).
+  // A distance is never negative, whatever the rounding.
   for (int k = 0; k < 8; ++k) {
     auto f = torch::randn({20, d}, g, opt);
     auto s = stats_of(f);
@@ -303,7 +303,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   auto s = read_fid_stats(dir / "s.npz");
   EXPECT_EQ(s.n, 4);
   EXPECT_EQ(read_npy(dir / "f.npy").sizes(), (std::vector<int64_t>{4, 2048}));
-  // The provenance record beside the statistics (issue 16).
+  // The provenance record beside the statistics.
   std::ifstream record_file(dir / "s.json");
   auto record = nlohmann::json::parse(record_file);
   EXPECT_EQ(record.at("images"), "npz:" + dir / "imgs.npz");
@@ -312,7 +312,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   EXPECT_EQ(record.at("weights_crc32").get<std::string>().size(), 8u);
   EXPECT_TRUE(record.at("split").is_null()) << "an npz has no split";
 
-  // The same statistics twice: exactly 0, never the -0.000000 of rounding (issue 16).
+  // The same statistics twice: exactly 0, never the -0.000000 of rounding.
   r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "s.npz"));
   ASSERT_EQ(r.code, 0);
   EXPECT_EQ(r.out, "0.000000\n");

@@ -1,11 +1,11 @@
-// Tests of the fused GroupNorm (+ shift, + SiLU) CPU kernels (src/nn/group_norm_silu.*) against LibTorch's
+// Tests of the fused GroupNorm (+ shift, + SiLU) CPU kernels (src/kernels/group_norm_silu.*) against LibTorch's
 // group_norm -> silu evaluated in float64 on the same inputs.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <tuple>
 
-#include "nn/group_norm_silu.h"
+#include "kernels/kernels.h"
 
 namespace fm {
 namespace {
@@ -39,7 +39,7 @@ Result run(const Inputs& in, int64_t groups, bool silu, torch::Dtype dtype, bool
   auto x = leaf(in.x), w = leaf(in.weight), b = leaf(in.bias), e = leaf(in.shift);
   torch::Tensor y;
   if (fused_op) {
-    y = group_norm_silu(x, groups, w, b, 1e-5, e, silu);
+    y = kernels::group_norm_silu(x, groups, w, b, 1e-5, e, silu);
   } else {
     auto h = e.defined() ? x + e.reshape({x.size(0), x.size(1), 1, 1}) : x;
     y = torch::group_norm(h, groups, w, b, 1e-5);
@@ -58,7 +58,7 @@ double max_err(const torch::Tensor& got, const torch::Tensor& want) {
 class GroupNormSiluCase : public ::testing::TestWithParam<std::tuple<std::vector<int64_t>, int64_t, bool, bool>> {};
 
 TEST_P(GroupNormSiluCase, FusedKernelMatchesFloat64Reference) {
-  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: the composite path runs";
+  if (!kernels::fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: the composite path runs";
   const auto& [shape, groups, silu, with_shift] = GetParam();
   torch::manual_seed(0);
   const auto in = make_inputs(shape, with_shift);
@@ -90,7 +90,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Activations far from zero: the variance must not cancel away. The fused kernel may be no less accurate than
 // LibTorch's own float32 kernel on the same inputs.
 TEST(GroupNormSilu, LargeMeanIsAsAccurateAsLibTorch) {
-  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+  if (!kernels::fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
   torch::manual_seed(1);
   const auto in = make_inputs({2, 64, 16, 16}, true, 300.0, 0.05);
   const auto got = run(in, 32, true, torch::kFloat32, true);
@@ -105,7 +105,7 @@ TEST(GroupNormSilu, LargeMeanIsAsAccurateAsLibTorch) {
 // The batch is split over threads sample by sample and the per-sample gradient shares are summed in one order, so
 // the thread count changes nothing, to the bit.
 TEST(GroupNormSilu, ThreadCountDoesNotChangeTheResult) {
-  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+  if (!kernels::fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
   torch::manual_seed(3);
   const auto in = make_inputs({5, 64, 8, 8}, true);
   const int threads = torch::get_num_threads();

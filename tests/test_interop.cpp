@@ -9,9 +9,9 @@
 #include "checkpoint/checkpoint.h"
 #include "config/config.h"
 #include "fid/inception.h"
-#include "interop/crc32c.h"
+#include "io/crc32c.h"
 #include "interop/safetensors.h"
-#include "interop/tensorboard_writer.h"
+#include "train/tensorboard_log.h"
 #include "interop/torch_file.h"
 #include "interop/torchcfm_unet.h"
 #include "io/image.h"
@@ -514,7 +514,7 @@ TEST(TensorBoard, ScalarsAndImagesReadBackAtTheirStepsAndACutFileUpToTheCut) {
   write_png(dir / "grid.png", img);
   std::string file;
   {
-    TensorBoardWriter tb(dir.str());
+    TensorBoardLog tb(dir.str());
     file = tb.path();
     tb.scalars({{"step", 10}, {"loss", 0.5}, {"lr", 2e-4}, {"note", "not a number"}});
     tb.image("samples", dir / "grid.png", 10);

@@ -35,7 +35,7 @@ using fm::test::TempDir;
 namespace {
 
 // The CLI tests read stdout (JSON) and stderr (one-line errors) apart.
-auto run(const std::string& cmd, const TempDir& dir) { return fm::test::run_split(cmd, dir.str()); }
+using fm::test::run;
 
 // Data N(m, S) with S = Q diag(s^2) Q^T under the OT path x_t = t x1 + (1 - t) x0 (sigma_min = 0). x_t and the
 // conditional velocity u = x1 - x0 are jointly Gaussian, so the marginal field is the regression of u on x_t:
@@ -99,7 +99,7 @@ TEST(LikelihoodGaussian, ExactDivergenceMatchesJacobianTrace) {
   GaussianTarget g(4);
   auto x = g.sample(5, 1);
   auto t = torch::full({5}, 0.3, x.options());
-  auto div = fm::divergence(g.field(), t, x, "exact");
+  auto div = fm::divergence(g.field(), t, x, fm::Divergence::exact);
   double trace = g.jacobian(0.3).trace().item<double>();
   for (int64_t i = 0; i < 5; ++i) EXPECT_NEAR(div[i].item<double>(), trace, 1e-12);
 }
@@ -110,7 +110,7 @@ TEST(LikelihoodGaussian, ExactLogLikelihoodMatchesLogDensity) {
   auto x = torch::cat({g.sample(32, 2), g.m.unsqueeze(0) + 3.0});
   auto expected = g.log_density(x);
   fm::LikelihoodOptions o;
-  o.divergence = "exact";
+  o.divergence = fm::Divergence::exact;
   // The error shrinks with the tolerance: about tol on typical points, more on the far point, whose log-density and
   // divergence integral are large.
   for (double tol : {1e-5, 1e-8}) {
@@ -136,12 +136,12 @@ TEST(LikelihoodGaussian, HutchinsonIsUnbiased) {
   auto x = g.sample(n, 3);
   auto expected = g.log_density(x);
   fm::LikelihoodOptions o;
-  o.divergence = "hutchinson";
+  o.divergence = fm::Divergence::hutchinson;
   o.atol = o.rtol = 1e-6;
-  for (const char* kind : {"rademacher", "gaussian"}) {
+  for (fm::Probe kind : {fm::Probe::rademacher, fm::Probe::gaussian}) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
     auto e = fm::make_probe(kind, {n, 4}, gen).to(x.device(), torch::kFloat64);
-    if (std::string(kind) == "rademacher") EXPECT_TRUE((e.abs() == 1).all().item<bool>());
+    if (kind == fm::Probe::rademacher) EXPECT_TRUE((e.abs() == 1).all().item<bool>());
     auto r = fm::log_likelihood(g.field(), x, o, e);
     auto diff = r.log_p - expected;
     double mean = diff.mean().item<double>(), se = diff.std().item<double>() / std::sqrt(double(n));
@@ -159,7 +159,7 @@ TEST(LikelihoodGaussian, SamplingReachesTarget) {
   auto x0 = torch::randn({n, 3}, gen, torch::TensorOptions().dtype(torch::kFloat64)).to(fm::test::device());
   auto v = g.field();
   fm::OdeFunc f = [&](double t, const torch::Tensor& x) { return v(torch::full({x.size(0)}, t, x.options()), x); };
-  auto x1 = fm::solve_ode(f, x0, {0.0, 1.0}, "dopri5").x;
+  auto x1 = fm::solve_ode(f, x0, {0.0, 1.0}, fm::Solver::dopri5).x;
   auto mean = x1.mean(0), cov = torch::cov(x1.t());
   auto target_cov = g.cov();
   // Standard errors: sqrt(S_ii / n) for the mean, sqrt((S_ii S_jj + S_ij^2) / n) for the covariance.
@@ -181,7 +181,7 @@ TEST(LikelihoodZeroField, BitsPerDimClosedForm) {
   auto u = torch::rand({3, 3, 4, 4}, gen, torch::TensorOptions().dtype(torch::kFloat64));
   auto y = fm::dequantize(v, u).to(fm::test::device());
   fm::VelocityFn zero = [](const torch::Tensor&, const torch::Tensor& x) { return torch::zeros_like(x); };
-  auto e = fm::make_probe("rademacher", {3, 3, 4, 4}, gen).to(fm::test::device());
+  auto e = fm::make_probe(fm::Probe::rademacher, {3, 3, 4, 4}, gen).to(fm::test::device());
   auto r = fm::log_likelihood(zero, y, {}, e);
   auto bpd = fm::bits_per_dim(r.log_p, 48);
   auto va = v.accessor<uint8_t, 4>();
@@ -233,7 +233,7 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   auto c = torch::linspace(-lim + h / 2, lim - h / 2, k, fm::test::opts());
   auto grid = torch::stack(torch::meshgrid({c, c}, "ij"), -1).reshape({-1, 2});
   fm::LikelihoodOptions o;
-  o.divergence = "exact";
+  o.divergence = fm::Divergence::exact;
   o.atol = o.rtol = 1e-4;  // ample for 2%: the tolerance moves log p by about 1e-3
   auto r = fm::log_likelihood(vf, grid, o);
   double mass = r.log_p.exp().sum().item<double>() * h * h;
@@ -245,7 +245,7 @@ TEST(LikelihoodToy, CheckerboardDensityIsNormalisedAndNllNearEntropy) {
   eo.data = "toy:checkerboard";
   eo.limit = 500;
   eo.batch = 500;
-  eo.divergence = "exact";
+  eo.divergence = fm::Divergence::exact;
   eo.atol = eo.rtol = 1e-4;
   eo.device = fm::test::device_spec();
   eo.seed = 123;
@@ -338,7 +338,7 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   EXPECT_EQ(r2.code, 2);
   EXPECT_TRUE(one_line(r2.err)) << r2.err;
 
-  // issue 16: outputs are checked before the work, here before the (missing) checkpoint is even read.
+  // Outputs are checked before the work, here before the (missing) checkpoint is even read.
   fm::write_file_atomic(dir / "plain", "a file, not a directory");
   for (const std::string opt : {"--out", "--per-image"}) {
     auto r = run(fm_bin + " eval-nll --checkpoint " + missing + " --data toy:moons " + opt + " " + dir / "plain/x",
@@ -355,7 +355,7 @@ TEST(LikelihoodCli, BadInputsExitWithCodeTwoAndOneLine) {
   EXPECT_TRUE(std::filesystem::exists(nested));
 }
 
-// issue 10: a signal stops eval-nll after the batch in flight; it keeps no partial results and says so.
+// A signal stops eval-nll after the batch in flight; it keeps no partial results and says so.
 TEST(LikelihoodEvalNll, SignalStopsBetweenBatches) {
   TempDir dir;
   fm::EvalNllOptions o;
@@ -379,7 +379,7 @@ TEST(LikelihoodEvalNll, SignalStopsBetweenBatches) {
   EXPECT_EQ(fm::run_eval_nll(o).n, 40);
 }
 
-// issue 10, bug 7: the unconditional likelihood of a class-conditional model goes through its null label, which
+// The unconditional likelihood of a class-conditional model goes through its null label, which
 // class_dropout 0 leaves untrained.
 TEST(LikelihoodEvalNll, UntrainedNullLabelIsRefused) {
   TempDir dir;
@@ -387,7 +387,7 @@ TEST(LikelihoodEvalNll, UntrainedNullLabelIsRefused) {
   c.device = "cpu";
   c.data = fm::parse_data_spec("shapes:16");
   c.data.resolution = 8;
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet();
   c.model.unet.num_classes = 3;
   c.model.unet.class_dropout = 0.0;

@@ -13,8 +13,7 @@
 
 #include "interop/torchcfm_unet.h"
 #include "io/npy.h"
-#include "nn/group_norm_silu.h"
-#include "nn/memory_format.h"
+#include "kernels/kernels.h"
 #include "nn/unet.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -142,7 +141,7 @@ LayoutCase layout_case() {
 TEST(UNetLayout, ChannelsLastGivesTheSameOutput) {
   auto [net, x, t] = layout_case();
   auto y = torch::tensor({0, 9}, opts(torch::kLong));
-  // With gradients on, a CPU network takes the training convolutions (Winograd's, nn/conv2d.h),
+  // With gradients on, a CPU network takes the training convolutions (Winograd's, kernels/kernels.h),
   // which round differently; the comparisons below are of the inference path.
   const auto v_train = (*net)(t, x, y).detach();
   torch::NoGradGuard no_grad;
@@ -174,7 +173,7 @@ TEST(UNetLayout, ChannelsLastGivesTheSameGradients) {
       return g;
     };
     const auto nchw = grads();
-    weights_to_channels_last(*net);
+    kernels::weights_to_channels_last(*net);
     const auto nhwc = grads();
     const auto names = net->named_parameters().keys();
     for (size_t i = 0; i < nchw.size(); ++i) {
@@ -187,18 +186,18 @@ TEST(UNetLayout, ChannelsLastGivesTheSameGradients) {
 // The CPU layout rule of nn/memory_format.h: channels-last wherever the fused kernels run, training or not, at any
 // thread count; toys and CUDA sampling never.
 TEST(UNetLayout, CpuChannelsLastRule) {
-  if (!fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA: the CPU stays NCHW";
+  if (!kernels::fused_cpu_group_norm_available()) GTEST_SKIP() << "no AVX2 + FMA: the CPU stays NCHW";
   const torch::Device cpu(torch::kCPU);
   const int threads = torch::get_num_threads();
   torch::set_num_threads(1);
-  EXPECT_TRUE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
-  EXPECT_FALSE(prefers_channels_last(cpu, {2}, /*training=*/true));
+  EXPECT_TRUE(kernels::prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
+  EXPECT_FALSE(kernels::prefers_channels_last(cpu, {2}, /*training=*/true));
   torch::set_num_threads(3);
-  EXPECT_TRUE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
-  EXPECT_TRUE(prefers_channels_last(cpu, {3, 32, 32}, /*training=*/false));
+  EXPECT_TRUE(kernels::prefers_channels_last(cpu, {3, 32, 32}, /*training=*/true));
+  EXPECT_TRUE(kernels::prefers_channels_last(cpu, {3, 32, 32}, /*training=*/false));
   torch::set_num_threads(threads);
-  EXPECT_FALSE(prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/false));
-  EXPECT_TRUE(prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/true));
+  EXPECT_FALSE(kernels::prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/false));
+  EXPECT_TRUE(kernels::prefers_channels_last(torch::Device(torch::kCUDA), {3, 32, 32}, /*training=*/true));
 }
 
 TEST(UNetLayout, RunsUnderBf16Autocast) {

@@ -16,7 +16,7 @@
 
 namespace {
 
-auto f64 = fm::test::opts(torch::kFloat64);  // on the test device
+using fm::test::f64;
 
 // d/dt x_t by central differences with x0 and x1 held fixed must equal the path's conditional velocity u_t.
 void check_velocity_is_time_derivative(const fm::ProbPath& path) {
@@ -98,7 +98,7 @@ TEST(Path, TimeSamplers) {
   EXPECT_NEAR(t.mean().item<double>(), 0.5, 0.005);
   EXPECT_NEAR(t.var().item<double>(), 1.0 / 12, 0.002);
   fm::TimeConfig ln;
-  ln.sampler = "logit_normal";
+  ln.sampler = fm::TimeSampler::logit_normal;
   ln.loc = 1.2;
   ln.scale = 1.2;
   auto s = fm::sample_times(ln, n, f64);
@@ -201,7 +201,7 @@ TEST(Path, SchedulersMatchTheirClosedForms) {
   }
   // torchcfm_vp is the cosine scheduler: torchcfm's mu_t = cos(pi t / 2) x0 + sin(pi t / 2) x1.
   fm::PathConfig pc;
-  pc.type = "torchcfm_vp";
+  pc.type = fm::PathType::torchcfm_vp;
   auto tv = fm::make_path(pc);
   auto x0 = torch::randn({4, 3}, f64), x1 = torch::randn({4, 3}, f64), t4 = torch::rand({4}, f64);
   auto s = tv->sample(x0, x1, t4);
@@ -225,9 +225,9 @@ TEST(Path, EverySchedulersSampledXtHasItsMarginalMoments) {
 }
 
 TEST(Path, VPStaysFiniteInFloat32NextToTheData) {
-  // Issue 10, bug 1: within ~6e-7 of t=1, 1 - alpha^2 rounded to 0 in float32, so sigma = 0, d_sigma = -inf and a
-  // NaN loss. Float32 times 1 - k 2^-24 (what torch.rand can return) must give finite x_t and u_t, and sigma_t must
-  // match float64.
+  // Within ~6e-7 of t=1, 1 - alpha^2 rounds to 0 in float32, which would give sigma = 0, d_sigma = -inf and a NaN
+  // loss. Float32 times 1 - k 2^-24 (what torch.rand can return) must give finite x_t and u_t, and sigma_t must match
+  // float64.
   fm::VPPath vp;
   auto k = torch::arange(1, 33, f64);
   auto t64 = 1.0 - k * std::pow(2.0, -24);
@@ -273,7 +273,7 @@ TEST(Path, EveryTargetConvertsToTheConditionalVelocity) {
   auto ps = vp.sample(x0, x1, t);
   EXPECT_NEAR(fm::target_loss(fm::Target::score, vp, torch::zeros_like(x0), x0, x1, t, ps).item<double>(),
               x0.pow(2).mean().item<double>(), 1e-12);
-  EXPECT_THROW(fm::parse_target("eps"), fm::InputError);
+  EXPECT_THROW(fm::parse_choice<fm::Target>("eps", "model.target"), fm::InputError);
 }
 
 // --- couplings -----------------------------------------------------------------------------------------------------
@@ -371,21 +371,21 @@ TEST(Path, CouplingsKeepLabelsWithTheirImagesAndReduceTransportCost) {
   auto total = [](const fm::Pairing& p) { return (p.x0 - p.x1).pow(2).sum().item<double>(); };
   fm::PathConfig cfg;
   const double independent = total({x0, x1, labels});
-  for (std::string c : {"independent", "ot", "sinkhorn", "sb"}) {
+  for (fm::Coupling c : {fm::Coupling::independent, fm::Coupling::ot, fm::Coupling::sinkhorn, fm::Coupling::sb}) {
     cfg.coupling = c;
     cfg.ot_reg = 0.05;
     auto p = fm::couple(cfg, x0, x1, labels);
     ASSERT_EQ(p.x0.sizes(), x0.sizes()) << c;
     EXPECT_TRUE(torch::equal(p.x1.select(1, 0).round().to(torch::kLong), p.labels)) << c;
-    if (c == "independent") EXPECT_TRUE(torch::equal(p.x0, x0));
-    if (c == "ot") {
+    if (c == fm::Coupling::independent) EXPECT_TRUE(torch::equal(p.x0, x0));
+    if (c == fm::Coupling::ot) {
       // Data and labels keep their order, x0 is a permutation of the noise, and the pairing is the optimum.
       EXPECT_TRUE(torch::equal(p.x1, x1) && torch::equal(p.labels, labels));
       EXPECT_TRUE(torch::equal(std::get<0>(p.x0.select(1, 0).sort()), std::get<0>(x0.select(1, 0).sort())));
       auto c64 = fm::squared_distances(x0.to(torch::kFloat64), x1.to(torch::kFloat64));
       EXPECT_NEAR(total(p), assignment_cost(c64, solve(c64)), 1e-3);
     }
-    if (c == "ot" || c == "sinkhorn") EXPECT_LT(total(p), 0.6 * independent) << c;
+    if (c == fm::Coupling::ot || c == fm::Coupling::sinkhorn) EXPECT_LT(total(p), 0.6 * independent) << c;
   }
 }
 

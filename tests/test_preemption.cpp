@@ -13,6 +13,7 @@
 #include "nn/velocity_field.h"
 #include "checkpoint_weights.h"
 #include "test_util.h"
+#include "checkpoint/checkpointer.h"
 #include "train/nonfinite_guard.h"
 #include "util/preemption.h"
 

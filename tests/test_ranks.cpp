@@ -1,4 +1,4 @@
-// Sampling, likelihood and FID statistics split over ranks (issue 11): the batch plan, and whole runs over ranks
+// Sampling, likelihood and FID statistics split over ranks: the batch plan, and whole runs over ranks
 // that are threads (tests/thread_world.h) compared with one process, byte for byte.
 #include <csignal>
 #include <fstream>
@@ -18,7 +18,7 @@
 #include "thread_world.h"
 #include "train/trainer.h"
 #include "util/preemption.h"
-#include "util/rank_batches.h"
+#include "dist/rank_batches.h"
 
 using fm::test::TempDir;
 
@@ -45,10 +45,10 @@ std::string toy_checkpoint(const TempDir& d) {
 std::string unet_checkpoint(const TempDir& d) {
   fm::Config c;
   c.device = "cpu";
-  c.data.format = "shapes";
+  c.data.format = fm::DataFormat::shapes;
   c.data.path = "16";
   c.data.resolution = 8;
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet();
   c.train.steps = 2;
   c.train.batch_size = 4;
@@ -82,7 +82,7 @@ fm::SampleOptions sample_options(const std::string& ckpt, const std::string& out
   o.n = 45;
   o.batch = 8;  // 6 batches: over 4 ranks the last round has 2, over 5 only one
   o.seed = 11;
-  o.solve.solver = "dopri5";  // one step size per batch: batches must be cut as one process cuts them
+  o.solve.solver = fm::Solver::dopri5;  // one step size per batch: batches must be cut as one process cuts them
   o.solve.atol = o.solve.rtol = 1e-4;
   o.straightness = true;
   return o;
@@ -153,6 +153,9 @@ TEST(Ranks, SamplingOverRanksWritesTheBytesOfOneProcess) {
   const auto alone = fm::run_sampling(sample_options(ckpt, d / "one"));
   const std::string want = bytes_of(d / "one/samples.npz");
   ASSERT_GT(want.size(), 45u * 2 * 4);
+  EXPECT_GT(alone.straightness, 0.0);
+  EXPECT_EQ(nlohmann::json::parse(bytes_of(d / "one/samples.json"))["mean_straightness"].get<double>(),
+            alone.straightness);
   for (int size : {2, 5}) {
     const std::string out = d / ("ranks" + std::to_string(size));
     fm::test::run_ranks(size, [&](fm::dist::World& w) {
@@ -198,6 +201,9 @@ TEST(Ranks, StoppedRanksResumeOverAnotherWorldSize) {
     fm::run_sampling(o, &w);
   });
   EXPECT_EQ(bytes_of(d / "part/samples.npz"), bytes_of(d / "one/samples.npz"));
+  // The shards keep each batch's straightness, so the resumed run's mean covers every sample.
+  EXPECT_EQ(nlohmann::json::parse(bytes_of(d / "part/samples.json"))["mean_straightness"],
+            nlohmann::json::parse(bytes_of(d / "one/samples.json"))["mean_straightness"]);
 }
 
 // Per-image bits/dim, their mean and standard error over ranks are those of one process; rank 0 alone writes them.
@@ -259,7 +265,7 @@ TEST(Ranks, FidStatisticsOverRanksAreThoseOfOneProcess) {
   });
 }
 
-// The new user's line from issue 11, under the venv's real torchrun: fm sample with its short option -n.
+// A new user's line, under the venv's real torchrun: fm sample with its short option -n.
 TEST(Ranks, TorchrunLaunchesSampleWithTheShortOption) {
   TempDir d;
   const auto ckpt = toy_checkpoint(d);

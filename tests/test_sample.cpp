@@ -42,7 +42,7 @@ fm::SampleOptions options(const std::string& ckpt, const std::string& out, int64
   o.n = 300;
   o.batch = batch;
   o.seed = 7;
-  o.solve.solver = "heun";
+  o.solve.solver = fm::Solver::heun;
   o.solve.steps = 5;
   return o;
 }
@@ -84,7 +84,7 @@ std::string shapes_unet_checkpoint(const TempDir& d, const std::string& run, dou
   c.device = fm::test::device_spec();
   c.data = fm::parse_data_spec("shapes:48");
   c.data.resolution = 16;
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.num_classes = 3;
   c.model.unet.class_dropout = class_dropout;
@@ -138,7 +138,7 @@ TEST(Sample, SameSeedSameSamplesWhateverTheBatch) {
   EXPECT_FALSE(std::filesystem::exists(d / "a/shards")) << "shards are removed once samples.npz is written";
 }
 
-// issue 10: a signal stops the run after the batch in flight with its shards kept; --resume continues it to the
+// A signal stops the run after the batch in flight with its shards kept; --resume continues it to the
 // samples an uninterrupted run gives, bit for bit, and the NFE summary covers the batches of both invocations.
 TEST(Sample, SignalStopsAfterABatchAndResumeContinues) {
   TempDir d;
@@ -159,7 +159,7 @@ TEST(Sample, SignalStopsAfterABatchAndResumeContinues) {
   EXPECT_EQ(resumed.max_nfe, 10.0);
 }
 
-// issue 16: a resume with other settings than the shards were made with mixed two runs in one samples.npz.
+// A resume with other settings than the shards were made with would mix two runs in one samples.npz.
 TEST(Sample, ResumeRefusesOtherSettingsNamingTheOption) {
   TempDir d;
   auto ckpt = tiny_toy_checkpoint(d);
@@ -175,11 +175,12 @@ TEST(Sample, ResumeRefusesOtherSettingsNamingTheOption) {
   } cases[] = {
       {[](fm::SampleOptions& o) { o.seed = 8; }, "--seed"},
       {[](fm::SampleOptions& o) { o.solve.steps = 10; }, "--steps"},
-      {[](fm::SampleOptions& o) { o.solve.solver = "midpoint"; }, "--solver"},
+      {[](fm::SampleOptions& o) { o.solve.solver = fm::Solver::midpoint; }, "--solver"},
       {[](fm::SampleOptions& o) { o.n = 400; }, "--num-samples"},
       {[](fm::SampleOptions& o) { o.batch = 50; }, "--batch"},
-      {[](fm::SampleOptions& o) { o.weights = "raw"; }, "--weights"},
-      {[](fm::SampleOptions& o) { o.solve.time_grid = "edm"; }, "--time-grid"},
+      {[](fm::SampleOptions& o) { o.weights = fm::Weights::raw; }, "--weights"},
+      {[](fm::SampleOptions& o) { o.solve.time_grid = fm::TimeGrid::edm; }, "--time-grid"},
+      {[](fm::SampleOptions& o) { o.straightness = true; }, "--straightness"},
   };
   for (const auto& c : cases) {
     auto o = options(ckpt, d / "part", 100);
@@ -204,10 +205,11 @@ TEST(Sample, ResumeRefusesOtherSettingsNamingTheOption) {
   for (const char* key : {"checkpoint", "checkpoint_crc32", "seed", "classes", "cfg_scale", "wall_s", "fm_version",
                           "libtorch_version", "max_nfe", "time_grid", "rtol"})
     EXPECT_TRUE(record.contains(key)) << key;
+  EXPECT_FALSE(record.contains("mean_straightness")) << "not asked for";
   EXPECT_FALSE(std::filesystem::exists(d / "part/shards")) << "shards and settings go once samples.npz is written";
 }
 
-// issue 16: a second run into an --out that holds samples replaced them silently.
+// A second run into an --out that holds samples must not replace them silently.
 TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
   TempDir d;
   auto ckpt = tiny_toy_checkpoint(d);
@@ -229,7 +231,7 @@ TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
   EXPECT_EQ(fm::run_sampling(o).n, 300);
 }
 
-// issue 16: the solver comes from the checkpoint's sample section unless given.
+// The solver comes from the checkpoint's sample section unless given.
 TEST(Sample, SolverSettingsComeFromTheCheckpointUnlessGiven) {
   TempDir d;
   auto ckpt = tiny_toy_checkpoint(d);  // sample.solver midpoint (the default), sample.steps 2
@@ -243,11 +245,11 @@ TEST(Sample, SolverSettingsComeFromTheCheckpointUnlessGiven) {
   o.solve.steps = 3;
   EXPECT_EQ(fm::run_sampling(o).mean_nfe, 6.0);
   fm::SampleConfig from;
-  from.solver = "dopri5";
+  from.solver = fm::Solver::dopri5;
   fm::SolveOverrides given;
   given.atol = 1e-3;
   auto r = fm::resolve_solve(from, given);
-  EXPECT_EQ(r.solver, "dopri5");
+  EXPECT_EQ(r.solver, fm::Solver::dopri5);
   EXPECT_EQ(r.atol, 1e-3);
   EXPECT_EQ(r.rtol, from.rtol);
 }
@@ -283,7 +285,7 @@ TEST(Sample, GuidanceMatchesTheClosedFormOfGaussianClasses) {
   torch::manual_seed(0);
   auto x0 = torch::randn({6, 2}, f64);
   auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, fm::test::opts(torch::kLong));
-  fm::SolveSettings rk4{"rk4", 40};
+  fm::SolveSettings rk4{fm::Solver::rk4, 40};
   for (double w : {0.0, 1.5, 4.0}) {
     model.seen.clear();
     auto x1 = fm::generate(model, x0, labels, rk4, w).x;
@@ -306,7 +308,7 @@ TEST(Sample, CudaGraphReplaysTheNetworkOnCudaAndChangesNothingElsewhere) {
   torch::manual_seed(0);
   auto x0 = torch::randn({6, 2}, f64);
   auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, fm::test::opts(torch::kLong));
-  fm::SolveSettings rk4{"rk4", 10}, graphed = rk4;
+  fm::SolveSettings rk4{fm::Solver::rk4, 10}, graphed = rk4;
   graphed.cuda_graph = true;
   const auto eager = fm::generate(model, x0, labels, rk4, 1.5);
   EXPECT_EQ(model.seen.size(), static_cast<size_t>(eager.nfe));
@@ -355,7 +357,7 @@ TEST(Sample, ClassConditionalUNetSamplesEveryClassWithGuidance) {
   o.classes = "3";
   o.out_dir = d / "bad";
   EXPECT_THROW(fm::run_sampling(o), fm::InputError) << "class 3 of 3 is out of range";
-  // Classes by name (issue 16); a resume may name the class by index instead.
+  // Classes by name; a resume may name the class by index instead.
   o.classes = "triangle";
   o.out_dir = d / "named";
   auto s = fm::run_sampling(o);
@@ -369,7 +371,7 @@ TEST(Sample, ClassConditionalUNetSamplesEveryClassWithGuidance) {
   EXPECT_NE(msg.find("circle, square, triangle"), std::string::npos) << msg;
 }
 
-// issue 10, bug 7: with class_dropout 0 the null label is untrained; sampling without a class or with guidance used it.
+// With class_dropout 0 the null label is untrained: sampling without a class or with guidance would use it.
 TEST(Sample, UntrainedNullLabelIsRefused) {
   TempDir d;
   auto ckpt = shapes_unet_checkpoint(d, "run", 0.0);

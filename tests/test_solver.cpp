@@ -8,13 +8,13 @@
 
 namespace {
 
-auto f64 = fm::test::opts(torch::kFloat64);  // on the test device
+using fm::test::f64;
 
 // x' = cos(t) x has the exact solution x(t) = x(t0) exp(sin t - sin t0): time-dependent, so no method is exact.
 fm::OdeFunc cos_growth = [](double t, const torch::Tensor& x) { return std::cos(t) * x; };
 double cos_growth_exact(double x0, double t0, double t1) { return x0 * std::exp(std::sin(t1) - std::sin(t0)); }
 
-double solve_error(const std::string& method, int64_t steps, double t0 = 0.0, double t1 = 2.0) {
+double solve_error(fm::Solver method, int64_t steps, double t0 = 0.0, double t1 = 2.0) {
   auto x0 = torch::tensor({1.5}, f64);
   auto r = fm::solve_fixed(cos_growth, x0, fm::uniform_grid(t0, t1, steps), method);
   return std::fabs(r.x.item<double>() - cos_growth_exact(1.5, t0, t1));
@@ -29,11 +29,12 @@ TEST(Solver, FixedStepMethodsSolveALinearSystem) {
   auto x0 = torch::tensor({{1.0, 0.5}}, f64);
   const double T = 1.3;
   auto exact = torch::tensor({{std::cos(T) - 0.5 * std::sin(T), std::sin(T) + 0.5 * std::cos(T)}}, f64);
-  const std::map<std::string, double> tol = {{"euler", 2e-3}, {"midpoint", 1e-6}, {"heun", 1e-6}, {"rk4", 1e-12}};
+  const std::map<fm::Solver, double> tol = {
+      {fm::Solver::euler, 2e-3}, {fm::Solver::midpoint, 1e-6}, {fm::Solver::heun, 1e-6}, {fm::Solver::rk4, 1e-12}};
   for (const auto& [m, eps] : tol) {
     auto r = fm::solve_fixed(f, x0, fm::uniform_grid(0, T, 1000), m);
     EXPECT_LT((r.x - exact).abs().max().item<double>(), eps) << m;
-    const int64_t per_step = m == "euler" ? 1 : m == "rk4" ? 4 : 2;
+    const int64_t per_step = m == fm::Solver::euler ? 1 : m == fm::Solver::rk4 ? 4 : 2;
     EXPECT_EQ(r.nfe, 1000 * per_step) << m;
     EXPECT_EQ(r.accepted, 1000);
   }
@@ -41,7 +42,8 @@ TEST(Solver, FixedStepMethodsSolveALinearSystem) {
 
 TEST(Solver, ObservedOrderOfConvergence) {
   // Halving the step divides the global error by 2^order.
-  const std::map<std::string, double> order = {{"euler", 1}, {"midpoint", 2}, {"heun", 2}, {"rk4", 4}};
+  const std::map<fm::Solver, double> order = {
+      {fm::Solver::euler, 1}, {fm::Solver::midpoint, 2}, {fm::Solver::heun, 2}, {fm::Solver::rk4, 4}};
   for (const auto& [m, p] : order) {
     double e1 = solve_error(m, 40), e2 = solve_error(m, 80);
     double observed = std::log2(e1 / e2);
@@ -50,7 +52,7 @@ TEST(Solver, ObservedOrderOfConvergence) {
 }
 
 TEST(Solver, IntegratesBackwardInTime) {
-  for (const std::string m : {"euler", "midpoint", "heun", "rk4"}) {
+  for (fm::Solver m : {fm::Solver::euler, fm::Solver::midpoint, fm::Solver::heun, fm::Solver::rk4}) {
     auto x1 = torch::tensor({2.0}, f64);
     auto r = fm::solve_fixed(cos_growth, x1, fm::uniform_grid(2.0, 0.0, 400), m);
     EXPECT_NEAR(r.x.item<double>(), cos_growth_exact(2.0, 2.0, 0.0), 1e-2) << m;

@@ -25,6 +25,7 @@
 #include "train/grad_clip.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
+#include "checkpoint/checkpointer.h"
 #include "train/nonfinite_guard.h"
 #include "util/progress.h"
 #include "train/trainer.h"
@@ -47,7 +48,7 @@ fm::Config tiny_toy_config() {
   c.train.steps = 40;
   c.train.batch_size = 64;
   c.train.warmup_steps = 5;
-  c.train.decay = "cosine";
+  c.train.decay = fm::LrDecay::cosine;
   c.train.grad_clip = 1.0;
   c.train.weight_decay = 0.01;
   c.train.log_every = 10;
@@ -64,19 +65,19 @@ TEST(Train, LearningRateSchedule) {
   c.lr = 1.0;
   c.steps = 110;
   c.warmup_steps = 10;
-  c.decay = "constant";
+  c.decay = fm::LrDecay::constant;
   EXPECT_DOUBLE_EQ(fm::lr_at(c, 0), 0.1);  // linear warmup reaches lr at the last warmup step
   EXPECT_DOUBLE_EQ(fm::lr_at(c, 9), 1.0);
   EXPECT_DOUBLE_EQ(fm::lr_at(c, 100), 1.0);
-  c.decay = "linear";
+  c.decay = fm::LrDecay::linear;
   c.final_lr_scale = 0.1;
   EXPECT_DOUBLE_EQ(fm::lr_at(c, 10), 1.0);
   EXPECT_NEAR(fm::lr_at(c, 109), 0.1, 1e-12);
   EXPECT_NEAR(fm::lr_at(c, 10 + 99 / 3.0), 1.0 - 0.9 / 3.0, 1e-2);
-  c.decay = "cosine";
+  c.decay = fm::LrDecay::cosine;
   EXPECT_NEAR(fm::lr_at(c, 10 + 99 / 2), 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 49 / 99.0)), 1e-12);
   EXPECT_NEAR(fm::lr_at(c, 109), 0.1, 1e-12);
-  c.decay = "poly";
+  c.decay = fm::LrDecay::poly;
   c.decay_power = 2.0;
   c.final_lr_scale = 0.0;
   EXPECT_NEAR(fm::lr_at(c, 10 + 33), std::pow(1 - 33 / 99.0, 2.0), 1e-12);
@@ -358,10 +359,10 @@ namespace {
 fm::Config tiny_image_config() {
   fm::Config c;
   c.device = fm::test::device_spec();
-  c.data.format = "shapes";
+  c.data.format = fm::DataFormat::shapes;
   c.data.path = "64";
   c.data.resolution = 16;
-  c.model.type = "unet";
+  c.model.type = fm::ModelType::unet;
   c.model.unet = fm::test::tiny_unet({1, 2});
   c.model.unet.attention_resolutions = {8};
   c.model.unet.dropout = 0.1;  // exercises the RNG stream across a resume
@@ -605,7 +606,7 @@ TEST(Train, DataWithMoreClassesThanTheModelIsRefusedAndLeavesNoCheckpointsDirect
       << msg;
   EXPECT_FALSE(std::filesystem::exists(d / "run/checkpoints"));
   // Bad data found while loading leaves nothing behind either.
-  cfg.data.format = "npz";
+  cfg.data.format = fm::DataFormat::npz;
   cfg.data.path = d / "missing.npz";
   EXPECT_THROW(fm::train(cfg, {d / "run", ""}), fm::InputError);
   EXPECT_FALSE(std::filesystem::exists(d / "run/checkpoints"));
@@ -624,7 +625,7 @@ std::shared_ptr<fm::VelocityField> train_gaussian(fm::Config cfg, const std::vec
   cfg.model.mlp.depth = 2;
   auto model = fm::make_velocity_field(cfg.model, cfg.path, {2});
   auto path = fm::make_path(cfg.path);
-  fm::CfmObjective objective(cfg, *path, 0);
+  fm::CfmObjective objective(cfg.path, cfg.time, cfg.model.target, *path, fm::conditioning_of(cfg.model));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(3e-3));
   auto m = torch::tensor(mean, torch::kFloat32), s = torch::tensor(scale, torch::kFloat32);
   for (int64_t i = 0; i < steps; ++i) {
@@ -647,7 +648,7 @@ TEST(Train, OTCouplingLearnsTheStraightMapSoOneEulerStepLandsOnIt) {
   // v(0, x) = m + (s - 1) x. Independent coupling learns v(0, x) = E[x1] - x = m - x instead, so one Euler step from
   // x0 lands every point on m: mean squared error sum(s^2) = 4.25 against the OT map.
   const std::vector<double> mean{2.0, -1.0}, scale{2.0, 0.5};
-  auto err_one_euler_step = [&](const std::string& coupling) {
+  auto err_one_euler_step = [&](fm::Coupling coupling) {
     fm::Config cfg;
     cfg.seed = 11;
     cfg.train.batch_size = 256;
@@ -659,7 +660,7 @@ TEST(Train, OTCouplingLearnsTheStraightMapSoOneEulerStepLandsOnIt) {
     auto exact = torch::tensor(mean, torch::kFloat32) + torch::tensor(scale, torch::kFloat32) * x0;
     return (x1 - exact).pow(2).sum(1).mean().item<double>();
   };
-  const double ot = err_one_euler_step("ot"), independent = err_one_euler_step("independent");
+  const double ot = err_one_euler_step(fm::Coupling::ot), independent = err_one_euler_step(fm::Coupling::independent);
   std::printf("one Euler step, mean squared error against the OT map: ot %.4f, independent %.4f\n", ot, independent);
   EXPECT_LT(ot, 0.1);
   EXPECT_GT(independent, 2.0);
@@ -670,11 +671,11 @@ TEST(Train, EveryPredictionTargetLearnsTheExactVelocity) {
   // alpha' E[x1 | x_t] + sigma' E[x0 | x_t] with E[x1 | x_t] = m + alpha s^2 (x_t - alpha m) / var and
   // E[x0 | x_t] = sigma (x_t - alpha m) / var. Each target, converted to a velocity, must match it.
   const double mv = 1.5, sv = 0.5;
-  for (std::string target : {"velocity", "noise", "data", "score"}) {
+  for (fm::Target target : {fm::Target::velocity, fm::Target::noise, fm::Target::data, fm::Target::score}) {
     fm::Config cfg;
     cfg.seed = 12;
     cfg.train.batch_size = 256;
-    cfg.path.type = "cosine";
+    cfg.path.type = fm::PathType::cosine;
     cfg.model.target = target;
     auto model = train_gaussian(cfg, {mv, mv}, {sv, sv}, 1500);
     auto path = fm::make_path(cfg.path);
@@ -688,7 +689,7 @@ TEST(Train, EveryPredictionTargetLearnsTheExactVelocity) {
     auto exact = da * (mv + a * sv * sv * (x - a * mv) / var) + ds * s * (x - a * mv) / var;
     auto v = (*model)(t, x);
     double rel = ((v - exact).pow(2).sum() / exact.pow(2).sum()).item<double>();
-    std::printf("target %s: relative squared error of the velocity %.4f\n", target.c_str(), rel);
+    std::printf("target %s: relative squared error of the velocity %.4f\n", fm::name_of(target), rel);
     EXPECT_LT(rel, 0.01) << target;
   }
 }

@@ -116,6 +116,12 @@ inline SplitRunResult run_split(const std::string& cmd, const std::string& scrat
 
 inline std::string fm_binary() { return FM_BINARY; }
 
+// `cmd` with its stdout and stderr apart, scratch files in `dir`.
+inline SplitRunResult run(const std::string& cmd, const TempDir& dir) { return run_split(cmd, dir.str()); }
+
+// Float64 on the test device.
+inline const torch::TensorOptions f64 = opts(torch::kFloat64);
+
 // The small U-Net the tests train: 32 channels, one residual block per level, no attention, one head.
 inline UNetConfig tiny_unet(std::vector<int64_t> channel_mult = {1}) {
   UNetConfig u;

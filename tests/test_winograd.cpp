@@ -7,11 +7,18 @@
 #include <string>
 #include <vector>
 
-#include "nn/conv2d.h"
-#include "nn/winograd.h"
+#include "kernels/conv3x3.h"
+#include "kernels/kernels.h"
+#include "kernels/winograd.h"
 
 namespace fm {
 namespace {
+
+namespace winograd = kernels::winograd;
+
+// The routing of kernels/kernels.h for a torch::nn::Conv2d holder.
+bool winograd_applies(torch::nn::Conv2d conv, const torch::Tensor& x) { return kernels::winograd_applies(*conv, x); }
+torch::Tensor conv2d(torch::nn::Conv2d conv, const torch::Tensor& x) { return kernels::conv2d(*conv, x); }
 
 torch::Tensor reference_weight_grad(const torch::Tensor& x, const torch::Tensor& dy) {
   auto w = torch::zeros({dy.size(1), x.size(1), 3, 3}, x.options());

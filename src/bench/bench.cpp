@@ -14,12 +14,11 @@
 #include "interop/torchcfm_unet.h"
 #include "io/npy.h"
 #include "likelihood/likelihood.h"
-#include "nn/memory_format.h"
+#include "kernels/kernels.h"
 #include "nn/velocity_field.h"
 #include "path/prob_path.h"
 #include "sample/generate.h"
 #include "train/adamw.h"
-#include "train/cfm_objective.h"
 #include "train/ema.h"
 #include "train/grad_clip.h"
 #include "train/nonfinite_guard.h"
@@ -27,7 +26,6 @@
 #include "train/train_step_graph.h"
 #include "util/device.h"
 #include "util/error.h"
-#include "util/parallel.h"
 
 namespace fm {
 
@@ -54,46 +52,57 @@ std::vector<int64_t> batched(int64_t n, const std::vector<int64_t>& shape) {
   return s;
 }
 
-nlohmann::json common(const std::string& what, const torch::Device& device) {
+nlohmann::json common(BenchWhat what, const torch::Device& device) {
   return {{"impl", "fm"},
-          {"what", what},
+          {"what", name_of(what)},
           {"device", device.str()},
           {"threads", at::get_num_threads()},
-          {"kernel_threads", kernel_threads()}};
+          {"kernel_threads", kernels::kernel_threads()}};
 }
 
-nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch::Device& device, bool profile) {
-  const int64_t bsz = o.batch > 0 ? o.batch : cfg.train.batch_size;
-  torch::manual_seed(o.seed);
+// Training data of the config's kind: uniform uint8 images of `shape` held on the device (with labels for a
+// class-conditional model), or the config's 2-D toy distribution.
+Dataset synthetic_data(const Config& cfg, const std::vector<int64_t>& shape, int64_t bsz, const torch::Device& device) {
+  if (shape.size() == 1) return load_dataset(cfg.data, device);
   Dataset data;
   data.name = "synthetic";
   data.device = device;
-  data.images = torch::randint(0, 256, batched(std::max<int64_t>(1024, 4 * bsz), o.shape),
+  data.images = torch::randint(0, 256, batched(std::max<int64_t>(1024, 4 * bsz), shape),
                                torch::TensorOptions().dtype(torch::kUInt8).device(device));
-  if (cfg.model.unet.num_classes > 0 && cfg.model.type == "unet") {
-    data.num_classes = cfg.model.unet.num_classes;
-    data.labels = torch::randint(0, data.num_classes, {data.images.size(0)},
+  const int64_t classes = conditioning_of(cfg.model).num_classes;
+  if (classes > 0) {
+    data.num_classes = classes;
+    data.labels = torch::randint(0, classes, {data.images.size(0)},
                                  torch::TensorOptions().dtype(torch::kLong).device(device));
   }
+  return data;
+}
+
+nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const std::vector<int64_t>& shape,
+                           const torch::Device& device, bool profile) {
+  const int64_t bsz = o.batch > 0 ? o.batch : cfg.train.batch_size;
+  torch::manual_seed(o.seed);
+  Dataset data = synthetic_data(cfg, shape, bsz, device);
 
   // The step fm train takes (train/train_step.h), in one process.
-  TrainingSetup setup(cfg, o.shape, device);
+  TrainingSetup setup(cfg, shape, device);
   auto& model = setup.model;
-  BatchSampler sampler(data, cfg.data.hflip);
-  TrainStep eager = setup.step();
-  GraphedTrainStep step(eager, device, cfg.train.cuda_graph, cfg.path.coupling);
+  BatchSampler sampler(data, cfg.data.hflip && !data.is_toy());
+  TrainStep eager(setup);
+  GraphedTrainStep step(eager, device, cfg.train.cuda_graph);
   model->train();
 
   StepResult r;
-  for (int64_t i = 0; i < o.warmup; ++i) r = step(sampler.next(bsz), cfg.train.lr);
+  int64_t taken = 0;
+  for (int64_t i = 0; i < o.warmup; ++i) r = step(sampler.next(bsz), taken++, cfg.train.lr);
   synchronize(device);
   reset_peak_memory(device);
   auto t0 = Clock::now();
-  for (int64_t i = 0; i < o.steps; ++i) r = step(sampler.next(bsz), cfg.train.lr);
+  for (int64_t i = 0; i < o.steps; ++i) r = step(sampler.next(bsz), taken++, cfg.train.lr);
   const double loss = r.loss.item<double>();  // waits for the device
   const double dt = seconds(t0) / static_cast<double>(o.steps);
 
-  auto j = common("train", device);
+  auto j = common(BenchWhat::train, device);
   if (step.graphed()) j["impl"] = "fm_cuda_graph";
   j["batch"] = bsz;
   j["steps"] = o.steps;
@@ -104,8 +113,8 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
   j["peak_mem_mib"] = peak_memory_mib(device);
   j["loss"] = loss;
   j["parameters"] = parameter_count(*model);
-  if (cfg.model.type == "unet") {
-    const double flops = unet_train_step_flops(cfg.model.unet, o.shape, bsz);
+  if (cfg.model.type == ModelType::unet) {
+    const double flops = unet_train_step_flops(cfg.model.unet, shape, bsz);
     j["flops_per_step"] = flops;
     j["tflops_per_s"] = flops / dt / 1e12;
     if (o.peak_tflops > 0) j["mfu"] = flops / dt / (o.peak_tflops * 1e12);
@@ -129,7 +138,7 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
     const double data_ms = time_ms([&] { sampler.next(bsz); });
     const double objective_ms = time_ms([&] {
       torch::NoGradGuard ng;
-      setup.objective.loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
+      setup.objective->loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
     });
     const double norm_ms = time_ms([&] {
       gn = clip_grad_norm(setup.params, cfg.train.grad_clip);
@@ -151,14 +160,15 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const torch
 }
 
 // The network with the weights of `o.weights` (a torchcfm state_dict), in eval mode: the model both sides sample.
-std::shared_ptr<VelocityField> bench_model(const Config& cfg, const BenchOptions& o, const torch::Device& device) {
-  auto model = make_velocity_field(cfg.model, cfg.path, o.shape);
+std::shared_ptr<VelocityField> bench_model(const Config& cfg, const BenchOptions& o, const std::vector<int64_t>& shape,
+                                           const torch::Device& device) {
+  auto model = make_velocity_field(cfg.model, cfg.path, shape);
   if (!o.weights.empty()) load_torchcfm_state(*model, read_npz(o.weights), o.weights);
   model->to(device);
-  if (prefers_channels_last(device, o.shape, /*training=*/false)) weights_to_channels_last(*model);
+  if (kernels::prefers_channels_last(device, shape, /*training=*/false)) kernels::weights_to_channels_last(*model);
   model->eval();
   // Frozen, as in fm sample and eval-nll: the likelihood's input gradients then take the inference convolutions
-  // (nn/conv2d.h), not the training ones.
+  // (kernels/kernels.h), not the training ones.
   for (auto& p : model->parameters()) p.requires_grad_(false);
   return model;
 }
@@ -169,15 +179,16 @@ struct Inputs {
   torch::Tensor x0, x1, probe;
 };
 
-Inputs bench_inputs(const BenchOptions& o, const std::string& file, const torch::Device& device) {
+Inputs bench_inputs(const BenchOptions& o, const std::vector<int64_t>& shape, const std::string& file,
+                    const torch::Device& device) {
   Inputs in;
   if (!file.empty()) {
     auto m = read_npz(file, {"x0", "x1", "probe"});
     in.x0 = m.at("x0"), in.x1 = m.at("x1"), in.probe = m.at("probe");
   } else {
     torch::manual_seed(o.seed + 1);
-    in.x0 = torch::randn(batched(o.sample_batch, o.shape));
-    in.x1 = torch::rand(batched(o.nll_batch, o.shape)) * 2 - 1;
+    in.x0 = torch::randn(batched(o.sample_batch, shape));
+    in.x1 = torch::rand(batched(o.nll_batch, shape)) * 2 - 1;
     in.probe = torch::randint(0, 2, in.x1.sizes()).to(torch::kFloat32) * 2 - 1;
   }
   in.x0 = in.x0.to(device, torch::kFloat32), in.x1 = in.x1.to(device, torch::kFloat32);
@@ -192,10 +203,8 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
                                       const std::string& inputs_file) {
   const auto device = resolve_device(cfg.device);
   configure_backend(device);
-  if (o.shape.size() != 3) throw InputError("--shape: expected C H W");
-  for (const auto& what : o.what)
-    if (what != "train" && what != "profile" && what != "euler" && what != "dopri5" && what != "nll")
-      throw InputError("--what: '" + what + "' is not one of train, profile, euler, dopri5, nll");
+  const auto shape = o.shape.empty() ? sample_shape_of(cfg.data) : o.shape;
+  if (shape.size() != 3 && shape.size() != 1) throw InputError("--shape: expected C H W");
   std::vector<nlohmann::json> out;
   auto emit = [&](nlohmann::json j) {
     if (on_result) on_result(j);
@@ -204,18 +213,18 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
   std::shared_ptr<VelocityField> model;
   Inputs in;
   bool warm = false;
-  for (const auto& what : o.what) {
-    if (what == "train" || what == "profile") {
-      emit(bench_train(cfg, o, device, what == "profile"));
+  for (const auto what : o.what) {
+    if (what == BenchWhat::train || what == BenchWhat::profile) {
+      emit(bench_train(cfg, o, shape, device, what == BenchWhat::profile));
       continue;
     }
     if (!model) {
-      model = bench_model(cfg, o, device);
-      in = bench_inputs(o, inputs_file, device);
+      model = bench_model(cfg, o, shape, device);
+      in = bench_inputs(o, shape, inputs_file, device);
     }
     if (!warm) {  // a short untimed solve: kernels chosen, memory pooled
       SolveSettings s;
-      s.solver = "euler";
+      s.solver = Solver::euler;
       s.steps = 3;
       generate(*model, in.x0, {}, s);
       synchronize(device);
@@ -224,7 +233,7 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
     reset_peak_memory(device);
     auto j = common(what, device);
     auto t0 = Clock::now();
-    if (what == "nll") {
+    if (what == BenchWhat::nll) {
       VelocityFn vf = [&](const torch::Tensor& t, const torch::Tensor& x) {
         return (*model)(t.to(torch::kFloat32), x, {});
       };
@@ -240,7 +249,7 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
       j["tol"] = o.tol;
     } else {
       SolveSettings s;
-      s.solver = what;
+      s.solver = what == BenchWhat::euler ? Solver::euler : Solver::dopri5;
       s.steps = o.euler_steps;
       s.atol = s.rtol = o.tol;
       s.cuda_graph = cfg.sample.cuda_graph;
@@ -254,7 +263,7 @@ std::vector<nlohmann::json> run_bench(const Config& cfg, const BenchOptions& o,
       j["images_per_s"] = static_cast<double>(in.x0.size(0)) / dt;
       j["seconds"] = dt;
       j["mean_x"] = mean_x;
-      if (what == "euler") j["steps"] = o.euler_steps;
+      if (what == BenchWhat::euler) j["steps"] = o.euler_steps;
       else j["tol"] = o.tol;
     }
     j["peak_mem_mib"] = peak_memory_mib(device);

@@ -14,9 +14,21 @@
 
 namespace fm {
 
+// What fm bench measures: a training step; the step with the parts outside the network timed alone; a fixed-step
+// Euler solve; a dopri5 solve; the likelihood of eval-nll.
+enum class BenchWhat { train, profile, euler, dopri5, nll };
+template <>
+struct ChoiceNames<BenchWhat> {
+  static constexpr std::pair<BenchWhat, const char*> table[] = {{BenchWhat::train, "train"},
+                                                                {BenchWhat::profile, "profile"},
+                                                                {BenchWhat::euler, "euler"},
+                                                                {BenchWhat::dopri5, "dopri5"},
+                                                                {BenchWhat::nll, "nll"}};
+};
+
 struct BenchOptions {
-  std::vector<std::string> what = {"train"};  // train, profile (train and its parts), euler, dopri5, nll
-  std::vector<int64_t> shape = {3, 32, 32};   // one image, C H W
+  std::vector<BenchWhat> what = {BenchWhat::train};
+  std::vector<int64_t> shape;  // one sample ({C, H, W} or {2}); empty: the config's data (sample_shape_of)
   int64_t batch = 0;                          // training batch; 0: train.batch_size
   int64_t warmup = 5, steps = 20;             // training steps untimed, then timed
   int64_t sample_batch = 64, nll_batch = 16;  // images per solve

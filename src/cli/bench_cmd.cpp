@@ -19,15 +19,19 @@ void add_bench_command(CLI::App& app) {
       "Hutchinson) of --nll-batch images. scripts/bench.sh runs this beside the PyTorch reference.");
   struct Args {
     std::string config, device, weights, inputs;
-    std::vector<std::string> sets, what{"train"};
+    std::vector<std::string> sets;
     BenchOptions o;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--config", a->config, "config file (JSON): the network, loss and optimizer settings")->required();
   cmd->add_option("--set", a->sets, "override a config key (repeatable)")->take_all();
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N");
-  cmd->add_option("--what", a->what, "train, profile (train, then the parts of the step outside the network timed alone), euler, dopri5, nll (comma-separated)")->delimiter(',')->capture_default_str();
-  cmd->add_option("--shape", a->o.shape, "image shape C H W")->expected(3)->capture_default_str();
+  add_choice(cmd, "--what", a->o.what,
+             "what to time, comma-separated (profile: train, then the parts of the step outside the network timed "
+             "alone)",
+             /*show_default=*/true)
+      ->delimiter(',');
+  cmd->add_option("--shape", a->o.shape, "image shape C H W (default: the config's data)")->expected(3);
   cmd->add_option("--batch", a->o.batch, "training batch (default train.batch_size)")->check(at_least(1));
   cmd->add_option("--warmup", a->o.warmup, "untimed training steps first")->check(at_least(0))->capture_default_str();
   cmd->add_option("--steps", a->o.steps, "timed training steps")->check(at_least(1))->capture_default_str();
@@ -40,11 +44,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--peak-tflops", a->o.peak_tflops, "the device's stated peak, for MFU")->check(greater_than(0));
   cmd->add_option("--seed", a->o.seed, "seed")->check(seed_value());
   cmd->callback([a] {
-    auto sets = a->sets;
-    if (!a->device.empty()) sets.push_back("device=" + a->device);
-    Config cfg = load_config(a->config, sets);
+    Config cfg = load_config(a->config, with_device(a->sets, a->device));
     BenchOptions o = a->o;
-    o.what = a->what;
     run_bench(cfg, o, [](const nlohmann::json& j) { std::cout << j.dump() << std::endl; }, a->inputs);
   });
 }

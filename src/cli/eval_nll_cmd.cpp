@@ -20,21 +20,17 @@ void add_eval_nll_command(CLI::App& app) {
   cmd->add_option("--data", o->data,
                   "data spec: cifar10:DIR, imagenet32:DIR, npz:FILE, folder:DIR, shapes:N, toy:NAME (default: the "
                   "data the checkpoint was trained on; folder and shapes take the model's resolution)");
-  cmd->add_option("--split", o->split, "train | test (cifar10, imagenet32)")
-      ->check(CLI::IsMember({"train", "test"}))
-      ->capture_default_str();
+  add_choice(cmd, "--split", o->split, "for image sets that have splits (cifar10, imagenet32)");
   cmd->add_option("--limit", o->limit,
                   "images: N evenly spread over the set, index floor(i * total / N) (0 = all); toys: points drawn "
                   "(0 = 1000)")
       ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--batch", o->batch, "items per ODE solve")->check(at_least(1))->capture_default_str();
-  cmd->add_option("--divergence", o->divergence, "hutchinson (one probe per item) | exact (D backward passes)")
-      ->check(CLI::IsMember({"hutchinson", "exact"}))
-      ->capture_default_str();
-  cmd->add_option("--probe", o->probe, "Hutchinson probe: rademacher | gaussian")
-      ->check(CLI::IsMember({"rademacher", "gaussian"}))
-      ->capture_default_str();
+  add_choice(cmd, "--divergence", o->divergence,
+             "the divergence of the velocity: Hutchinson's estimate with one probe per item, or exact (D backward "
+             "passes)");
+  add_choice(cmd, "--probe", o->probe, "Hutchinson's probe");
   cmd->add_option("--dequant-samples", o->dequant_samples,
                   "K > 1: importance-weighted bound over K uniform dequantisation draws (images), one "
                   "Hutchinson probe shared by the K draws")
@@ -45,7 +41,7 @@ void add_eval_nll_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "seed of dequantisation noise, probes and toy points")
       ->check(seed_value())
       ->capture_default_str();
-  cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out, "write the results and their provenance as JSON to this file");
   cmd->add_option("--per-image", o->per_image,

@@ -16,11 +16,11 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--data", o->data,
                   "data spec for the NLL (default: the data the checkpoint was trained on; folder and shapes take the "
                   "model's resolution)");
-  cmd->add_option("--split", o->split, "train | test (cifar10, imagenet32)")
-      ->check(CLI::IsMember({"train", "test"}))
-      ->capture_default_str();
+  add_choice(cmd, "--split", o->split, "for image sets that have splits (cifar10, imagenet32)");
   cmd->add_option("--fid-ref", o->fid_ref, "FID reference statistics .npz (fm fid-features or pytorch-fid)");
-  cmd->add_option("--fid-weights", o->fid_weights, "FID Inception weights .npz (scripts/export_fid_inception.py)");
+  cmd->add_option("--fid-weights", o->fid_weights,
+                  "FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the .npz from "
+                  "scripts/export_fid_inception.py");
   cmd->add_option("--num-samples", o->num_samples, "samples per FID (0 = no sampling)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -28,9 +28,7 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--fid-batch", o->fid_batch, "images per Inception pass")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--fixed-steps", o->fixed_steps, "also FID at these step counts of --fixed-solver (e.g. 10,20,100)")
       ->delimiter(',');
-  cmd->add_option("--fixed-solver", o->fixed_solver, "euler | midpoint | heun | rk4")
-      ->check(CLI::IsMember({"euler", "midpoint", "heun", "rk4"}))
-      ->capture_default_str();
+  add_choice(cmd, "--fixed-solver", o->fixed_solver, "the fixed-step solver of --fixed-steps");
   cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance (likelihood and samples)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -38,15 +36,14 @@ void add_evaluate_command(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag_function("--no-nll", [o](int64_t) { o->nll = false; }, "skip bits/dim");
-  cmd->add_option("--nll-limit", o->nll_limit, "bits/dim of the first N images only (0 = all)")
+  cmd->add_option("--nll-limit", o->nll_limit,
+                  "bits/dim of N images evenly spread over the set, index floor(i * total / N) (0 = all)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--nll-batch", o->nll_batch, "images per likelihood solve")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--probe", o->probe, "Hutchinson probe: rademacher | gaussian")
-      ->check(CLI::IsMember({"rademacher", "gaussian"}))
-      ->capture_default_str();
+  add_choice(cmd, "--probe", o->probe, "Hutchinson's probe");
   cmd->add_option("--dequant-samples", o->dequant_samples, "K dequantisation draws per image (importance-weighted)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -54,7 +51,7 @@ void add_evaluate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "keep the finished sample shards of an interrupted run");
   cmd->add_option("--seed", o->seed, "seed of the sample noise, dequantisation and probes")->capture_default_str();
-  cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out, "write the results as JSON to this file (rewritten after each figure)");
   cmd->callback([o] {

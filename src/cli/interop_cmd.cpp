@@ -12,7 +12,7 @@ void add_export_command(CLI::App& app) {
   auto o = std::make_shared<ExportOptions>();
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train or fm import")->required();
   cmd->add_option("--out", o->out, "the .safetensors file to write")->required();
-  cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->callback([o] {
     auto r = export_safetensors(*o);
     spdlog::info("wrote {} ({} tensors, {} parameters, {} names)", o->out, r.tensors, r.parameters, r.names);

@@ -17,14 +17,12 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint (.pt) written by fm train")->required();
   cmd->add_option("-n,--num-samples", o->n, "number of samples")->check(at_least(1))->capture_default_str();
   cmd->add_option("--batch", o->batch, "samples per batch")->check(at_least(1))->capture_default_str();
-  auto* solver = cmd->add_option("--solver", solve->solver,
-                                 "euler | midpoint | heun | rk4 | dopri5 (default: the checkpoint's sample.solver)")
-                     ->check(CLI::IsMember({"euler", "midpoint", "heun", "rk4", "dopri5"}));
+  auto* solver = add_choice(cmd, "--solver", solve->solver, "ODE solver (default: the checkpoint's sample.solver)",
+                            /*show_default=*/false);
   auto* steps = cmd->add_option("--steps", solve->steps, "steps of a fixed-step solver (default: sample.steps)")
                     ->check(at_least(1));
-  auto* grid = cmd->add_option("--time-grid", solve->time_grid,
-                               "uniform | edm, for fixed-step solvers (default: sample.time_grid)")
-                   ->check(CLI::IsMember({"uniform", "edm"}));
+  auto* grid = add_choice(cmd, "--time-grid", solve->time_grid,
+                          "time grid of fixed-step solvers (default: sample.time_grid)", /*show_default=*/false);
   auto* atol = cmd->add_option("--atol", solve->atol, "dopri5 absolute tolerance (default: sample.atol)")
                    ->check(greater_than(0));
   auto* rtol = cmd->add_option("--rtol", solve->rtol, "dopri5 relative tolerance (default: sample.rtol)")
@@ -34,7 +32,7 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "noise seed (sample i gets the same noise whatever --batch)")
       ->check(seed_value())
       ->capture_default_str();
-  cmd->add_option("--weights", o->weights, "ema | raw")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out_dir,
                   "output directory (samples.npz, samples.png, samples.json; shards/ while running)")

@@ -12,11 +12,12 @@ namespace fm {
 
 void add_config_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("config", "Print the fully resolved config (defaults, file, --set) as JSON");
-  auto config = std::make_shared<std::string>();
+  auto config = std::make_shared<std::string>(), device = std::make_shared<std::string>();
   auto sets = std::make_shared<std::vector<std::string>>();
   cmd->add_option("--config", *config, "config file (JSON)")->required();
   cmd->add_option("--set", *sets, "override a key, e.g. --set train.lr=2e-4 (repeatable)")->take_all();
-  cmd->callback([=] { std::cout << to_json(load_config(*config, *sets)).dump(2) << std::endl; });
+  cmd->add_option("--device", *device, "auto | cpu | cuda | cuda:N (overrides the config's device, as fm train's)");
+  cmd->callback([=] { std::cout << to_json(load_config(*config, with_device(*sets, *device))).dump(2) << std::endl; });
 }
 
 void add_train_command(CLI::App& app) {
@@ -46,9 +47,7 @@ void add_train_command(CLI::App& app) {
                   "checkpoint and exit at this step (for job time limits); continue later with --resume auto")
       ->check(at_least(1));
   cmd->callback([a] {
-    auto sets = a->sets;
-    if (!a->device.empty()) sets.push_back("device=" + a->device);
-    Config cfg = load_config(a->config, sets);
+    Config cfg = load_config(a->config, with_device(a->sets, a->device));
     TrainOptions opts;
     opts.out_dir = a->out.empty() ? "runs/" + std::filesystem::path(a->config).stem().string() : a->out;
     opts.resume = a->resume;

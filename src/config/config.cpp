@@ -7,7 +7,9 @@
 #include <set>
 #include <sstream>
 
+#include "util/device.h"
 #include "util/error.h"
+#include "util/suggest.h"
 
 namespace fm {
 namespace {
@@ -55,14 +57,6 @@ Check<double> in_range(double lo, double hi, bool hi_open = false) {
     return s.str();
   };
 }
-Check<std::string> one_of(std::vector<std::string> allowed) {
-  return [allowed](const std::string& v) -> std::optional<std::string> {
-    if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return std::nullopt;
-    std::string s = "must be one of";
-    for (size_t i = 0; i < allowed.size(); ++i) s += (i ? ", " : " ") + allowed[i];
-    return s + " (got \"" + v + "\")";
-  };
-}
 template <class T>
 Check<std::vector<T>> each(Check<T> c, size_t min_len = 0, size_t max_len = SIZE_MAX) {
   return [=](const std::vector<T>& v) -> std::optional<std::string> {
@@ -82,9 +76,9 @@ Check<std::vector<T>> each(Check<T> c, size_t min_len = 0, size_t max_len = SIZE
 // --- the keys, listed once ---------------------------------------------------------------------------------------
 template <class V>
 void visit(V& v, DataConfig& c) {
-  v("format", c.format, one_of({"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"}));
+  v("format", c.format);
   v("path", c.path);
-  v("split", c.split, one_of({"train", "test"}));
+  v("split", c.split);
   v("resolution", c.resolution, between(0, 8192));
   v("center_crop", c.center_crop);
   v("hflip", c.hflip);
@@ -118,26 +112,26 @@ void visit(V& v, UNetConfig& c) {
 }
 template <class V>
 void visit(V& v, ModelConfig& c) {
-  v("type", c.type, one_of({"mlp", "unet"}));
-  v("target", c.target, one_of({"velocity", "noise", "data", "score"}));
+  v("type", c.type);
+  v("target", c.target);
   v.section("mlp", c.mlp);
   v.section("unet", c.unet);
 }
 template <class V>
 void visit(V& v, PathConfig& c) {
-  v("type", c.type, one_of({"cond_ot", "vp", "cosine", "polynomial", "linear_vp", "torchcfm_vp"}));
+  v("type", c.type);
   v("sigma_min", c.sigma_min, in_range(0.0, 1.0, true));
   v("beta_min", c.beta_min, greater_than(0.0));
   v("beta_max", c.beta_max, greater_than(0.0));
   v("poly_n", c.poly_n, greater_than(0.0));
-  v("coupling", c.coupling, one_of({"independent", "ot", "sinkhorn", "sb"}));
+  v("coupling", c.coupling);
   v("ot_reg", c.ot_reg, greater_than(0.0));
   v("sinkhorn_iters", c.sinkhorn_iters, greater_than<int64_t>(0));
   v("sb_sigma", c.sb_sigma, greater_than(0.0));
 }
 template <class V>
 void visit(V& v, TimeConfig& c) {
-  v("sampler", c.sampler, one_of({"uniform", "logit_normal"}));
+  v("sampler", c.sampler);
   v("loc", c.loc);
   v("scale", c.scale, greater_than(0.0));
 }
@@ -150,7 +144,7 @@ void visit(V& v, TrainConfig& c) {
   v("eps", c.eps, greater_than(0.0));
   v("weight_decay", c.weight_decay, at_least(0.0));
   v("warmup_steps", c.warmup_steps, at_least<int64_t>(0));
-  v("decay", c.decay, one_of({"constant", "linear", "cosine", "poly"}));
+  v("decay", c.decay);
   v("decay_power", c.decay_power, greater_than(0.0));
   v("final_lr_scale", c.final_lr_scale, in_range(0.0, 1.0));
   v("grad_clip", c.grad_clip, at_least(0.0));
@@ -162,17 +156,17 @@ void visit(V& v, TrainConfig& c) {
   v("bf16", c.bf16);
   v("cuda_graph", c.cuda_graph);
   v("resume_new_data", c.resume_new_data);
-  v("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
+  v.record("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
   v("max_nonfinite_steps", c.max_nonfinite_steps, greater_than<int64_t>(0));
   v("tensorboard", c.tensorboard);
 }
 template <class V>
 void visit(V& v, SampleConfig& c) {
-  v("solver", c.solver, one_of({"euler", "midpoint", "heun", "rk4", "dopri5"}));
+  v("solver", c.solver);
   v("steps", c.steps, greater_than<int64_t>(0));
   v("atol", c.atol, greater_than(0.0));
   v("rtol", c.rtol, greater_than(0.0));
-  v("time_grid", c.time_grid, one_of({"uniform", "edm"}));
+  v("time_grid", c.time_grid);
   v("n", c.n, between(1, int64_t(1) << 30));
   v("cuda_graph", c.cuda_graph);
 }
@@ -184,7 +178,10 @@ template <class V>
 void visit(V& v, Config& c) {
   v("comment", c.comment);
   v("seed", c.seed, at_least<int64_t>(0));
-  v("device", c.device);
+  v("device", c.device, [](const std::string& d) -> std::optional<std::string> {
+    if (is_device_spec(d)) return std::nullopt;
+    return "must be auto, cpu, cuda or cuda:N (got \"" + d + "\")";
+  });
   v.section("data", c.data);
   v.section("model", c.model);
   v.section("path", c.path);
@@ -197,13 +194,21 @@ void visit(V& v, Config& c) {
 // --- visitors ----------------------------------------------------------------------------------------------------
 struct Writer {
   json j = json::object();
+  bool records = true;  // false: the keys a user sets only
   template <class T, class C = Check<T>>
   void operator()(const char* key, T& value, C = {}) {
-    j[key] = value;
+    if constexpr (std::is_enum_v<T>)
+      j[key] = name_of(value);
+    else
+      j[key] = value;
+  }
+  template <class T, class C>
+  void record(const char* key, T& value, C check) {
+    if (records) (*this)(key, value, check);
   }
   template <class S>
   void section(const char* key, S& s) {
-    Writer w;
+    Writer w{json::object(), records};
     visit(w, s);
     j[key] = std::move(w.j);
   }
@@ -215,6 +220,10 @@ const char* type_name(const double*) { return "a number"; }
 const char* type_name(const std::string*) { return "a string"; }
 const char* type_name(const std::vector<int64_t>*) { return "a list of integers"; }
 const char* type_name(const std::vector<double>*) { return "a list of numbers"; }
+template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+const char* type_name(const E*) {
+  return "a string";
+}
 
 bool convert(const json& j, bool& out) {
   if (!j.is_boolean()) return false;
@@ -257,28 +266,6 @@ bool convert(const json& j, std::vector<T>& out) {
   return true;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-std::string closest_key(const std::string& key) {
-  std::string best;
-  size_t best_d = SIZE_MAX;
-  for (const auto& k : config_keys()) {
-    size_t d = edit_distance(key, k);
-    if (d < best_d) best_d = d, best = k;
-  }
-  return best;
-}
-
 // A value as it appears in an error message: on one line, short, and without recursing into deep nesting (dump()
 // recurses once per level, and a hostile file can nest tens of thousands of levels).
 std::string shown(const json& v) {
@@ -290,7 +277,8 @@ std::string shown(const json& v) {
 }
 
 InputError unknown_key(const std::string& source, const std::string& key) {
-  return InputError(source + ": unknown key '" + key + "' (did you mean '" + closest_key(key) + "'?)");
+  return InputError(source + ": unknown key '" + key + "' (did you mean '" + closest(key, config_keys()).value_or("") +
+                    "'?)");
 }
 
 struct Reader {
@@ -306,9 +294,21 @@ struct Reader {
     seen.insert(key);
     auto it = j.find(key);
     if (it == j.end()) return;
-    if (!convert(*it, value))
-      throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + shown(*it));
-    if (auto err = check(value)) throw InputError(source + ": " + path(key) + ": " + *err);
+    if constexpr (std::is_enum_v<T>) {
+      if (!it->is_string())
+        throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + shown(*it));
+      auto v = choice_from<T>(it->get<std::string>());
+      if (!v) throw InputError(source + ": " + path(key) + ": " + not_one_of(it->get<std::string>(), choice_names<T>()));
+      value = *v;
+    } else {
+      if (!convert(*it, value))
+        throw InputError(source + ": " + path(key) + ": expected " + type_name(&value) + ", got " + shown(*it));
+      if (auto err = check(value)) throw InputError(source + ": " + path(key) + ": " + *err);
+    }
+  }
+  template <class T, class C>
+  void record(const char* key, T& value, C check) {
+    (*this)(key, value, check);
   }
   template <class S>
   void section(const char* key, S& s) {
@@ -416,33 +416,40 @@ Config config_from_json(const json& j, const std::string& source) {
   // A data.path of the form "format:path" sets both (the spec syntax the commands take).
   auto colon = c.data.path.find(':');
   if (colon != std::string::npos) {
-    std::string fmt = c.data.path.substr(0, colon);
-    bool known = false;
-    for (const char* f : {"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"})
-      if (fmt == f) {
-        known = true;
-        c.data.format = fmt;
-        c.data.path = c.data.path.substr(colon + 1);
-      }
-    // A word before the colon is a mistyped format ("folders:DIR"), not a path that holds a colon; without this it
-    // would pass as a path of the config's own format and fail later with that format's unrelated error.
-    bool word = fmt.size() >= 2;
-    for (char ch : fmt) word = word && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
-    if (!known && word)
-      throw InputError(source + ": data.path: unknown format '" + fmt + "' in '" + c.data.path +
-                       "' (toy, cifar10, imagenet32, folder, npz, shapes)");
+    const std::string fmt = c.data.path.substr(0, colon);
+    if (auto format = choice_from<DataFormat>(fmt)) {
+      c.data.format = *format;
+      c.data.path = c.data.path.substr(colon + 1);
+    } else {
+      // A word before the colon is a mistyped format ("folders:DIR"), not a path that holds a colon; without this it
+      // would pass as a path of the config's own format and fail later with that format's unrelated error.
+      bool word = fmt.size() >= 2;
+      for (char ch : fmt) word = word && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
+      if (word)
+        throw InputError(source + ": data.path: unknown format '" + fmt + "' in '" + c.data.path + "' (" +
+                         choice_list<DataFormat>() + ")");
+    }
   }
   return c;
 }
 
+namespace {
+// The JSON form of the keys a user sets: records left out.
+json settable(const Config& c) {
+  Writer w{json::object(), false};
+  visit(w, const_cast<Config&>(c));
+  return w.j;
+}
+}  // namespace
+
 std::vector<std::string> config_keys() {
   std::vector<std::string> keys;
-  flatten(to_json(Config{}), "", keys);
+  flatten(settable(Config{}), "", keys);
   return keys;
 }
 
 void apply_overrides(json& doc, const std::vector<std::string>& overrides) {
-  const json defaults = to_json(Config{});
+  const json defaults = settable(Config{});
   for (const auto& ov : overrides) {
     auto eq = ov.find('=');
     if (eq == std::string::npos || eq == 0) throw InputError("--set '" + ov + "': expected KEY=VALUE");

@@ -9,13 +9,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/choices.h"
+
 namespace fm {
 
 struct DataConfig {
-  std::string format = "toy";        // toy | cifar10 | imagenet32 | folder | npz | shapes
+  DataFormat format = DataFormat::toy;
   std::string path;                  // directory or file; toy: the distribution (default checkerboard); shapes: N;
                                      // a "format:path" spec also works
-  std::string split = "train";       // train | test (cifar10, imagenet32)
+  Split split = Split::train;        // cifar10, imagenet32
   int64_t resolution = 0;            // folder/shapes: image size (0 = keep the files' own size)
   bool center_crop = false;          // folder: center-crop to square before resizing
   bool hflip = true;                 // random horizontal flips of image batches
@@ -46,27 +48,27 @@ struct UNetConfig {
 };
 
 struct ModelConfig {
-  std::string type = "mlp";  // mlp | unet
-  std::string target = "velocity";  // what the network predicts: velocity | noise | data | score (see path/target.h)
+  ModelType type = ModelType::mlp;
+  Target target = Target::velocity;  // what the network predicts (see path/target.h)
   MlpConfig mlp;
   UNetConfig unet;
 };
 
 // Noise at t=0, data at t=1 (the paper's convention).
 struct PathConfig {
-  std::string type = "cond_ot";  // cond_ot | vp | cosine | polynomial | linear_vp | torchcfm_vp
+  PathType type = PathType::cond_ot;
   double sigma_min = 0.0;
   double beta_min = 0.1;
   double beta_max = 20.0;
   double poly_n = 2.0;                  // polynomial: alpha_t = t^n
-  std::string coupling = "independent";  // independent | ot | sinkhorn | sb: how a batch's noise is paired with its data
+  Coupling coupling = Coupling::independent;  // how a batch's noise is paired with its data
   double ot_reg = 0.05;                 // sinkhorn: entropic regularisation, in units of the squared distance
   int64_t sinkhorn_iters = 100;         // sinkhorn, sb: Sinkhorn iterations per batch
   double sb_sigma = 1.0;                // sb: Brownian-bridge noise sigma sqrt(t(1-t)); its plan uses reg 2 sigma^2
 };
 
 struct TimeConfig {
-  std::string sampler = "uniform";  // uniform | logit_normal
+  TimeSampler sampler = TimeSampler::uniform;
   double loc = 0.0;
   double scale = 1.0;
 };
@@ -79,7 +81,7 @@ struct TrainConfig {
   double eps = 1e-8;
   double weight_decay = 0.0;
   int64_t warmup_steps = 0;
-  std::string decay = "constant";  // constant | linear | cosine | poly
+  LrDecay decay = LrDecay::constant;
   double decay_power = 1.0;        // poly: lr scale (1 - progress)^power
   double final_lr_scale = 0.0;     // lr at the last step as a fraction of lr (linear, cosine, poly)
   double grad_clip = 0.0;          // max global gradient norm (0 = off)
@@ -91,17 +93,19 @@ struct TrainConfig {
   bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
   bool cuda_graph = false;   // CUDA only: replay the whole training step as one captured CUDA graph (train_step_graph.h)
   bool resume_new_data = false;        // a resume may continue on other data than the checkpoint's (a fresh epoch)
-  std::vector<int64_t> earlier_steps;  // train.steps before resumes changed it, oldest first (fm train records it)
+  // A record, not a setting: train.steps before resumes changed it, oldest first. fm train writes it into the run's
+  // config.json; it is neither offered by --set nor suggested for a mistyped key.
+  std::vector<int64_t> earlier_steps;
   int64_t max_nonfinite_steps = 100;  // this many skipped (non-finite) steps in a row stop the run
   bool tensorboard = true;   // TensorBoard event file in the run directory: metrics as scalars, sample grids as images
 };
 
 struct SampleConfig {
-  std::string solver = "midpoint";  // euler | midpoint | heun | rk4 | dopri5
+  Solver solver = Solver::midpoint;
   int64_t steps = 100;
   double atol = 1e-5;
   double rtol = 1e-5;
-  std::string time_grid = "uniform";  // uniform | edm
+  TimeGrid time_grid = TimeGrid::uniform;  // fixed-step solvers
   int64_t n = 4000;                   // samples drawn for the run's own figures
   bool cuda_graph = false;  // CUDA only: replay the network as a captured CUDA graph (sample/graphed_velocity.h)
 };
@@ -139,7 +143,7 @@ void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& overri
 // Reads `path`, applies overrides, validates.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 
-// All valid dotted key paths, for suggestions and docs.
+// The dotted keys a user sets (all but records such as train.earlier_steps), for suggestions and docs.
 std::vector<std::string> config_keys();
 
 }  // namespace fm

@@ -14,7 +14,7 @@ BatchSampler::BatchSampler(const Dataset& data, bool hflip) : data_(data), hflip
 }
 
 Batch BatchSampler::next(int64_t batch_size) {
-  if (data_.is_toy()) return {sample_toy(data_.toy, batch_size, torch::TensorOptions().device(data_.device)), {}};
+  if (data_.is_toy()) return {sample_toy(*data_.toy, batch_size, torch::TensorOptions().device(data_.device)), {}};
   const auto dev = data_.device;
   const int64_t n = data_.size();
   // Batches may span an epoch boundary: take what is left, then continue in a fresh permutation.

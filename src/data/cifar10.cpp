@@ -43,15 +43,13 @@ fs::path resolve_dir(const std::string& dir) {
 
 }  // namespace
 
-Dataset read_cifar10(const std::string& dir, const std::string& split) {
+Dataset read_cifar10(const std::string& dir, Split split) {
   const fs::path d = resolve_dir(dir);
   std::vector<std::string> names;
-  if (split == "train") {
+  if (split == Split::train) {
     for (int i = 1; i <= 5; ++i) names.push_back("data_batch_" + std::to_string(i) + ".bin");
-  } else if (split == "test") {
-    names.push_back("test_batch.bin");
   } else {
-    throw InputError("data.split: '" + split + "' is not a CIFAR-10 split (train, test)");
+    names.push_back("test_batch.bin");
   }
   std::string missing;
   for (const auto& n : names)

@@ -13,6 +13,6 @@ constexpr int64_t kCifar10RecordBytes = 1 + 3 * 32 * 32;
 // `dir`/cifar-10-batches-bin, onto the CPU: images uint8 [N, 3, 32, 32], labels int64 [N], 10 classes.
 // Throws InputError naming the file for a missing file, a length that is not a whole number of records, or a label
 // outside 0..9 (naming the record too).
-Dataset read_cifar10(const std::string& dir, const std::string& split);
+Dataset read_cifar10(const std::string& dir, Split split);
 
 }  // namespace fm

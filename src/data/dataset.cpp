@@ -18,70 +18,90 @@ std::vector<int64_t> Dataset::sample_shape() const {
   return {images.size(1), images.size(2), images.size(3)};
 }
 
+std::string data_spec(const DataConfig& cfg) { return std::string(name_of(cfg.format)) + ":" + cfg.path; }
+
 DataConfig parse_data_spec(const std::string& spec) {
   DataConfig cfg;
   auto colon = spec.find(':');
   if (colon == std::string::npos)
     throw InputError("data spec '" + spec + "': expected FORMAT:PATH (toy:NAME, cifar10:DIR, imagenet32:DIR, "
                      "folder:DIR, npz:FILE, shapes:N)");
-  cfg.format = spec.substr(0, colon);
+  const std::string format = spec.substr(0, colon);
+  auto f = choice_from<DataFormat>(format);
+  if (!f)
+    throw InputError("data spec '" + spec + "': unknown format '" + format + "' (" + choice_list<DataFormat>() + ")");
+  cfg.format = *f;
   cfg.path = spec.substr(colon + 1);
-  for (const char* f : {"toy", "cifar10", "imagenet32", "folder", "npz", "shapes"})
-    if (cfg.format == f) return cfg;
-  throw InputError("data spec '" + spec + "': unknown format '" + cfg.format +
-                   "' (toy, cifar10, imagenet32, folder, npz, shapes)");
+  return cfg;
 }
+
+namespace {
+
+// shapes:N, or data.size when the path is empty.
+int64_t shapes_count(const DataConfig& cfg) {
+  if (cfg.path.empty()) return cfg.size;
+  bool digits = cfg.path.size() <= 12;
+  for (char ch : cfg.path) digits = digits && std::isdigit(static_cast<unsigned char>(ch));
+  if (!digits || std::stoll(cfg.path) <= 0)
+    throw InputError("data.path: shapes takes an image count N > 0 (or an empty path to use data.size), got '" +
+                     cfg.path + "'");
+  return std::stoll(cfg.path);
+}
+
+// The images (and labels) of an image format, read onto the CPU, before any limit.
+Dataset read_images(const DataConfig& cfg) {
+  if (cfg.format != DataFormat::shapes && !std::filesystem::exists(cfg.path))
+    throw InputError(data_spec(cfg) + ": no such file or directory (a config's data.path: set it with "
+                     "--set data.path=PATH; a command's data option: FORMAT:PATH)");
+  switch (cfg.format) {
+    case DataFormat::cifar10:
+    case DataFormat::imagenet32:
+      if (cfg.resolution > 0 && cfg.resolution != 32)
+        throw InputError(std::string("data.resolution: ") + name_of(cfg.format) + " images are 32x32; resizing (to " +
+                         std::to_string(cfg.resolution) + ") is only done for folder and shapes");
+      return cfg.format == DataFormat::cifar10 ? read_cifar10(cfg.path, cfg.split)
+                                               : read_imagenet32(cfg.path, cfg.split);
+    case DataFormat::folder: {
+      ImageFolderOptions opts;
+      opts.resolution = cfg.resolution;
+      opts.center_crop = cfg.center_crop;
+      opts.limit = cfg.limit;
+      return read_image_folder(cfg.path, opts);
+    }
+    case DataFormat::npz: {
+      auto cpu = read_npz_images(cfg.path);
+      if (cfg.resolution > 0 && (cpu.images.size(2) != cfg.resolution || cpu.images.size(3) != cfg.resolution))
+        throw file_error(cfg.path, "images are " + std::to_string(cpu.images.size(3)) + "x" +
+                                       std::to_string(cpu.images.size(2)) + " but data.resolution is " +
+                                       std::to_string(cfg.resolution) + " (npz images are not resized)");
+      return cpu;
+    }
+    case DataFormat::shapes: {
+      const int64_t res = cfg.resolution > 0 ? cfg.resolution : 32;
+      if (res < 8) throw InputError("data.resolution: shapes need images of side >= 8, got " + std::to_string(res));
+      return shapes_dataset(make_shapes(shapes_count(cfg), res, /*seed=*/0));
+    }
+    case DataFormat::toy:
+      break;
+  }
+  throw std::logic_error("read_images: not an image format");
+}
+
+}  // namespace
 
 Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   Dataset ds;
-  ds.name = cfg.format + ":" + cfg.path;
+  ds.name = data_spec(cfg);
   ds.device = device;
-  if (cfg.format == "toy") {
-    ds.toy = cfg.path.empty() ? "checkerboard" : cfg.path;
-    ds.name = "toy:" + ds.toy;
-    sample_toy(ds.toy, 1);  // validates the name now rather than at the first batch
+  if (cfg.format == DataFormat::toy) {
+    ds.toy = parse_toy(cfg.path);
+    ds.name = std::string("toy:") + name_of(*ds.toy);
+    sample_toy(*ds.toy, 1);  // TEMP-BASELINE: the old validation draw, kept only to compare runs with the baseline
     return ds;
   }
-  if (cfg.format != "shapes" && !std::filesystem::exists(cfg.path))
-    throw InputError(cfg.format + ":" + cfg.path + ": no such file or directory (a config's data.path: set it with "
-                     "--set data.path=PATH; a command's data option: FORMAT:PATH)");
   // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.
-  Dataset cpu;
-  if (cfg.format == "cifar10" || cfg.format == "imagenet32") {
-    if (cfg.resolution > 0 && cfg.resolution != 32)
-      throw InputError("data.resolution: " + cfg.format + " images are 32x32; resizing (to " +
-                       std::to_string(cfg.resolution) + ") is only done for folder and shapes");
-    cpu = cfg.format == "cifar10" ? read_cifar10(cfg.path, cfg.split) : read_imagenet32(cfg.path, cfg.split);
-  } else if (cfg.format == "folder") {
-    ImageFolderOptions opts;
-    opts.resolution = cfg.resolution;
-    opts.center_crop = cfg.center_crop;
-    opts.limit = cfg.limit;
-    cpu = read_image_folder(cfg.path, opts);
-  } else if (cfg.format == "npz") {
-    cpu = read_npz_images(cfg.path);
-    if (cfg.resolution > 0 && (cpu.images.size(2) != cfg.resolution || cpu.images.size(3) != cfg.resolution))
-      throw file_error(cfg.path, "images are " + std::to_string(cpu.images.size(3)) + "x" +
-                                     std::to_string(cpu.images.size(2)) + " but data.resolution is " +
-                                     std::to_string(cfg.resolution) + " (npz images are not resized)");
-  } else if (cfg.format == "shapes") {
-    int64_t n = cfg.size;
-    if (!cfg.path.empty()) {
-      bool digits = cfg.path.size() <= 12;
-      for (char ch : cfg.path) digits = digits && std::isdigit(static_cast<unsigned char>(ch));
-      if (!digits || std::stoll(cfg.path) <= 0)
-        throw InputError("data.path: shapes takes an image count N > 0 (or an empty path to use data.size), got '" +
-                         cfg.path + "'");
-      n = std::stoll(cfg.path);
-    }
-    const int64_t res = cfg.resolution > 0 ? cfg.resolution : 32;
-    if (res < 8) throw InputError("data.resolution: shapes need images of side >= 8, got " + std::to_string(res));
-    cpu = shapes_dataset(make_shapes(n, res, /*seed=*/0));
-  } else {
-    throw InputError("data.format: '" + cfg.format + "' is not supported by this build");
-  }
-
-  if (cfg.format != "folder") {  // the folder reader takes its subset before decoding
+  Dataset cpu = read_images(cfg);
+  if (cfg.format != DataFormat::folder) {  // the folder reader takes its subset before decoding
     cpu.subset = describe_subset(cpu.images.size(0), cfg.limit);
     if (cfg.limit > 0 && cfg.limit < cpu.images.size(0)) {
       // index_select copies, so the rest of the set is freed rather than kept alive by a view.
@@ -96,6 +116,24 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   ds.class_names = cpu.class_names;
   ds.subset = cpu.subset;
   return ds;
+}
+
+std::vector<int64_t> sample_shape_of(const DataConfig& cfg) {
+  switch (cfg.format) {
+    case DataFormat::toy:
+      return {2};
+    case DataFormat::cifar10:
+    case DataFormat::imagenet32:
+      return {3, 32, 32};
+    case DataFormat::shapes: {
+      const int64_t res = cfg.resolution > 0 ? cfg.resolution : 32;
+      return {3, res, res};
+    }
+    case DataFormat::folder:
+    case DataFormat::npz:
+      break;
+  }
+  return load_dataset(cfg, torch::kCPU).sample_shape();
 }
 
 std::vector<int64_t> evenly_spread(int64_t n, int64_t limit) {

@@ -17,12 +17,12 @@ struct EvalData {
 };
 
 // Formats with a train/test split (the others ignore `split`).
-bool has_splits(const std::string& format);
+bool has_splits(DataFormat format);
 
 // `spec` empty: the checkpoint's `trained_on`. `sample_shape` is the model's ({C, H, W} for images, {2} for toys);
 // `split` is used where the format has splits. Throws InputError for a bad spec.
 EvalData resolve_eval_data(const std::string& spec, const DataConfig& trained_on,
-                           const std::vector<int64_t>& sample_shape, const std::string& split);
+                           const std::vector<int64_t>& sample_shape, Split split);
 
 // InputError unless `data_shape` (from the loaded set) is the model's `model_shape`; names both and the checkpoint.
 void check_eval_data_shape(const EvalData& data, const std::vector<int64_t>& data_shape,

@@ -45,23 +45,21 @@ void read_batch(const fs::path& file, std::vector<torch::Tensor>& images, std::v
 
 }  // namespace
 
-Dataset read_imagenet32(const std::string& dir, const std::string& split) {
+Dataset read_imagenet32(const std::string& dir, Split split) {
   const fs::path d(dir);
   if (!fs::is_directory(d)) throw InputError("imagenet32: '" + dir + "' is not a directory");
   std::vector<fs::path> files;
-  if (split == "train") {
+  if (split == Split::train) {
     for (int i = 1; i <= 10; ++i) {
       auto f = d / ("train_data_batch_" + std::to_string(i) + ".npz");
       if (fs::is_regular_file(f)) files.push_back(f);
     }
     if (files.empty())
       throw InputError("imagenet32: " + d.string() + ": no train_data_batch_1.npz .. train_data_batch_10.npz");
-  } else if (split == "test") {
+  } else {
     auto f = d / "val_data.npz";
     if (!fs::is_regular_file(f)) throw InputError("imagenet32: " + d.string() + ": missing val_data.npz");
     files.push_back(f);
-  } else {
-    throw InputError("data.split: '" + split + "' is not an ImageNet-32 split (train, test)");
   }
   std::vector<torch::Tensor> images, labels;
   for (const auto& f : files) read_batch(f, images, labels);

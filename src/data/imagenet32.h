@@ -13,6 +13,6 @@ constexpr int64_t kImageNet32Classes = 1000;
 // Reads the train batches that exist in `dir` (at least one, in numeric order) for split "train", or val_data.npz
 // for split "test", onto the CPU: images uint8 [N, 3, 32, 32], labels int64 [N] 0-based, 1000 classes.
 // Throws InputError naming the file and array for a wrong dtype, shape or label.
-Dataset read_imagenet32(const std::string& dir, const std::string& split);
+Dataset read_imagenet32(const std::string& dir, Split split);
 
 }  // namespace fm

@@ -5,12 +5,14 @@
 
 #include <torch/torch.h>
 
+#include "config/choices.h"
+
 namespace fm {
 
-const std::vector<std::string>& toy_names();  // eight_gaussians, moons, checkerboard, spirals
-
-// n samples [n, 2]; throws InputError naming the valid names for an unknown one.
-torch::Tensor sample_toy(const std::string& name, int64_t n, const torch::TensorOptions& opts = {});
+// n samples [n, 2].
+torch::Tensor sample_toy(ToyData toy, int64_t n, const torch::TensorOptions& opts = {});
+// The distribution a data spec toy:NAME names ("" is the checkerboard); InputError naming the valid names otherwise.
+ToyData parse_toy(const std::string& name);
 
 // Half-width of a square window that holds every toy distribution, for plots.
 constexpr double kToyPlotLimit = 4.5;

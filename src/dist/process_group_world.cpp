@@ -34,6 +34,7 @@ class C10dWorld final : public ProcessGroupWorld {
   int rank() const override { return env_.rank; }
   int size() const override { return env_.size; }
   int local_rank() const override { return env_.local_rank; }
+  torch::Device device() const override { return device_; }
   c10d::Backend& backend() override { return *pg_; }
   std::chrono::milliseconds timeout() const override { return timeout_; }
 

@@ -71,6 +71,11 @@ World& world() {
   return single();
 }
 
+World& this_process_only() {
+  static SingleProcessWorld alone;
+  return alone;
+}
+
 torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout) {
   if (joined_device()) return *joined_device();
   LaunchEnv env = parse_launch_env(process_env());

@@ -18,6 +18,8 @@ class World {
   virtual int size() const = 0;
   // Index of this process's device on its node (cuda:local_rank()).
   virtual int local_rank() const = 0;
+  // Where the tensors of a collective live: the job's CUDA device under NCCL, else the CPU.
+  virtual torch::Device device() const { return torch::kCPU; }
   bool is_main() const { return rank() == 0; }
   bool distributed() const { return size() > 1; }
 
@@ -35,6 +37,9 @@ class World {
 
 // The process-wide world: one process until init_world() replaces it.
 World& world();
+
+// A world of this process alone, whatever launched it: for work a caller does whole in each process.
+World& this_process_only();
 
 // Joins the job the launcher describes (torchrun or srun, see dist/launch_env.h) and makes it the process-wide world;
 // without a launcher the world stays one process. `device_spec` is the configured device (auto | cpu | cuda | cuda:N):

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "config/choices.h"
 #include "dist/world.h"
 
 namespace fm {
@@ -14,15 +15,15 @@ namespace fm {
 struct EvalNllOptions {
   std::string checkpoint;
   std::string data;               // a data spec: cifar10:DIR, toy:NAME, ... ("" = the checkpoint's training data)
-  std::string split = "test";
-  int64_t limit = 0;              // images: the first N (0 = all); toys: points drawn (0 = 1000)
+  Split split = Split::test;
+  int64_t limit = 0;              // images: N evenly spread over the set (0 = all); toys: points drawn (0 = 1000)
   int64_t batch = 256;
-  std::string divergence = "hutchinson";  // hutchinson | exact
-  std::string probe = "rademacher";       // rademacher | gaussian
+  Divergence divergence = Divergence::hutchinson;
+  Probe probe = Probe::rademacher;
   int64_t dequant_samples = 1;            // K: importance-weighted bound over K dequantisation draws (images)
   double atol = 1e-5, rtol = 1e-5;
   uint64_t seed = 0;              // dequantisation noise, probes and toy points; item i's draws do not depend on --batch
-  std::string weights = "ema";    // ema | raw
+  Weights weights = Weights::ema;
   std::string device = "auto";
   std::string out;                // JSON results ("" = none)
   std::string per_image;          // per-item values: .npy (float64 [N]) or, for any other name, text, one per line

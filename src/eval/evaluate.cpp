@@ -9,6 +9,7 @@
 #include "checkpoint/checkpoint.h"
 #include "data/dataset.h"
 #include "eval/eval_nll.h"
+#include "fid/fid_run.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
@@ -30,10 +31,9 @@ std::string fmt(const char* f, double v) {
 
 // The FID of a samples.npz (arr_0 uint8 N x H x W x C, as run_sampling writes) against reference statistics.
 double fid_of_samples(const std::string& npz, FidInception& net, const FidStats& ref, int64_t batch) {
-  auto images = read_npz(npz, {"arr_0"}).at("arr_0").permute({0, 3, 1, 2}).contiguous();
-  FeatureOptions fo;
-  fo.batch = batch;
-  auto stats = compute_fid_features(net, images, fo).stats;
+  FidImageOptions io;
+  io.batch = batch;
+  auto stats = image_stats(net, parse_data_spec("npz:" + npz), io, dist::this_process_only());
   return frechet_distance(stats, ref).distance;
 }
 
@@ -50,8 +50,8 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
                      (o.fid_ref.empty() ? "--fid-ref" : "--fid-weights") + ": FID needs both");
   if (o.num_samples < 0) throw InputError("--num-samples: must be >= 0");
   if (o.batch < 1 || o.fid_batch < 1 || o.nll_batch < 1) throw InputError("--batch, --fid-batch, --nll-batch: must be >= 1");
-  if (o.fixed_solver != "euler" && o.fixed_solver != "midpoint" && o.fixed_solver != "heun" && o.fixed_solver != "rk4")
-    throw InputError("--fixed-solver '" + o.fixed_solver + "': expected euler, midpoint, heun or rk4");
+  if (!is_fixed_step(o.fixed_solver))
+    throw InputError(std::string("--fixed-solver ") + name_of(o.fixed_solver) + ": expected a fixed-step solver");
   for (auto s : o.fixed_steps)
     if (s < 1) throw InputError("--fixed-steps: step counts must be >= 1, got " + std::to_string(s));
   if (!o.data.empty()) parse_data_spec(o.data);
@@ -66,7 +66,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   const bool toy = shape.size() == 1;
   const auto device = resolve_device(o.device);
 
-  nlohmann::json j = {{"checkpoint", o.checkpoint}, {"step", step},  {"weights", o.weights},
+  nlohmann::json j = {{"checkpoint", o.checkpoint}, {"step", step},  {"weights", name_of(o.weights)},
                       {"device", device.str()},     {"seed", o.seed}, {"skipped", nlohmann::json::array()}};
   auto skip = [&](const std::string& what, const std::string& why) {
     spdlog::warn("evaluate: {} skipped: {}", what, why);
@@ -101,7 +101,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     e.split = o.split;
     e.limit = o.nll_limit;
     e.batch = o.nll_batch;
-    e.divergence = "hutchinson";
+    e.divergence = Divergence::hutchinson;
     e.probe = o.probe;
     e.dequant_samples = o.dequant_samples;
     e.atol = o.atol;
@@ -131,7 +131,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     so.seed = o.seed;
     // Only the settings that apply to the solver, so that fm sample warns about nothing it would ignore.
     so.solve.solver = solve.solver;
-    if (solve.solver == "dopri5") {
+    if (!is_fixed_step(solve.solver)) {
       so.solve.atol = solve.atol;
       so.solve.rtol = solve.rtol;
     } else {
@@ -140,14 +140,14 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     }
     so.resume = o.resume;
     auto s = run_sampling(so);
-    nlohmann::json r = {{"solver", solve.solver}, {"n", s.n},          {"batch", o.batch},
+    nlohmann::json r = {{"solver", name_of(solve.solver)}, {"n", s.n}, {"batch", o.batch},
                         {"mean_nfe", s.mean_nfe}, {"max_nfe", s.max_nfe}, {"samples", s.npz}};
-    if (solve.solver == "dopri5") {
+    if (!is_fixed_step(solve.solver)) {
       r["atol"] = solve.atol;
       r["rtol"] = solve.rtol;
     } else {
       r["steps"] = solve.steps;
-      r["time_grid"] = solve.time_grid;
+      r["time_grid"] = name_of(solve.time_grid);
     }
     if (net) {
       r["fid"] = fid_of_samples(s.npz, *net, *ref, o.fid_batch);
@@ -159,7 +159,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   };
   if (o.num_samples > 0) {
     SolveSettings adaptive;
-    adaptive.solver = "dopri5";
+    adaptive.solver = Solver::dopri5;
     adaptive.atol = o.atol;
     adaptive.rtol = o.rtol;
     j["dopri5"] = sample_setting(adaptive, "dopri5");
@@ -171,7 +171,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
       SolveSettings fixed;
       fixed.solver = o.fixed_solver;
       fixed.steps = steps;
-      j["fixed"].push_back(sample_setting(fixed, o.fixed_solver + "_" + std::to_string(steps)));
+      j["fixed"].push_back(sample_setting(fixed, std::string(name_of(o.fixed_solver)) + "_" + std::to_string(steps)));
       save();
     }
   }

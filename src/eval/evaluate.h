@@ -9,19 +9,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/choices.h"
+
 namespace fm {
 
 struct EvaluateOptions {
   std::string checkpoint;
   std::string data;          // NLL data spec ("" = the data the checkpoint was trained on)
   std::string fid_ref;       // FID reference statistics (.npz, mu and sigma as pytorch-fid writes)
-  std::string fid_weights;   // FID Inception weights (.npz from scripts/export_fid_inception.py)
+  std::string fid_weights;   // FID Inception weights (.pth, or .npz from scripts/export_fid_inception.py)
   // Bits/dim.
   bool nll = true;
-  std::string split = "test";
-  int64_t nll_limit = 0;     // the first N test images (0 = all)
+  Split split = Split::test;
+  int64_t nll_limit = 0;     // N test images evenly spread over the set (0 = all)
   int64_t nll_batch = 256;
-  std::string probe = "rademacher";
+  Probe probe = Probe::rademacher;
   int64_t dequant_samples = 1;
   // Samples.
   int64_t num_samples = 50000;  // 0: no samples (no FID, no NFE)
@@ -29,11 +31,11 @@ struct EvaluateOptions {
   int64_t fid_batch = 50;       // images per Inception pass
   double atol = 1e-5, rtol = 1e-5;  // dopri5, for both the likelihood and the samples
   std::vector<int64_t> fixed_steps;  // extra FIDs at these step counts of `fixed_solver`
-  std::string fixed_solver = "euler";
+  Solver fixed_solver = Solver::euler;
   std::string samples_dir = "evaluate_samples";  // samples of each setting in a subfolder (samples.npz, as fm sample)
   bool resume = false;       // keep finished sample shards of an interrupted run
   uint64_t seed = 0;
-  std::string weights = "ema";
+  Weights weights = Weights::ema;
   std::string device = "auto";
   std::string out;           // JSON results ("" = none); rewritten after each figure
 };

@@ -6,9 +6,8 @@
 #include <set>
 
 #include "io/npy.h"
-#include "util/progress.h"
 #include "util/error.h"
-#include "util/rank_batches.h"
+#include "dist/rank_runner.h"
 
 namespace fm {
 
@@ -74,40 +73,38 @@ FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& image
   if (net->Conv2d_1a_3x3->conv->weight.is_cuda()) fp32.emplace();
   net->eval();
   const int64_t n = images.size(0);
-  const int64_t every = opt.batch * std::max<int64_t>(1, (n / opt.batch) / 20);  // about 20 lines in a log file
-  Progress progress("fid features", n, 0, every);
+  dist::World& w = opt.world ? *opt.world : dist::this_process_only();
+  const auto feature_options = net->Conv2d_1a_3x3->conv->weight.options();
+  // Each rank passes its share of the batches through the network; every rank adds the gathered features batch by
+  // batch, in image order, as one process adds its own, so the statistics are the same bytes.
+  auto body = [&](const ItemRange& b) -> dist::NamedTensors {
+    if (b.empty()) return {{"features", torch::empty({0, FidInceptionImpl::kFeatures}, feature_options)}};
+    auto x = images.slice(0, b.first, b.first + b.count);
+    if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
+    return {{"features", net->forward(x)}};
+  };
   FeatureMoments moments;
   std::vector<torch::Tensor> kept;
-  // Over several ranks each passes its share of the batches (util/rank_batches.h) through the network; every round's
-  // features are gathered in image order and every rank adds them batch by batch, as one process adds its own, so
-  // the statistics are the same bytes.
-  dist::World& w = opt.world ? *opt.world : this_process_only();
-  const RankBatches plan(n, opt.batch, w.rank(), w.size());
-  const auto feature_options = net->Conv2d_1a_3x3->conv->weight.options();
   auto t0 = std::chrono::steady_clock::now();
-  for (int64_t round = 0; round < plan.rounds(); ++round) {
-    const ItemRange b = plan.mine(round);
-    torch::Tensor f = torch::empty({0, FidInceptionImpl::kFeatures}, feature_options);
-    if (!b.empty()) {
-      auto x = images.slice(0, b.first, b.first + b.count);
-      if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
-      f = net->forward(x);
-    }
-    f = w.all_gather_cat(f);
-    const ItemRange done = plan.round_items(round);
+  auto sink = [&](const ItemRange& done, const std::vector<torch::Tensor>& g) {
     for (int64_t i = 0; i < done.count; i += opt.batch)
-      moments.add(f.slice(0, i, std::min(done.count, i + opt.batch)));
-    if (opt.keep_features && w.is_main()) kept.push_back(f.cpu());
-    if (opt.progress && w.is_main()) {
-      double el = progress.elapsed_s();
-      char rate[48];
-      std::snprintf(rate, sizeof rate, "%.1f img/s", (done.first + done.count) / std::max(el, 1e-9));
-      progress.update(done.first + done.count, rate);
-    }
-  }
+      moments.add(g[0].slice(0, i, std::min(done.count, i + opt.batch)));
+    if (opt.keep_features && w.is_main()) kept.push_back(g[0].cpu());
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    char rate[48];
+    std::snprintf(rate, sizeof rate, "%.1f img/s", (done.first + done.count) / std::max(el, 1e-9));
+    return std::string(rate);
+  };
+  dist::RunOverRanks run;
+  run.n = n;
+  run.batch = opt.batch;
+  run.outputs = {"features"};
+  run.label = "fid features";
+  run.progress = opt.progress;
+  run.progress_every = opt.batch * std::max<int64_t>(1, (n / opt.batch) / 20);  // about 20 lines in a log file
+  dist::run_over_ranks(w, run, body, sink);
   FeatureResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (opt.progress && w.is_main()) progress.finish();
   r.stats = moments.finish();
   if (opt.keep_features)
     r.features = kept.empty() ? torch::empty({0, FidInceptionImpl::kFeatures}) : torch::cat(kept, 0);

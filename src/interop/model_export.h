@@ -8,12 +8,14 @@
 // fm's full config ("fm_config"), the sample shape ("fm_sample_shape"), the step and which weights were exported.
 #include <string>
 
+#include "config/choices.h"
+
 namespace fm {
 
 struct ExportOptions {
   std::string checkpoint;
   std::string out;
-  std::string weights = "ema";  // ema | raw
+  Weights weights = Weights::ema;
 };
 
 struct ExportResult {

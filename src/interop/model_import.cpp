@@ -19,14 +19,14 @@ namespace fm {
 namespace {
 
 // What a weights file holds, whatever its format.
-struct Weights {
+struct LoadedWeights {
   std::map<std::string, torch::Tensor> model, ema;  // ema empty: the file has one set of weights
   std::map<std::string, std::string> metadata;
   int64_t step = 0;
 };
 
-Weights read_weights(const std::string& path) {
-  Weights w;
+LoadedWeights read_weights(const std::string& path) {
+  LoadedWeights w;
   if (is_safetensors_path(path)) {
     auto st = read_safetensors(path);
     for (auto& [k, v] : st.tensors) w.model[k] = v;
@@ -57,7 +57,7 @@ Weights read_weights(const std::string& path) {
 
 ImportResult import_weights(const ImportOptions& o) {
   if (o.from != "torchcfm" && o.from != "fm") throw InputError("--from: " + o.from + " is not torchcfm or fm");
-  Weights w = read_weights(o.weights);
+  LoadedWeights w = read_weights(o.weights);
 
   Config cfg;
   if (!o.config.empty()) {
@@ -73,8 +73,9 @@ ImportResult import_weights(const ImportOptions& o) {
   } else {
     throw InputError("--config: required, " + o.weights + " does not carry an fm config");
   }
-  if (o.from == "torchcfm" && cfg.model.type != "unet")
-    throw InputError("model.type: torchcfm weights are a U-Net, the config says " + cfg.model.type);
+  if (o.from == "torchcfm" && cfg.model.type != ModelType::unet)
+    throw InputError(std::string("model.type: torchcfm weights are a U-Net, the config says ") +
+                     name_of(cfg.model.type));
 
   std::vector<int64_t> shape = o.shape;
   if (shape.empty()) {

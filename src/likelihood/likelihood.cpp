@@ -8,9 +8,7 @@
 namespace fm {
 
 torch::Tensor divergence(const VelocityFn& v, const torch::Tensor& t, const torch::Tensor& x,
-                         const std::string& method, const torch::Tensor& probe, torch::Tensor* v_out) {
-  if (method != "exact" && method != "hutchinson")
-    throw InputError("divergence '" + method + "': expected hutchinson or exact");
+                         Divergence method, const torch::Tensor& probe, torch::Tensor* v_out) {
   // The caller (an ODE solve) usually runs without gradients; the divergence needs a graph from x to v.
   torch::AutoGradMode grad_on(true);
   const int64_t b = x.size(0);
@@ -20,7 +18,7 @@ torch::Tensor divergence(const VelocityFn& v, const torch::Tensor& t, const torc
   // A field that ignores x (the zero field, say) has no graph back to it: its divergence is 0.
   if (!out.requires_grad()) return torch::zeros({b}, x.options());
 
-  if (method == "hutchinson") {
+  if (method == Divergence::hutchinson) {
     if (!probe.defined() || probe.sizes() != x.sizes())
       throw std::invalid_argument("divergence: Hutchinson needs a probe shaped like x");
     auto e = probe.to(x.options());
@@ -46,14 +44,12 @@ torch::Tensor divergence(const VelocityFn& v, const torch::Tensor& t, const torc
 
 LikelihoodResult log_likelihood(const VelocityFn& v, const torch::Tensor& x1, const LikelihoodOptions& opt,
                                 const torch::Tensor& probe) {
-  if (opt.divergence != "exact" && opt.divergence != "hutchinson")
-    throw InputError("divergence '" + opt.divergence + "': expected hutchinson or exact");
   if (!x1.is_floating_point()) throw std::invalid_argument("log_likelihood: x1 must be floating point");
   if (x1.dim() < 2) throw std::invalid_argument("log_likelihood: x1 must be [B, ...]");
   const auto shape = x1.sizes().vec();
   const int64_t b = shape[0], d = x1.numel() / std::max<int64_t>(b, 1);
   torch::Tensor e;
-  if (opt.divergence == "hutchinson") {
+  if (opt.divergence == Divergence::hutchinson) {
     if (!probe.defined() || probe.sizes() != x1.sizes())
       throw std::invalid_argument("log_likelihood: Hutchinson needs a probe shaped like x1");
     e = probe.to(x1.options());
@@ -82,11 +78,14 @@ LikelihoodResult log_likelihood(const VelocityFn& v, const torch::Tensor& x1, co
   return res;
 }
 
-torch::Tensor make_probe(const std::string& kind, const std::vector<int64_t>& shape, at::Generator& gen) {
-  if (kind == "rademacher")
-    return torch::randint(0, 2, shape, gen, torch::TensorOptions().dtype(torch::kFloat32)) * 2.0 - 1.0;
-  if (kind == "gaussian") return torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
-  throw InputError("probe '" + kind + "': expected rademacher or gaussian");
+torch::Tensor make_probe(Probe kind, const std::vector<int64_t>& shape, at::Generator& gen) {
+  switch (kind) {
+    case Probe::rademacher:
+      return torch::randint(0, 2, shape, gen, torch::TensorOptions().dtype(torch::kFloat32)) * 2.0 - 1.0;
+    case Probe::gaussian:
+      return torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
+  }
+  throw std::logic_error("make_probe: unhandled probe");
 }
 
 torch::Tensor standard_normal_log_prob(const torch::Tensor& x) {

@@ -14,6 +14,8 @@
 
 #include <torch/torch.h>
 
+#include "config/choices.h"
+
 namespace fm {
 
 // v(t, x): t is [B] (one time per sample, all equal), x is [B, ...]; returns dx/dt shaped like x. It must be
@@ -21,7 +23,7 @@ namespace fm {
 using VelocityFn = std::function<torch::Tensor(const torch::Tensor& t, const torch::Tensor& x)>;
 
 struct LikelihoodOptions {
-  std::string divergence = "hutchinson";  // hutchinson | exact
+  Divergence divergence = Divergence::hutchinson;
   double atol = 1e-5, rtol = 1e-5;       // dopri5 tolerances
 };
 
@@ -40,11 +42,11 @@ LikelihoodResult log_likelihood(const VelocityFn& v, const torch::Tensor& x1, co
 
 // Divergence of v at (t, x), x [B, ...]: exact, or Hutchinson's estimate with `probe`. Returns [B].
 torch::Tensor divergence(const VelocityFn& v, const torch::Tensor& t, const torch::Tensor& x,
-                         const std::string& method, const torch::Tensor& probe = {}, torch::Tensor* v_out = nullptr);
+                         Divergence method, const torch::Tensor& probe = {}, torch::Tensor* v_out = nullptr);
 
-// A Hutchinson probe shaped `shape`: "rademacher" (+-1 with equal probability) or "gaussian" (N(0, 1)); both have
+// A Hutchinson probe shaped `shape`: rademacher (+-1 with equal probability) or gaussian (N(0, 1)); both have
 // E[e e^T] = I. Drawn on the CPU from `gen`.
-torch::Tensor make_probe(const std::string& kind, const std::vector<int64_t>& shape, at::Generator& gen);
+torch::Tensor make_probe(Probe kind, const std::vector<int64_t>& shape, at::Generator& gen);
 
 // log N(x; 0, I) summed over all but the first dimension, in float64. Returns [B].
 torch::Tensor standard_normal_log_prob(const torch::Tensor& x);

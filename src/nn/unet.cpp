@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <string>
 
-#include "nn/conv2d.h"
-#include "nn/group_norm_silu.h"
 #include "util/error.h"
 
 namespace fm {
@@ -12,8 +10,8 @@ namespace F = torch::nn::functional;
 
 namespace {
 
-torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride = 1) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2));
+Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride = 1) {
+  return Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2));
 }
 
 // ADM initialises the last layer of every residual branch to zero, so each block starts as the identity.
@@ -24,33 +22,16 @@ M zeroed(M m) {
   return m;
 }
 
-constexpr int64_t kGroups = 32;
+constexpr int64_t kGroups = GroupNorm32Impl::kGroups;
 
 }  // namespace
-
-GroupNorm32Impl::GroupNorm32Impl(int64_t channels) {
-  weight = register_parameter("weight", torch::ones({channels}));
-  bias = register_parameter("bias", torch::zeros({channels}));
-}
-
-torch::Tensor GroupNorm32Impl::forward(const torch::Tensor& x) {
-  // At least float32: half and bfloat16 are promoted, float64 (gradient checks) is kept.
-  auto dt = c10::promoteTypes(x.scalar_type(), torch::kFloat32);
-  return group_norm_silu(x.to(dt), kGroups, weight.to(dt), bias.to(dt), 1e-5, {}, false).to(x.dtype());
-}
-
-torch::Tensor GroupNorm32Impl::norm_silu(const torch::Tensor& x, const torch::Tensor& shift) {
-  auto dt = c10::promoteTypes(x.scalar_type(), torch::kFloat32);
-  auto s = shift.defined() ? shift.to(dt) : shift;
-  return group_norm_silu(x.to(dt), kGroups, weight.to(dt), bias.to(dt), 1e-5, s, true).to(x.dtype());
-}
 
 DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv) {
   if (use_conv) conv_ = register_module("conv", conv(channels, channels, 3, 2));
 }
 
 torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
-  return conv_ ? conv2d(conv_, x) : torch::avg_pool2d(x, {2, 2}, {2, 2});
+  return conv_ ? conv_(x) : torch::avg_pool2d(x, {2, 2}, {2, 2});
 }
 
 UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv) {
@@ -61,21 +42,22 @@ torch::Tensor UpsampleImpl::forward(const torch::Tensor& x) {
   auto h = F::interpolate(x, F::InterpolateFuncOptions()
                                  .scale_factor(std::vector<double>{2.0, 2.0})
                                  .mode(torch::kNearest));
-  return conv_ ? conv2d(conv_, h) : h;
+  return conv_ ? conv_(h) : h;
 }
 
 ResBlockImpl::ResBlockImpl(const ResBlockOptions& o) : o_(o) {
-  in_norm_ = register_module("in_norm", GroupNorm32(o.in_channels));
+  in_norm_ = register_module("in_norm", GroupNorm32(o.in_channels, /*then_silu=*/true));
   in_conv_ = register_module("in_conv", conv(o.in_channels, o.out_channels, 3));
   emb_proj_ = register_module("emb_proj", torch::nn::Linear(o.emb_channels, (o.scale_shift ? 2 : 1) * o.out_channels));
-  out_norm_ = register_module("out_norm", GroupNorm32(o.out_channels));
+  // With scale-shift the SiLU comes after the modulation: GN(h) * (1 + scale) + shift.
+  out_norm_ = register_module("out_norm", GroupNorm32(o.out_channels, /*then_silu=*/!o.scale_shift));
   out_conv_ = register_module("out_conv", zeroed(conv(o.out_channels, o.out_channels, 3)));
   if (o.in_channels != o.out_channels) skip_ = register_module("skip", conv(o.in_channels, o.out_channels, 1));
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& emb) {
   auto x = x_in;
-  auto h = in_norm_->norm_silu(x);
+  auto h = in_norm_(x);
   if (o_.updown != 0) {
     // The resampling sits between the activation and the conv, and is applied to the skip path as well.
     auto resample = [&](const torch::Tensor& v) {
@@ -87,21 +69,21 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
     h = resample(h);
     x = resample(x);
   }
-  h = conv2d(in_conv_, h);
+  h = in_conv_(h);
   auto e = emb_proj_(torch::silu(emb)).to(h.dtype());
   if (o_.scale_shift) {
     auto ss = e.unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
     h = torch::silu(out_norm_(h) * (1 + ss[0]) + ss[1]);
   } else {
-    h = out_norm_->norm_silu(h, e);
+    h = out_norm_(h, e);
   }
   h = torch::dropout(h, o_.dropout, is_training());
-  h = conv2d(out_conv_, h);
+  h = out_conv_(h);
   return (skip_ ? skip_(x) : x) + h;
 }
 
 AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t heads) : heads_(heads) {
-  norm_ = register_module("norm", GroupNorm32(channels));
+  norm_ = register_module("norm", GroupNorm32(channels, /*then_silu=*/false));
   qkv_ = register_module("qkv", conv(channels, 3 * channels, 1));
   proj_out_ = register_module("proj_out", zeroed(conv(channels, channels, 1)));
 }
@@ -249,7 +231,7 @@ UNetVelocity::UNetVelocity(const UNetConfig& cfg, const std::vector<int64_t>& sh
   }
   for (auto& s : output_blocks_) out_list->push_back(s);
 
-  out_norm_ = register_module("out_norm", GroupNorm32(ch));
+  out_norm_ = register_module("out_norm", GroupNorm32(ch, /*then_silu=*/true));
   out_conv_ = register_module("out_conv", zeroed(conv(stem_ch, in_ch, 3)));
 }
 
@@ -265,7 +247,7 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
 
   std::vector<torch::Tensor> skips;
   skips.reserve(input_blocks_.size() + 1);
-  auto h = conv2d(input_conv_, x);
+  auto h = input_conv_(x);
   skips.push_back(h);
   for (auto& s : input_blocks_) {
     h = s(h, emb);
@@ -276,7 +258,7 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
     h = s(torch::cat({h, skips.back()}, 1), emb);
     skips.pop_back();
   }
-  return conv2d(out_conv_, out_norm_->norm_silu(h));
+  return out_conv_(out_norm_(h));
 }
 
 std::shared_ptr<VelocityField> make_unet_velocity(const UNetConfig& cfg, const std::vector<int64_t>& shape) {

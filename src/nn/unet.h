@@ -9,20 +9,10 @@
 // ("legacy") channel order: per head, its q, k and v rows.
 #include <vector>
 
+#include "nn/layers.h"
 #include "nn/velocity_field.h"
 
 namespace fm {
-
-// GroupNorm with 32 groups evaluated in float32 and cast back, so that it stays accurate under bf16/fp16 autocast.
-class GroupNorm32Impl : public torch::nn::Module {
- public:
-  explicit GroupNorm32Impl(int64_t channels);
-  torch::Tensor forward(const torch::Tensor& x);
-  // silu(forward(x + shift[:, :, None, None])) as one op (nn/group_norm_silu.h); shift [N, C] may be undefined.
-  torch::Tensor norm_silu(const torch::Tensor& x, const torch::Tensor& shift = {});
-  torch::Tensor weight, bias;
-};
-TORCH_MODULE(GroupNorm32);
 
 // Halves the resolution: a stride-2 conv3x3, or 2x2 average pooling without one.
 class DownsampleImpl : public torch::nn::Module {
@@ -31,7 +21,7 @@ class DownsampleImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Conv2d conv_{nullptr};
+  Conv2d conv_{nullptr};
 };
 TORCH_MODULE(Downsample);
 
@@ -42,7 +32,7 @@ class UpsampleImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Conv2d conv_{nullptr};
+  Conv2d conv_{nullptr};
 };
 TORCH_MODULE(Upsample);
 
@@ -65,7 +55,7 @@ class ResBlockImpl : public torch::nn::Module {
  private:
   ResBlockOptions o_;
   GroupNorm32 in_norm_{nullptr}, out_norm_{nullptr};
-  torch::nn::Conv2d in_conv_{nullptr}, out_conv_{nullptr}, skip_{nullptr};
+  Conv2d in_conv_{nullptr}, out_conv_{nullptr}, skip_{nullptr};
   torch::nn::Linear emb_proj_{nullptr};
 };
 TORCH_MODULE(ResBlock);
@@ -80,7 +70,7 @@ class AttentionBlockImpl : public torch::nn::Module {
  private:
   int64_t heads_;
   GroupNorm32 norm_{nullptr};
-  torch::nn::Conv2d qkv_{nullptr}, proj_out_{nullptr};
+  Conv2d qkv_{nullptr}, proj_out_{nullptr};
 };
 TORCH_MODULE(AttentionBlock);
 
@@ -119,7 +109,7 @@ class UNetVelocity : public VelocityField {
   int64_t num_classes_;
   torch::nn::Linear time_fc1_{nullptr}, time_fc2_{nullptr};
   torch::nn::Embedding label_emb_{nullptr};
-  torch::nn::Conv2d input_conv_{nullptr}, out_conv_{nullptr};
+  Conv2d input_conv_{nullptr}, out_conv_{nullptr};
   std::vector<UNetStage> input_blocks_, output_blocks_;
   UNetStage middle_{nullptr};
   GroupNorm32 out_norm_{nullptr};

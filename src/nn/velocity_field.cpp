@@ -43,25 +43,38 @@ torch::Tensor TargetVelocity::forward(const torch::Tensor& t, const torch::Tenso
 std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const PathConfig& path,
                                                    const std::vector<int64_t>& shape) {
   auto net = make_network(cfg, shape);
-  const Target target = parse_target(cfg.target);
-  if (target == Target::velocity) return net;
-  return std::make_shared<TargetVelocity>(std::move(net), target, std::shared_ptr<const ProbPath>(make_path(path)));
+  if (cfg.target == Target::velocity) return net;
+  return std::make_shared<TargetVelocity>(std::move(net), cfg.target, std::shared_ptr<const ProbPath>(make_path(path)));
 }
 
 std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const std::vector<int64_t>& shape) {
-  if (cfg.target != "velocity")
-    throw InputError("model.target: a " + cfg.target + "-predicting model needs its path to give velocities");
+  if (cfg.target != Target::velocity)
+    throw InputError(std::string("model.target: a ") + name_of(cfg.target) +
+                     "-predicting model needs its path to give velocities");
   return make_network(cfg, shape);
+}
+
+Conditioning conditioning_of(const ModelConfig& cfg) {
+  switch (cfg.type) {
+    case ModelType::mlp:
+      return {};
+    case ModelType::unet:
+      return {cfg.unet.num_classes, cfg.unet.class_dropout};
+  }
+  throw std::logic_error("conditioning_of: unhandled model.type");
 }
 
 namespace {
 std::shared_ptr<VelocityField> make_network(const ModelConfig& cfg, const std::vector<int64_t>& shape) {
-  if (cfg.type == "mlp") {
-    if (shape.size() != 1) throw InputError("model.type: mlp needs flat (2-D toy) data; use unet for images");
-    return std::make_shared<MlpVelocity>(cfg.mlp, shape[0]);
+  switch (cfg.type) {
+    case ModelType::mlp:
+      if (shape.size() != 1) throw InputError("model.type: mlp needs flat (2-D toy) data; use unet for images");
+      return std::make_shared<MlpVelocity>(cfg.mlp, shape[0]);
+    case ModelType::unet:
+      if (shape.size() != 3) throw InputError("model.type: unet needs image data [C, H, W]");
+      return make_unet_velocity(cfg.unet, shape);
   }
-  if (shape.size() != 3) throw InputError("model.type: unet needs image data [C, H, W]");
-  return make_unet_velocity(cfg.unet, shape);
+  throw std::logic_error("make_network: unhandled model.type");
 }
 }  // namespace
 

@@ -51,6 +51,17 @@ std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const
 // For a velocity-target model only (throws InputError naming model.target otherwise).
 std::shared_ptr<VelocityField> make_velocity_field(const ModelConfig& cfg, const std::vector<int64_t>& sample_shape);
 
+// How a configured network is conditioned on classes: num_classes > 0 labels (the label num_classes is the null
+// label of classifier-free guidance), trained with the null label in place of the class with probability
+// class_dropout.
+struct Conditioning {
+  int64_t num_classes = 0;
+  double class_dropout = 0.0;
+  // Whether the null label (unconditional sampling, guidance, the unconditional likelihood) saw training.
+  bool null_label_trained() const { return class_dropout > 0.0; }
+};
+Conditioning conditioning_of(const ModelConfig& cfg);
+
 // Sinusoidal embedding of t as in ADM: [cos(t f), sin(t f)], f_i = exp(-ln(max_period) i / half).
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, double max_period = 10000.0);
 

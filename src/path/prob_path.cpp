@@ -20,16 +20,30 @@ torch::Tensor VPPath::d_alpha(const torch::Tensor& t) const { return 0.5 * beta(
 torch::Tensor VPPath::d_sigma(const torch::Tensor& t) const { return -alpha(t) * d_alpha(t) / sigma(t); }
 
 std::unique_ptr<ProbPath> make_path(const PathConfig& cfg) {
-  if (cfg.type == "vp") return std::make_unique<VPPath>(cfg.beta_min, cfg.beta_max);
-  if (cfg.type == "cosine" || cfg.type == "torchcfm_vp") return std::make_unique<CosinePath>();
-  if (cfg.type == "polynomial") return std::make_unique<PolynomialPath>(cfg.poly_n);
-  if (cfg.type == "linear_vp") return std::make_unique<LinearVPPath>();
-  return std::make_unique<CondOTPath>(cfg.sigma_min);
+  switch (cfg.type) {
+    case PathType::cond_ot:
+      return std::make_unique<CondOTPath>(cfg.sigma_min);
+    case PathType::vp:
+      return std::make_unique<VPPath>(cfg.beta_min, cfg.beta_max);
+    case PathType::cosine:
+    case PathType::torchcfm_vp:
+      return std::make_unique<CosinePath>();
+    case PathType::polynomial:
+      return std::make_unique<PolynomialPath>(cfg.poly_n);
+    case PathType::linear_vp:
+      return std::make_unique<LinearVPPath>();
+  }
+  throw std::logic_error("make_path: unhandled path.type");
 }
 
 torch::Tensor sample_times(const TimeConfig& cfg, int64_t n, const torch::TensorOptions& opts) {
-  if (cfg.sampler == "logit_normal") return torch::sigmoid(cfg.loc + cfg.scale * torch::randn({n}, opts));
-  return torch::rand({n}, opts);
+  switch (cfg.sampler) {
+    case TimeSampler::uniform:
+      return torch::rand({n}, opts);
+    case TimeSampler::logit_normal:
+      return torch::sigmoid(cfg.loc + cfg.scale * torch::randn({n}, opts));
+  }
+  throw std::logic_error("sample_times: unhandled time.sampler");
 }
 
 }  // namespace fm

@@ -6,17 +6,11 @@
 
 namespace fm {
 
-Target parse_target(const std::string& name) {
-  if (name == "velocity") return Target::velocity;
-  if (name == "noise") return Target::noise;
-  if (name == "data") return Target::data;
-  if (name == "score") return Target::score;
-  throw InputError("model.target: must be one of velocity, noise, data, score (got \"" + name + "\")");
-}
-
 torch::Tensor target_loss(Target target, const ProbPath& path, const torch::Tensor& out, const torch::Tensor& x0,
                           const torch::Tensor& x1, const torch::Tensor& t, const PathSample& ps) {
   switch (target) {
+    case Target::velocity:
+      return torch::mse_loss(out, ps.u_t);
     case Target::noise:
       return torch::mse_loss(out, x0);
     case Target::data:
@@ -24,10 +18,8 @@ torch::Tensor target_loss(Target target, const ProbPath& path, const torch::Tens
     case Target::score:
       // sigma_t^2 |s - (-x0 / sigma_t)|^2 without dividing by sigma_t.
       return torch::mse_loss(path.sigma(broadcast_time(t, x1)) * out, -x0);
-    case Target::velocity:
-      break;
   }
-  return torch::mse_loss(out, ps.u_t);
+  throw std::logic_error("target_loss: unhandled target");
 }
 
 torch::Tensor target_to_velocity(Target target, const ProbPath& path, const torch::Tensor& out,

@@ -17,14 +17,10 @@
 
 #include <torch/torch.h>
 
+#include "config/choices.h"
 #include "path/prob_path.h"
 
 namespace fm {
-
-enum class Target { velocity, noise, data, score };
-
-// "velocity" | "noise" | "data" | "score" (model.target).
-Target parse_target(const std::string& name);
 
 // The training loss (mean over all elements) of a network output `out` for the pair (x0, x1) at times t [B], whose
 // path sample is `ps` (path.sample(x0, x1, t)).

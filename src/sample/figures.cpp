@@ -7,7 +7,7 @@
 
 namespace fm {
 
-torch::Tensor write_toy_figures(VelocityField& model, const std::string& toy, const SolveSettings& s, int64_t n,
+torch::Tensor write_toy_figures(VelocityField& model, ToyData toy, const SolveSettings& s, int64_t n,
                                 const std::string& dir, const torch::Device& device) {
   auto opts = torch::TensorOptions().device(device);
   auto data = sample_toy(toy, n, opts);

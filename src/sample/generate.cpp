@@ -9,8 +9,14 @@ SolveSettings solve_settings(const SampleConfig& c) {
 }
 
 std::vector<double> sampling_grid(const SolveSettings& s) {
-  if (s.solver == "dopri5") return {0.0, 1.0};
-  return s.time_grid == "edm" ? edm_grid(s.steps) : uniform_grid(0.0, 1.0, s.steps);
+  if (s.solver == Solver::dopri5) return {0.0, 1.0};
+  switch (s.time_grid) {
+    case TimeGrid::uniform:
+      return uniform_grid(0.0, 1.0, s.steps);
+    case TimeGrid::edm:
+      return edm_grid(s.steps);
+  }
+  throw std::logic_error("sampling_grid: unhandled time grid");
 }
 
 OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::Tensor& labels, const SolveSettings& s,

@@ -11,10 +11,10 @@
 namespace fm {
 
 struct SolveSettings {
-  std::string solver = "midpoint";
-  int64_t steps = 100;
-  double atol = 1e-5, rtol = 1e-5;
-  std::string time_grid = "uniform";  // uniform | edm (fixed-step solvers)
+  Solver solver = Solver::midpoint;
+  int64_t steps = 100;  // fixed-step solvers
+  double atol = 1e-5, rtol = 1e-5;  // dopri5
+  TimeGrid time_grid = TimeGrid::uniform;  // fixed-step solvers
   bool cuda_graph = false;            // CUDA: the network replayed as a CUDA graph (sample/graphed_velocity.h)
 };
 SolveSettings solve_settings(const SampleConfig& c);

@@ -14,7 +14,8 @@ namespace fm {
 
 // Solver options given on the command line; whatever is not given comes from the checkpoint's `sample` section.
 struct SolveOverrides {
-  std::optional<std::string> solver, time_grid;
+  std::optional<Solver> solver;
+  std::optional<TimeGrid> time_grid;
   std::optional<int64_t> steps;
   std::optional<double> atol, rtol;
   bool cuda_graph = false;  // --cuda-graph: replay the network as a CUDA graph, whatever sample.cuda_graph says
@@ -23,7 +24,7 @@ struct SolveOverrides {
 struct SampleOptions {
   std::string checkpoint;
   std::string out_dir = "samples";
-  std::string weights = "ema";  // ema | raw
+  Weights weights = Weights::ema;
   std::string device = "auto";
   int64_t n = 1000;
   int64_t batch = 500;
@@ -55,8 +56,8 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world = nullptr)
 // option that does nothing with the resulting solver (--steps/--time-grid with dopri5, --atol/--rtol with fixed steps).
 SolveSettings resolve_solve(const SampleConfig& from_checkpoint, const SolveOverrides& given);
 
-// Noise for samples [first, first + count): the same sample index gets the same noise for a seed, whatever the batch
-// size, because noise is drawn in fixed chunks from generators seeded by (seed, chunk).
+// Noise for samples [first, first + count): sample i gets the same noise for a seed whatever the batch size or the
+// number of ranks (util/per_item_draw.h).
 torch::Tensor sample_noise(uint64_t seed, int64_t first, int64_t count, const std::vector<int64_t>& shape);
 
 }  // namespace fm

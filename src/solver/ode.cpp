@@ -7,7 +7,7 @@
 
 namespace fm {
 
-bool is_fixed_step(const std::string& m) { return m == "euler" || m == "midpoint" || m == "heun" || m == "rk4"; }
+bool is_fixed_step(Solver s) { return s != Solver::dopri5; }
 
 std::vector<double> uniform_grid(double t0, double t1, int64_t steps) {
   std::vector<double> g(steps + 1);
@@ -29,35 +29,49 @@ std::vector<double> edm_grid(int64_t steps, double rho, double sigma_min, double
   return g;
 }
 
-OdeResult solve_fixed(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid,
-                      const std::string& method, const StepCallback& on_step) {
+namespace {
+
+// One step of size h from (t, x); adds its function evaluations to nfe.
+torch::Tensor fixed_step(Solver method, const OdeFunc& f, double t, double h, const torch::Tensor& x, int64_t& nfe) {
+  switch (method) {
+    case Solver::euler:
+      nfe += 1;
+      return x + h * f(t, x);
+    case Solver::midpoint: {
+      nfe += 2;
+      auto k1 = f(t, x);
+      return x + h * f(t + 0.5 * h, x + (0.5 * h) * k1);
+    }
+    case Solver::heun: {
+      nfe += 2;
+      auto k1 = f(t, x);
+      auto k2 = f(t + h, x + h * k1);
+      return x + (0.5 * h) * (k1 + k2);
+    }
+    case Solver::rk4: {
+      nfe += 4;
+      auto k1 = f(t, x);
+      auto k2 = f(t + 0.5 * h, x + (0.5 * h) * k1);
+      auto k3 = f(t + 0.5 * h, x + (0.5 * h) * k2);
+      auto k4 = f(t + h, x + h * k3);
+      return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4);
+    }
+    case Solver::dopri5:
+      break;
+  }
+  throw std::logic_error(std::string("solve_fixed: ") + name_of(method) + " is not a fixed-step method");
+}
+
+}  // namespace
+
+OdeResult solve_fixed(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
+                      const StepCallback& on_step) {
   if (grid.size() < 2) throw InputError("solver: a time grid needs at least 2 points");
   OdeResult r;
   torch::Tensor x = x0;
   for (size_t i = 0; i + 1 < grid.size(); ++i) {
     const double t = grid[i], h = grid[i + 1] - grid[i];
-    if (method == "euler") {
-      x = x + h * f(t, x);
-      r.nfe += 1;
-    } else if (method == "midpoint") {
-      auto k1 = f(t, x);
-      x = x + h * f(t + 0.5 * h, x + (0.5 * h) * k1);
-      r.nfe += 2;
-    } else if (method == "heun") {
-      auto k1 = f(t, x);
-      auto k2 = f(t + h, x + h * k1);
-      x = x + (0.5 * h) * (k1 + k2);
-      r.nfe += 2;
-    } else if (method == "rk4") {
-      auto k1 = f(t, x);
-      auto k2 = f(t + 0.5 * h, x + (0.5 * h) * k1);
-      auto k3 = f(t + 0.5 * h, x + (0.5 * h) * k2);
-      auto k4 = f(t + h, x + h * k3);
-      x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4);
-      r.nfe += 4;
-    } else {
-      throw InputError("solver: unknown fixed-step method '" + method + "' (euler, midpoint, heun, rk4)");
-    }
+    x = fixed_step(method, f, t, h, x, r.nfe);
     r.accepted += 1;
     if (on_step) on_step(grid[i + 1], x);
   }
@@ -152,11 +166,9 @@ OdeResult solve_dopri5(const OdeFunc& f, const torch::Tensor& x0, double t0, dou
   return r;
 }
 
-OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, const std::string& method,
+OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
                     const Dopri5Options& opt, const StepCallback& on_step) {
-  if (method == "dopri5") return solve_dopri5(f, x0, grid.front(), grid.back(), opt, on_step);
-  if (!is_fixed_step(method))
-    throw InputError("solver: unknown method '" + method + "' (euler, midpoint, heun, rk4, dopri5)");
+  if (method == Solver::dopri5) return solve_dopri5(f, x0, grid.front(), grid.back(), opt, on_step);
   return solve_fixed(f, x0, grid, method, on_step);
 }
 

@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "config/choices.h"
+
 namespace fm {
 
 using OdeFunc = std::function<torch::Tensor(double t, const torch::Tensor& x)>;
@@ -23,8 +25,9 @@ struct OdeResult {
 };
 
 // Fixed-step methods over an explicit time grid (t_0, ..., t_K), which may be non-uniform or decreasing.
-OdeResult solve_fixed(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid,
-                      const std::string& method, const StepCallback& on_step = nullptr);
+// `method`: euler, midpoint, heun or rk4.
+OdeResult solve_fixed(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
+                      const StepCallback& on_step = nullptr);
 
 struct Dopri5Options {
   double atol = 1e-5;
@@ -39,11 +42,11 @@ struct Dopri5Options {
 OdeResult solve_dopri5(const OdeFunc& f, const torch::Tensor& x0, double t0, double t1, const Dopri5Options& opt,
                        const StepCallback& on_step = nullptr);
 
-// Names: euler | midpoint | heun | rk4 | dopri5. `grid` is used by fixed-step methods; dopri5 uses its front/back.
-OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, const std::string& method,
+// `grid` is used by fixed-step methods; dopri5 uses its front and back.
+OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
                     const Dopri5Options& opt = {}, const StepCallback& on_step = nullptr);
 
-bool is_fixed_step(const std::string& method);
+bool is_fixed_step(Solver method);
 
 // K steps of equal size from t0 to t1.
 std::vector<double> uniform_grid(double t0, double t1, int64_t steps);

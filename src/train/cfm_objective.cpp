@@ -8,13 +8,15 @@
 
 namespace fm {
 
-CfmObjective::CfmObjective(const Config& cfg, const ProbPath& path, int64_t num_classes)
-    : cfg_(cfg), path_(path), target_(parse_target(cfg.model.target)), num_classes_(num_classes) {
+CfmObjective::CfmObjective(const PathConfig& path_cfg, const TimeConfig& time, Target target, const ProbPath& path,
+                           const Conditioning& cond)
+    : path_cfg_(path_cfg), time_(time), target_(target), path_(path), cond_(cond) {
   std::tie(t_lo_, t_hi_) = target_time_range(target_, path);
-  if (cfg.path.coupling == "sb") {
+  if (path_cfg.coupling == Coupling::sb) {
     // SB's bridge noise is not part of alpha_t x1 + sigma_t x0, so only the velocity target accounts for it.
     if (target_ != Target::velocity)
-      throw InputError("path.coupling: sb trains model.target velocity only (got \"" + cfg.model.target + "\")");
+      throw InputError(std::string("path.coupling: sb trains model.target velocity only (got \"") + name_of(target) +
+                       "\")");
     t_lo_ = std::max(t_lo_, kSingularEndGap);
     t_hi_ = std::min(t_hi_, 1.0 - kSingularEndGap);
   }
@@ -29,17 +31,17 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, Row
     return v.defined() && shard.count > 1 ? v.narrow(0, shard.index * rows, rows) : v;
   };
   auto x0 = torch::randn_like(batch.x);
-  auto t = sample_times(cfg_.time, n, batch.x.options()).clamp(t_lo_, t_hi_);
-  Pairing p = couple(cfg_.path, x0, batch.x, batch.labels);
+  auto t = sample_times(time_, n, batch.x.options()).clamp(t_lo_, t_hi_);
+  Pairing p = couple(path_cfg_, x0, batch.x, batch.labels);
   auto ps = path_.sample(p.x0, p.x1, t);
   torch::Tensor labels = p.labels;
-  if (labels.defined() && num_classes_ > 0 && cfg_.model.unet.class_dropout > 0) {
+  if (labels.defined() && cond_.num_classes > 0 && cond_.class_dropout > 0) {
     // Train the unconditional model alongside (the null label) for classifier-free guidance.
-    auto drop = torch::rand({n}, batch.x.options()) < cfg_.model.unet.class_dropout;
-    labels = torch::where(drop, torch::full_like(labels, num_classes_), labels);
+    auto drop = torch::rand({n}, batch.x.options()) < cond_.class_dropout;
+    labels = torch::where(drop, torch::full_like(labels, cond_.num_classes), labels);
   }
-  if (cfg_.path.coupling == "sb") {
-    auto noise = bridge_noise(cfg_.path.sb_sigma, broadcast_time(t, ps.x_t));
+  if (path_cfg_.coupling == Coupling::sb) {
+    auto noise = bridge_noise(path_cfg_.sb_sigma, broadcast_time(t, ps.x_t));
     auto eps = torch::randn_like(ps.x_t);
     auto x_in = ps.x_t + noise.std * eps;
     auto target = ps.u_t + noise.d_std * eps;

@@ -36,11 +36,4 @@ void NonFiniteGuard::check_consecutive(int64_t step) const {
                            "continue from an earlier checkpoint with --resume PATH");
 }
 
-bool all_finite(const std::vector<torch::Tensor>& tensors) {
-  std::vector<torch::Tensor> ok;
-  for (const auto& t : tensors)
-    if (t.defined() && t.numel() > 0) ok.push_back(torch::isfinite(t).all());
-  return ok.empty() || torch::stack(ok).all().item<bool>();
-}
-
 }  // namespace fm

@@ -31,7 +31,4 @@ class NonFiniteGuard {
   torch::Tensor interval_, consecutive_;  // int64 device counters
 };
 
-// True when every element of every tensor is finite (one host read; for the check before a checkpoint is written).
-bool all_finite(const std::vector<torch::Tensor>& tensors);
-
 }  // namespace fm

@@ -37,14 +37,14 @@ json model_keys(const ModelConfig& m) {
   Config c;
   c.model = m;
   json all = to_json(c)["model"];
-  return {{"model", {{"type", all["type"]}, {m.type, all[m.type]}}}};
+  const char* type = name_of(m.type);
+  return {{"model", {{"type", all["type"]}, {type, all[type]}}}};
 }
 
 }  // namespace
 
 void check_data_fits_model(const Config& cfg, const Dataset& data) {
-  if (cfg.model.type != "unet") return;
-  const int64_t nc = cfg.model.unet.num_classes;
+  const int64_t nc = conditioning_of(cfg.model).num_classes;
   if (nc == 0) return;
   if (!data.labels.defined()) throw InputError("model.unet.num_classes: " + data.name + " has no class labels");
   const int64_t max_label = data.labels.numel() ? data.labels.max().item<int64_t>() : -1;

@@ -4,6 +4,7 @@
 #include "checkpoint/checkpoint.h"
 #include "config/config.h"
 #include "data/dataset.h"
+#include "nn/velocity_field.h"
 
 namespace fm {
 

@@ -4,7 +4,7 @@
 
 #include "dist/grad_reducer.h"
 #include "dist/world.h"
-#include "nn/memory_format.h"
+#include "kernels/kernels.h"
 #include "train/forward_rng.h"
 #include "train/grad_clip.h"
 
@@ -27,54 +27,18 @@ struct AutocastScope {
   }
 };
 
-}  // namespace
-
-StepResult TrainStep::run(const Batch& batch, std::optional<double> lr) {
-  StepResult r;
-  r.loss = objective.loss(
-      batch,
-      [&](const auto& t, const auto& x, const auto& labels) {
-        std::optional<ForwardRngScope> rng;
-        if (forward_rng) rng.emplace(x.device(), forward_rng->seed, step, forward_rng->rank);
-        AutocastScope ac(autocast);
-        return model.prediction(t, channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
-      },
-      shard);
-  optimizer.zero_grad();
-  if (reducer) reducer->prepare();
-  r.loss.backward();
-  if (reducer) reducer->finish();
-  if (world && world->distributed()) {
-    // The global batch's mean loss, for the guard and the metrics: equal on every rank, so all skip alike.
-    std::vector<torch::Tensor> l{r.loss.detach().clone()};
-    world->all_reduce_sum(l);
-    r.loss = l[0] / world->size();
-  }
-  // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
-  r.grad_norm = clip_grad_norm(params, grad_clip);
-  r.found_inf = guard.check(r.loss, r.grad_norm);  // 1: skip this step, decided on the device
-  if (lr)
-    optimizer.step(*lr, r.found_inf);
-  else
-    optimizer.step(r.found_inf);
-  ema.update(r.found_inf);
-  return r;
-}
-
-namespace {
-
 std::shared_ptr<VelocityField> network_on(const Config& cfg, const std::vector<int64_t>& shape,
                                           const torch::Device& device, bool channels_last) {
   auto m = make_velocity_field(cfg.model, cfg.path, shape);
   m->to(device);
-  if (channels_last) weights_to_channels_last(*m);
+  if (channels_last) kernels::weights_to_channels_last(*m);
   return m;
 }
 
 }  // namespace
 
 TrainingSetup::TrainingSetup(const Config& cfg, const std::vector<int64_t>& sample_shape, const torch::Device& device)
-    : channels_last(prefers_channels_last(device, sample_shape, /*training=*/true)),
+    : channels_last(kernels::prefers_channels_last(device, sample_shape, /*training=*/true)),
       autocast(device.is_cuda() && cfg.train.bf16),
       model(network_on(cfg, sample_shape, device, channels_last)),
       ema_model(network_on(cfg, sample_shape, device, channels_last)),
@@ -82,14 +46,50 @@ TrainingSetup::TrainingSetup(const Config& cfg, const std::vector<int64_t>& samp
       params(model->parameters()),
       optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay}),
       path(make_path(cfg.path)),
-      objective(cfg, *path, model->num_classes()),
+      objective(make_objective(cfg, *path, conditioning_of(cfg.model))),
       guard(device, cfg.train.max_nonfinite_steps),
       grad_clip(cfg.train.grad_clip) {
   ema.reset();
 }
 
-TrainStep TrainingSetup::step() {
-  return TrainStep{*model, objective, optimizer, ema, guard, params, grad_clip, autocast, channels_last};
+TrainStep::TrainStep(TrainingSetup& parts, StepParallel parallel)
+    : parts_(parts),
+      parallel_(parallel),
+      shard_{parallel.world ? parallel.world->rank() : 0, parallel.world ? parallel.world->size() : 1} {}
+
+StepResult TrainStep::operator()(const Batch& batch, int64_t step, std::optional<double> lr) {
+  auto& p = parts_;
+  StepResult r;
+  r.loss = p.objective->loss(
+      batch,
+      [&](const auto& t, const auto& x, const auto& labels) {
+        std::optional<ForwardRngScope> rng;
+        if (parallel_.forward_rng_seed)
+          rng.emplace(x.device(), *parallel_.forward_rng_seed, step, static_cast<int>(shard_.index));
+        AutocastScope ac(p.autocast);
+        return p.model->prediction(t, p.channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
+      },
+      shard_);
+  p.optimizer.zero_grad();
+  if (parallel_.reducer) parallel_.reducer->prepare();
+  r.loss.backward();
+  if (parallel_.reducer) parallel_.reducer->finish();
+  auto* world = parallel_.world;
+  if (world && world->distributed()) {
+    // The global batch's mean loss, for the guard and the metrics: equal on every rank, so all skip alike.
+    std::vector<torch::Tensor> l{r.loss.detach().clone()};
+    world->all_reduce_sum(l);
+    r.loss = l[0] / world->size();
+  }
+  // The guard needs the global gradient norm every step; a NaN or inf anywhere makes it non-finite.
+  r.grad_norm = clip_grad_norm(p.params, p.grad_clip);
+  r.found_inf = p.guard.check(r.loss, r.grad_norm);  // 1: skip this step, decided on the device
+  if (lr)
+    p.optimizer.step(*lr, r.found_inf);
+  else
+    p.optimizer.step(r.found_inf);
+  p.ema.update(r.found_inf);
+  return r;
 }
 
 }  // namespace fm

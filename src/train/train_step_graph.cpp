@@ -18,8 +18,7 @@ struct GraphedTrainStep::Impl {
 #endif
 };
 
-GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device, bool enabled,
-                                   const std::string& coupling)
+GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device, bool enabled)
     : step_(step), impl_(std::make_unique<Impl>()) {
   if (!enabled) return;
   if (!device.is_cuda()) {
@@ -30,16 +29,15 @@ GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device,
   spdlog::warn("train.cuda_graph: this fm was built without CUDA graph support; the step runs eagerly");
   return;
 #endif
-  if (coupling != "independent") {
-    spdlog::warn("train.cuda_graph: path.coupling {} pairs the batch with host work or data-dependent sampling, "
-                 "which a CUDA graph cannot capture; the step runs eagerly",
-                 coupling);
+  if (step.parts().objective->needs_host()) {
+    spdlog::warn("train.cuda_graph: the objective pairs the batch with host work or data-dependent sampling "
+                 "(path.coupling), which a CUDA graph cannot capture; the step runs eagerly");
     return;
   }
   impl_->active = true;
   // A seed set from the host each step would be frozen into the graph; the registered default generator gives every
   // replay fresh dropout masks instead (a single process has no other rank whose masks must differ).
-  step.forward_rng.reset();
+  step.use_default_generator();
 }
 
 GraphedTrainStep::~GraphedTrainStep() = default;
@@ -52,13 +50,13 @@ bool GraphedTrainStep::graphed() const {
 #endif
 }
 
-StepResult GraphedTrainStep::operator()(const Batch& batch, double lr) {
+StepResult GraphedTrainStep::operator()(const Batch& batch, int64_t step, double lr) {
   auto& s = *impl_;
 #ifdef FM_HAVE_CUDA_GRAPHS
   if (s.graph) {
     s.input.x.copy_(batch.x, /*non_blocking=*/true);
     if (s.input.labels.defined()) s.input.labels.copy_(batch.labels, true);
-    step_.optimizer.set_lr(lr);
+    step_.parts().optimizer.set_lr(lr);
     s.graph->replay();
     return s.out;
   }
@@ -67,7 +65,7 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, double lr) {
     // tensors that outlive it. The captured work is only recorded, so the step itself is the first replay.
     s.input.x = batch.x.clone();
     if (batch.labels.defined()) s.input.labels = batch.labels.clone();
-    step_.optimizer.set_lr(lr);
+    step_.parts().optimizer.set_lr(lr);
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
     auto side = c10::cuda::getStreamFromPool(false, batch.x.device().index());
     auto main = c10::cuda::getCurrentCUDAStream(batch.x.device().index());
@@ -79,14 +77,14 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, double lr) {
       c10::cuda::CUDAStreamGuard guard(side);
       graph->register_generator_state(at::cuda::detail::getDefaultCUDAGenerator(batch.x.device().index()));
       graph->capture_begin();
-      s.out = step_.run(s.input, std::nullopt);
+      s.out = step_(s.input, step, std::nullopt);
       graph->capture_end();
     } catch (const std::exception& e) {
       at::autocast::set_autocast_cache_enabled(cache);
       s.active = false;
       spdlog::warn("train.cuda_graph: capturing the step failed, training eagerly: {}", e.what());
       torch::cuda::synchronize();
-      return step_(batch, lr);
+      return step_(batch, step, lr);
     }
     at::autocast::set_autocast_cache_enabled(cache);
     side.synchronize();
@@ -105,14 +103,14 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, double lr) {
     StepResult r;
     {
       c10::cuda::CUDAStreamGuard guard(side);
-      r = step_(batch, lr);
+      r = step_(batch, step, lr);
     }
     wait_for(main, side);
     ++s.eager_steps;
     return r;
   }
 #endif
-  return step_(batch, lr);
+  return step_(batch, step, lr);
 }
 
 }  // namespace fm

@@ -6,8 +6,8 @@
 // tensors and its learning rate into AdamW's device lr before the replay; the default CUDA generator is registered
 // with the graph, so every replay draws fresh noise, times and dropout masks.
 //
-// Where capture is impossible (not CUDA, a coupling that solves on the host, a LibTorch without CUDA graphs, or a
-// capture that fails) every step runs eagerly and one log line says why.
+// Where capture is impossible (not CUDA, an objective that needs the host each step, a LibTorch without CUDA graphs,
+// or a capture that fails) every step runs eagerly and one log line says why.
 #include <memory>
 #include <string>
 
@@ -17,11 +17,12 @@ namespace fm {
 
 class GraphedTrainStep {
  public:
-  // `enabled`: train.cuda_graph. `coupling`: path.coupling (only "independent" runs without host work in the step).
-  GraphedTrainStep(TrainStep& step, const torch::Device& device, bool enabled, const std::string& coupling);
+  // `enabled`: train.cuda_graph.
+  GraphedTrainStep(TrainStep& step, const torch::Device& device, bool enabled);
   ~GraphedTrainStep();
-  // The results live in the graph's static tensors on the graphed path: read them before the next call.
-  StepResult operator()(const Batch& batch, double lr);
+  // Step `step` (0-based). The results live in the graph's static tensors on the graphed path: read them before the
+  // next call.
+  StepResult operator()(const Batch& batch, int64_t step, double lr);
   bool graphed() const;  // true once a capture has succeeded
 
   static constexpr int kWarmupSteps = 3;

@@ -14,6 +14,12 @@
 
 namespace fm {
 
+bool is_device_spec(const std::string& spec) {
+  if (spec == "auto" || spec == "cpu" || spec == "cuda") return true;
+  if (spec.rfind("cuda:", 0) != 0 || spec.size() == 5 || spec.size() > 8) return false;
+  return spec.find_first_not_of("0123456789", 5) == std::string::npos;
+}
+
 torch::Device resolve_device(const std::string& spec) {
   if (spec == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   if (spec == "cpu") return torch::kCPU;

@@ -5,6 +5,9 @@
 
 namespace fm {
 
+// Whether `spec` is a device name fm understands: auto, cpu, cuda or cuda:N (whether that device exists aside).
+bool is_device_spec(const std::string& spec);
+
 // "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"; throws InputError when the device is not there.
 torch::Device resolve_device(const std::string& spec);
 

@@ -1,12 +1,12 @@
-#include "nn/conv2d.h"
+#include "kernels/conv3x3.h"
 
 #include <ATen/autocast_mode.h>
 
 #include <variant>
 
-#include "nn/winograd.h"
+#include "kernels/winograd.h"
 
-namespace fm {
+namespace fm::kernels {
 namespace {
 
 // Below this many input or output channels (the U-Net's first and last convs, 3 channels) the transforms cost more
@@ -20,10 +20,8 @@ class Conv3x3 : public torch::autograd::Function<Conv3x3> {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.numel() > 0;
     const auto b = bias.numel() ? bias : torch::Tensor();
-    // Winograd's forward pass too: until its transforms were vectorised, oneDNN's forward kernels (near the FMA peak)
-    // were faster below 64 input channels; since, F(4x4, 3x3) is faster from 32 (batch 32, one thread, best of 30:
-    // 32 -> 32 channels at 32x32 5.7 ms against 6.6, 32 -> 64 at 16x16 2.6 against 4.3, 128 -> 64 at 8x8 1.9 against
-    // 3.1). The transforms write channels-last; an NCHW network (nn/memory_format.h) gets NCHW back, as from oneDNN.
+    // The transforms write channels-last; an NCHW network (kernels.h, prefers_channels_last) gets NCHW back, as
+    // from oneDNN.
     return winograd::conv3x3(x, weight, b).contiguous(x.suggest_memory_format());
   }
 
@@ -51,20 +49,19 @@ bool is_3x3_same(const torch::nn::detail::ConvNdOptions<2>& o) {
 
 }  // namespace
 
-bool winograd_applies(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
-  const auto& w = conv.ptr()->weight;
+bool winograd_applies(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  const auto& w = conv.weight;
   // Not under CPU autocast: the forward pass would be bf16 below 64 channels and float32 above.
   return torch::GradMode::is_enabled() && w.requires_grad() && x.is_cpu() && w.is_cpu() &&
          !at::autocast::is_autocast_enabled(at::kCPU) &&
          x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.dim() == 4 &&
-         is_3x3_same(conv.ptr()->options) && w.size(0) >= kMinChannels && w.size(1) >= kMinChannels;
+         is_3x3_same(conv.options) && w.size(0) >= kMinChannels && w.size(1) >= kMinChannels;
 }
 
-torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
-  if (!winograd_applies(conv, x)) return conv.ptr()->forward(x);
+torch::Tensor winograd_conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   // Custom autograd functions need defined inputs: no bias is an empty tensor.
-  const auto& bias = conv.ptr()->bias;
-  return Conv3x3::apply(x, conv.ptr()->weight, bias.defined() ? bias : torch::empty({0}, x.options()));
+  const auto& bias = conv.bias;
+  return Conv3x3::apply(x, conv.weight, bias.defined() ? bias : torch::empty({0}, x.options()));
 }
 
-}  // namespace fm
+}  // namespace fm::kernels

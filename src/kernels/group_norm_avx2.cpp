@@ -6,7 +6,7 @@
 // Numerics: per-channel sums are taken relative to the sample's first row (so that a large mean does not cancel the
 // variance away), in float over blocks of rows and in double across blocks, and channels are combined into groups
 // with the parallel-variance formula in double.
-#include "nn/group_norm_kernel.h"
+#include "kernels/group_norm_kernel.h"
 
 #include <ATen/cpu/vec/vec.h>
 

@@ -1,4 +1,4 @@
-#include "util/rank_batches.h"
+#include "dist/rank_batches.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -21,25 +21,6 @@ ItemRange RankBatches::batch(int64_t j) const {
 ItemRange RankBatches::round_items(int64_t round) const {
   const int64_t first = std::min(n_, round * size_ * batch_);
   return {first, std::min(size_ * batch_, n_ - first)};
-}
-
-namespace {
-class ThisProcessOnly final : public dist::World {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  int local_rank() const override { return 0; }
-  void all_reduce_sum(std::vector<torch::Tensor>&) override {}
-  void broadcast(std::vector<torch::Tensor>&, int) override {}
-  torch::Tensor all_gather_cat(const torch::Tensor& t) override { return t; }
-  void barrier() override {}
-  bool any(bool flag) override { return flag; }
-};
-}  // namespace
-
-dist::World& this_process_only() {
-  static ThisProcessOnly alone;
-  return alone;
 }
 
 }  // namespace fm

@@ -8,8 +8,6 @@
 // every rank makes one round's collectives per round, a rank with no batch left in the last round included.
 #include <cstdint>
 
-#include "dist/world.h"
-
 namespace fm {
 
 struct ItemRange {
@@ -35,9 +33,5 @@ class RankBatches {
   int64_t n_, batch_;
   int rank_, size_;
 };
-
-// A world of this process alone, whatever launched it: for a caller that does a whole run itself (fm evaluate's
-// sampling and FID).
-dist::World& this_process_only();
 
 }  // namespace fm

@@ -1,4 +1,4 @@
-#include "interop/crc32c.h"
+#include "io/crc32c.h"
 
 #include <array>
 

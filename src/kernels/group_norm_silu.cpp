@@ -1,32 +1,33 @@
-#include "nn/group_norm_silu.h"
+#include "kernels/group_norm_silu.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 
 #include <vector>
 
-#include "nn/group_norm_kernel.h"
+#include "kernels/group_norm_kernel.h"
 
-namespace fm {
-namespace {
+namespace fm::kernels {
 
-torch::Tensor composite(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight, const torch::Tensor& bias,
-                        double eps, const torch::Tensor& shift, bool silu) {
-  auto h = shift.defined() ? x + shift.reshape({x.size(0), x.size(1), 1, 1}) : x;
-  auto y = torch::group_norm(h, groups, weight, bias, eps);
-  return silu ? torch::silu(y) : y;
+bool avx2_group_norm_available() {
+  // ATen's own dispatch level as well as the CPU's flags: ATEN_CPU_CAPABILITY=default turns these kernels off too.
+  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                at::get_cpu_capability() != "DEFAULT";
+  return available;
 }
 
-bool fused_applies(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight, const torch::Tensor& bias,
-                   const torch::Tensor& shift) {
+bool fused_group_norm_applies(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight,
+                              const torch::Tensor& bias, const torch::Tensor& shift) {
   auto is_f32_cpu = [](const torch::Tensor& t) { return t.is_cpu() && t.scalar_type() == torch::kFloat32; };
-  return fused_cpu_group_norm_available() && x.dim() == 4 && is_f32_cpu(x) &&
+  return avx2_group_norm_available() && x.dim() == 4 && is_f32_cpu(x) &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.size(1) % 8 == 0 && x.size(1) % groups == 0 &&
          x.size(2) * x.size(3) > 0 && weight.defined() && bias.defined() && is_f32_cpu(weight) && is_f32_cpu(bias) &&
          (!shift.defined() || (is_f32_cpu(shift) && shift.numel() == x.size(0) * x.size(1)));
 }
 
-kernels::GroupNormShape shape_of(const torch::Tensor& x, int64_t groups, double eps, bool silu) {
+namespace {
+
+GroupNormShape shape_of(const torch::Tensor& x, int64_t groups, double eps, bool silu) {
   return {x.size(2) * x.size(3), x.size(1), groups, eps, silu};
 }
 
@@ -46,10 +47,10 @@ class GroupNormSilu : public torch::autograd::Function<GroupNormSilu> {
     const float* ep = e.defined() ? e.const_data_ptr<float>() : nullptr;
     float* yp = y.mutable_data_ptr<float>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> fscratch(kernels::kForwardScratch * C);
-      std::vector<double> dscratch(kernels::kForwardScratch * C);
+      std::vector<float> fscratch(kForwardScratch * C);
+      std::vector<double> dscratch(kForwardScratch * C);
       for (int64_t n = begin; n < end; ++n)
-        kernels::group_norm_forward_avx2(s, xp + n * s.hw * C, w.const_data_ptr<float>(), b.const_data_ptr<float>(),
+        group_norm_forward_avx2(s, xp + n * s.hw * C, w.const_data_ptr<float>(), b.const_data_ptr<float>(),
                                          ep ? ep + n * C : nullptr, yp + n * s.hw * C,
                                          mean.mutable_data_ptr<float>() + n * groups,
                                          rstd.mutable_data_ptr<float>() + n * groups, fscratch.data(),
@@ -80,10 +81,10 @@ class GroupNormSilu : public torch::autograd::Function<GroupNormSilu> {
     auto dshift = e.defined() ? torch::empty({N, C}, x.options()) : torch::Tensor();
     const float* ep = e.defined() ? e.const_data_ptr<float>() : nullptr;
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> fscratch(kernels::kBackwardScratch * C);
-      std::vector<double> dscratch(kernels::kBackwardScratch * C);
+      std::vector<float> fscratch(kBackwardScratch * C);
+      std::vector<double> dscratch(kBackwardScratch * C);
       for (int64_t n = begin; n < end; ++n)
-        kernels::group_norm_backward_avx2(
+        group_norm_backward_avx2(
             s, dy.const_data_ptr<float>() + n * s.hw * C, x.const_data_ptr<float>() + n * s.hw * C,
             w.const_data_ptr<float>(), b.const_data_ptr<float>(), ep ? ep + n * C : nullptr,
             mean.const_data_ptr<float>() + n * groups, rstd.const_data_ptr<float>() + n * groups,
@@ -98,25 +99,10 @@ class GroupNormSilu : public torch::autograd::Function<GroupNormSilu> {
 
 }  // namespace
 
-bool fused_cpu_group_norm_available() {
-#ifdef FM_HAVE_AVX2_KERNELS
-  // ATen's own dispatch level as well as the CPU's flags: ATEN_CPU_CAPABILITY=default turns these kernels off too.
-  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                at::get_cpu_capability() != "DEFAULT";
-  return available;
-#else
-  return false;
-#endif
+torch::Tensor fused_group_norm_silu(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight,
+                                    const torch::Tensor& bias, double eps, const torch::Tensor& shift, bool silu) {
+  // Custom autograd functions need defined inputs: no shift is an empty tensor.
+  return GroupNormSilu::apply(x, weight, bias, shift.defined() ? shift : torch::empty({0}), groups, eps, silu);
 }
 
-torch::Tensor group_norm_silu(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight,
-                              const torch::Tensor& bias, double eps, const torch::Tensor& shift, bool silu) {
-#ifdef FM_HAVE_AVX2_KERNELS
-  if (fused_applies(x, groups, weight, bias, shift))
-    // Custom autograd functions need defined inputs: no shift is an empty tensor.
-    return GroupNormSilu::apply(x, weight, bias, shift.defined() ? shift : torch::empty({0}), groups, eps, silu);
-#endif
-  return composite(x, groups, weight, bias, eps, shift, silu);
-}
-
-}  // namespace fm
+}  // namespace fm::kernels

@@ -12,7 +12,7 @@
 // own precision: float32 results differ from oneDNN's by a few 1e-6 of the largest entry, float64 agrees to rounding.
 #include <torch/torch.h>
 
-namespace fm::winograd {
+namespace fm::kernels::winograd {
 
 constexpr int64_t kTile = 4;    // outputs per tile side (m)
 constexpr int64_t kAlpha = 6;   // transformed tile side (m + r - 1)
@@ -34,4 +34,4 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
 // channels-last output. The input gradient is this with weight.flip({2, 3}).transpose(0, 1).
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
-}  // namespace fm::winograd
+}  // namespace fm::kernels::winograd

@@ -1,4 +1,4 @@
-#include "nn/winograd.h"
+#include "kernels/winograd.h"
 
 #include <ATen/Parallel.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-namespace fm::winograd {
+namespace fm::kernels::winograd {
 namespace {
 
 // F(4x4, 3x3) with the interpolation points 0, +-1, +-2 and infinity (Lavin & Gray's choice, and cuDNN's and
@@ -188,8 +188,8 @@ int64_t block_size(int64_t tiles, int64_t c, int64_t co, int64_t element_size) {
 
 // f(t0, count, v, m, thread) for the blocks of tiles, v and m the block's transforms ([36, count, C] and
 // [36, count, C_out], contiguous) in buffers of the thread's own. Blocks keep the transforms in the cache until their
-// 36 products have read them: the transforms of a whole batch (2.25x the input and the gradient) went out to memory
-// and back, and cost more than the products. Each thread takes whole blocks, transforms and products alike: one
+// 36 products have read them: the transforms of a whole batch (2.25x the input and the gradient) would go out to
+// memory and back, and cost more than the products. Each thread takes whole blocks, transforms and products alike: one
 // parallel region per convolution rather than three per block, and the products (run on one thread inside the region)
 // are too small to split well.
 template <class F>
@@ -207,9 +207,9 @@ void for_each_block(int64_t tiles, int64_t c, int64_t co, const torch::TensorOpt
 }
 
 // G (x) G, [36, 9]: row i * 6 + j, column u * 3 + v holds G[i][u] G[j][v], so that a 3x3 kernel flattened to 9
-// numbers goes to G g G^T flattened to 36 by one product, and a transformed gradient comes back by its transpose. One
-// matrix product for all channel pairs; einsum("iu,ocuv,jv->ijco") took 4x longer (1.25 ms against 0.29 for 64 -> 64
-// channels), several times the products themselves on the 8x8 maps.
+// numbers goes to G g G^T flattened to 36 by one product, and a transformed gradient comes back by its transpose: one
+// matrix product for all channel pairs, where an einsum over the 3x3 taps would cost more than the convolution's own
+// products on the 8x8 maps.
 torch::Tensor kernel_transform(torch::ScalarType dtype) {
   double k[kAlpha * kAlpha][9];
   for (int i = 0; i < kAlpha; ++i)
@@ -307,6 +307,6 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const
   return y;
 }
 
-}  // namespace fm::winograd
+}  // namespace fm::kernels::winograd
 
 #undef FM_NO_ALIAS  // this file is compiled in a batch with others (FM_UNITY_BUILD)

@@ -1,0 +1,43 @@
+#pragma once
+// A training objective: the loss of one global batch given the network. Flow matching's CFM loss is one
+// (train/cfm_objective.h); an objective is one file behind this interface and one case in make_objective.
+// Noise at t=0, data at t=1.
+#include <functional>
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "config/config.h"
+#include "data/batch_sampler.h"
+#include "nn/velocity_field.h"
+#include "path/prob_path.h"
+
+namespace fm {
+
+// The network's raw output for times t [B], points x [B, ...] and labels (undefined, or [B] int64).
+using Predict = std::function<torch::Tensor(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels)>;
+
+// The rows of a global batch that one rank trains on: the index-th of count equal, disjoint slices.
+struct RowShard {
+  int64_t index = 0;
+  int64_t count = 1;
+};
+
+class Objective {
+ public:
+  virtual ~Objective() = default;
+  // The mean loss over the batch, a float32 scalar on the batch's device. With a shard, every random draw (noise,
+  // times, coupling, label dropout) is still made for the whole global batch, so that each row gets exactly what one
+  // process would give it, and only the shard's rows go through the network: the mean of the ranks' losses (and
+  // gradients) is then the one-process loss (and gradient). The batch's size must be a multiple of shard.count.
+  virtual torch::Tensor loss(const Batch& batch, const Predict& predict, RowShard shard = {}) const = 0;
+  // Whether a step's loss needs host work or data-dependent sampling (a coupling that solves on the host), which a
+  // CUDA graph cannot capture.
+  virtual bool needs_host() const = 0;
+};
+
+// The objective `cfg` trains, on `path`, for a network conditioned as `cond`; throws InputError naming the key when
+// the combination of keys is not one it can train.
+std::unique_ptr<Objective> make_objective(const Config& cfg, const ProbPath& path, const Conditioning& cond);
+
+}  // namespace fm
