@@ -128,6 +128,12 @@ TEST(SafeTensors, RejectsCorruptFilesNamingTheProblem) {
   (void)header;
 }
 
+// A safetensors file of the given header text and data bytes.
+std::string safetensors_bytes(const std::string& header, const std::string& data = "") {
+  const uint64_t len = header.size();
+  return std::string(reinterpret_cast<const char*>(&len), 8) + header + data;
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // torch.save files
 
@@ -434,6 +440,27 @@ TEST(Import, MismatchedWeightsExitTwoListingTheDifferences) {
   EXPECT_NE(r.output.find("junk.pt: not a file written by torch.save"), std::string::npos) << r.output;
 }
 
+TEST(Import, HostileHeaderBytesGiveOnePrintableLineAndExitTwo) {
+  TempDir dir("import_bytes");
+  spit(dir / "cfg.json", imported_config().dump());
+  struct Case {
+    std::string header, shown;  // a header and what the error must show of it
+  };
+  for (const auto& k : std::vector<Case>{
+           {"{\"w\xff\":{}}", "w\\xff"},                                               // invalid UTF-8: bad JSON
+           {R"({"\u001b[2J\n":{"dtype":"Q","shape":[],"data_offsets":[0,0]}})", "\\x1b[2J\\x0a"}}) {  // controls
+    SCOPED_TRACE(k.shown);
+    spit(dir / "bad.safetensors", safetensors_bytes(k.header));
+    auto r = test::run(test::fm_binary() + " import --weights " + (dir / "bad.safetensors") + " --config " +
+                       (dir / "cfg.json") + " --out " + (dir / "out.pt"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(r.output.rfind("fm: error: " + (dir / "bad.safetensors") + ": ", 0), 0u) << r.output;
+    EXPECT_NE(r.output.find(k.shown), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;  // one line, ending the output
+    EXPECT_EQ(r.output.back(), '\n');
+    for (unsigned char c : r.output) EXPECT_TRUE(c == '\n' || (c >= 0x20 && c < 0x7f)) << int(c) << r.output;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // FID weights as pytorch-fid has them
