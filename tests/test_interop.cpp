@@ -1,7 +1,9 @@
 // Tests of the formats other tools define (src/interop/): safetensors, torch.save files, torchcfm's U-Net names,
 // fm export / fm import against torchcfm and the safetensors package in the venv (tests/ref/interop_ref.py).
 #include <fstream>
+#include <tuple>
 
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -134,6 +136,34 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return std::string(reinterpret_cast<const char*>(&len), 8) + header + data;
 }
 
+// `read(path)` must throw InputError, with a message naming the file and containing `what`.
+template <class Read>
+void expect_input_error(Read read, const std::string& path, const std::string& what) {
+  try {
+    read(path);
+    ADD_FAILURE() << path << " was accepted (expected an error containing '" << what << "')";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+  }
+}
+
+TEST(SafeTensors, RefusesShapesWhoseSizeOverflows) {
+  TempDir dir("st_overflow");
+  // Each shape's byte count wraps to 0 in 64 bits (or its element count passes int64), matching data_offsets [0, 0].
+  for (const std::string shape : {"[2305843009213693952]",             // 2^61 F64 elements: 2^64 bytes
+                                  "[4611686018427387904, 4, 0]",       // 2^64 elements before the 0
+                                  "[4294967296, 4294967296]",          // 2^64 elements
+                                  "[9223372036854775807, 2]"}) {       // int64 max, then twice that
+    SCOPED_TRACE(shape);
+    spit(dir / "huge.safetensors",
+         safetensors_bytes(R"({"w":{"dtype":"F64","shape":)" + shape + R"(,"data_offsets":[0,0]}})"));
+    expect_input_error(read_safetensors, dir / "huge.safetensors",
+                       "tensor 'w': shape " + nlohmann::json::parse(shape).dump() + " is larger than the file");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // torch.save files
 
@@ -205,6 +235,96 @@ TEST(TorchFile, ReadsZipAndLegacyFormatsLikePython) {
   spit(dir / "text.pt", "hello");
   EXPECT_FALSE(looks_like_torch_file(dir / "text.pt"));
   EXPECT_THROW(load_torch_file(dir / "text.pt"), InputError);
+}
+
+// Hostile torch.save files, built byte by byte. The pickle opcodes are those Python's pickletools documents.
+namespace pickle {
+std::string le(uint64_t v, int bytes) {
+  std::string s;
+  for (int i = 0; i < bytes; ++i) s += static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+std::string str(const std::string& s) { return "X" + le(s.size(), 4) + s; }                      // BINUNICODE
+std::string integer(int64_t v) { return "\x8a\x08" + le(static_cast<uint64_t>(v), 8); }           // LONG1
+std::string global(const std::string& m, const std::string& n) { return "c" + m + "\n" + n + "\n"; }  // GLOBAL
+std::string tuple(const std::vector<int64_t>& v) {
+  std::string s = "(";
+  for (int64_t x : v) s += integer(x);
+  return s + "t";
+}
+// The persistent id of a float32 storage, as torch.save writes it: ('storage', torch.FloatStorage, key, 'cpu', numel).
+std::string storage_id(const std::string& key, int64_t numel) {
+  return "(" + str("storage") + global("torch", "FloatStorage") + str(key) + str("cpu") + integer(numel) + "t";
+}
+// torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()), the storage given as ops.
+std::string tensor(const std::string& storage, int64_t offset, const std::vector<int64_t>& size,
+                   const std::vector<int64_t>& stride) {
+  return global("torch._utils", "_rebuild_tensor_v2") + "(" + storage + integer(offset) + tuple(size) + tuple(stride) +
+         "\x89" + global("collections", "OrderedDict") + ")R" + "tR";
+}
+// {'w': value}
+std::string dict_w(const std::string& value) { return "}(" + str("w") + value + "u"; }
+// A whole pickle: protocol 2, the ops, STOP.
+std::string program(const std::string& ops) { return "\x80\x02" + ops + "."; }
+}  // namespace pickle
+
+// A torch.save zip archive: data.pkl and the storages' records under data/.
+void write_torch_zip(const std::string& path, const std::string& pkl,
+                     const std::vector<std::pair<std::string, std::string>>& storages, bool compress = false) {
+  caffe2::serialize::PyTorchStreamWriter w(path);
+  w.writeRecord("data.pkl", pkl.data(), pkl.size());
+  w.writeRecord("byteorder", "little", 6);
+  for (const auto& [key, bytes] : storages) w.writeRecord("data/" + key, bytes.data(), bytes.size(), compress);
+  w.writeEndOfFile();
+}
+
+// A torch.save file in the legacy layout: magic number, protocol version 1001, sys_info, the object, its storage keys,
+// then each storage's element count and bytes.
+void write_torch_legacy(const std::string& path, const std::string& object_pkl,
+                        const std::vector<std::tuple<std::string, int64_t, std::string>>& storages) {
+  using namespace pickle;
+  std::string keys = "(", data;
+  for (const auto& [key, numel, bytes] : storages) {
+    keys += str(key);
+    data += le(static_cast<uint64_t>(numel), 8) + bytes;
+  }
+  spit(path, program("\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19") + program("M\xe9\x03") +
+                 program("}(" + str("little_endian") + "\x88u") + object_pkl + program(keys + "l") + data);
+}
+
+// Writes the pickle `ops` in both layouts, with a float32 storage "0" of `floats` zeros when `floats` > 0; returns the
+// two paths.
+std::vector<std::string> write_both_layouts(const TempDir& dir, const std::string& name, const std::string& ops,
+                                            int64_t floats = 0) {
+  const std::string bytes(4 * floats, '\0');
+  std::vector<std::pair<std::string, std::string>> zip;
+  std::vector<std::tuple<std::string, int64_t, std::string>> legacy;
+  if (floats > 0) {
+    zip.emplace_back("0", bytes);
+    legacy.emplace_back("0", floats, bytes);
+  }
+  write_torch_zip(dir / (name + "_zip.pt"), pickle::program(ops), zip);
+  write_torch_legacy(dir / (name + "_legacy.pt"), pickle::program(ops), legacy);
+  return {dir / (name + "_zip.pt"), dir / (name + "_legacy.pt")};
+}
+
+TEST(TorchFile, RefusesSizesThatOverflow) {
+  TempDir dir("torchfile_overflow");
+  using namespace pickle;
+  // A tensor view whose element count and last offset wrap: 3 x 6148914691236517206 elements is 2^64 + 2.
+  const std::string view = dict_w(tensor(storage_id("0", 4) + "Q", 0, {3, 6148914691236517206}, {1, 0}));
+  for (const auto& path : write_both_layouts(dir, "view", view, 4)) {
+    SCOPED_TRACE(path);
+    expect_input_error(load_torch_file, path, "too large");
+  }
+  // A storage of 2^61 doubles: 2^64 bytes, 0 once wrapped, with 0 bytes of data in the file.
+  const int64_t huge = int64_t{1} << 61;
+  const std::string doubles =
+      "(" + str("storage") + global("torch", "DoubleStorage") + str("0") + str("cpu") + integer(huge) + "tQ";
+  write_torch_zip(dir / "storage_zip.pt", program(dict_w(tensor(doubles, 0, {huge}, {1}))), {{"0", ""}});
+  expect_input_error(load_torch_file, dir / "storage_zip.pt", "tensor storage data/0");
+  write_torch_legacy(dir / "storage_legacy.pt", program(dict_w(tensor(doubles, 0, {huge}, {1}))), {{"0", huge, ""}});
+  expect_input_error(load_torch_file, dir / "storage_legacy.pt", "storage 0");
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <unordered_map>
 
+#include "interop/reader_errors.h"
 #include "util/error.h"
 
 namespace fm {
@@ -28,6 +29,16 @@ torch::ScalarType storage_dtype(const std::string& global, const std::string& pa
   auto it = types.find(global);
   if (it == types.end()) throw file_error(path, "unsupported tensor storage type " + global);
   return it->second;
+}
+
+// The bytes of `numel` elements of `dtype`; InputError "path: what: ..." when numel is negative or the product passes
+// 64 bits (a count that wraps to a small one must not pass the size checks).
+uint64_t storage_bytes(int64_t numel, torch::ScalarType dtype, const std::string& path, const std::string& what) {
+  uint64_t bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(dtype), &bytes))
+    throw file_error(path, what + ": " + std::to_string(numel) + " elements of " + c10::toString(dtype) +
+                               " are more bytes than a file holds");
+  return bytes;
 }
 
 PyPtr make(PyValue::Kind k) {
@@ -267,6 +278,28 @@ class Unpickler {
     return out;
   }
 
+  // The element count of a view of `size` and `stride` from `offset` into a storage of `storage_numel` elements; fails
+  // when a size or stride is negative, when the count or the last element's offset passes int64 (checked products:
+  // signed overflow is undefined and a wrapped count passes for a small one), or when the view reaches past the
+  // storage. The count is formed in the order torch::empty forms it, so a count of 0 here is one it accepts.
+  int64_t view_numel(int64_t storage_numel, int64_t offset, const std::vector<int64_t>& size,
+                     const std::vector<int64_t>& stride) {
+    int64_t numel = 1, last = offset;
+    bool overflow = false;
+    for (size_t i = 0; i < size.size(); ++i) {
+      if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
+      overflow |= __builtin_mul_overflow(numel, size[i], &numel);
+    }
+    if (overflow) fail("tensor size " + c10::str(c10::IntArrayRef(size)) + " too large (more elements than int64 counts)");
+    for (size_t i = 0; numel > 0 && i < size.size(); ++i) {
+      int64_t step = 0;
+      overflow |= __builtin_mul_overflow(size[i] - 1, stride[i], &step) || __builtin_add_overflow(last, step, &last);
+    }
+    if (offset < 0 || (numel > 0 && (overflow || last >= storage_numel)))
+      fail("a tensor view reaches past its storage of " + std::to_string(storage_numel) + " elements");
+    return numel;
+  }
+
   // REDUCE: the callables torch.save's tensors and state_dicts use; anything else is an opaque object.
   PyPtr call(const PyValue& fn, const PyValue& args) {
     const auto& a = args.items;
@@ -279,14 +312,7 @@ class Unpickler {
       const auto size = ints(*a[2], "size"), stride = ints(*a[3], "stride");
       if (size.size() != stride.size()) fail("tensor size and stride differ in length");
       if (!storage.defined()) return out;  // scanning pass: the storages are not read yet
-      int64_t last = offset, numel = 1;
-      for (size_t i = 0; i < size.size(); ++i) {
-        if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
-        numel *= size[i];
-        last += (size[i] - 1) * stride[i];
-      }
-      if (offset < 0 || (numel > 0 && last >= storage.numel()))
-        fail("a tensor view reaches past its storage of " + std::to_string(storage.numel()) + " elements");
+      const int64_t numel = view_numel(storage.numel(), offset, size, stride);
       out->tensor = numel ? storage.as_strided(size, stride, offset) : torch::empty(size, storage.options());
       return out;
     }
@@ -335,14 +361,6 @@ bool is_legacy(const std::string& head) {
   return head.size() >= sizeof kLegacyMagic - 1 && head.compare(0, sizeof kLegacyMagic - 1, kLegacyMagic) == 0;
 }
 
-// The first line of LibTorch's message, up to its first full stop: the rest is advice about checkpoints.
-std::string brief(const c10::Error& e) {
-  std::string m = e.what_without_backtrace();
-  m = m.substr(0, m.find('\n'));
-  if (auto dot = m.find(". "); dot != std::string::npos) m.resize(dot);
-  return m;
-}
-
 PyPtr load_zip(const std::string& path) {
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
@@ -363,8 +381,8 @@ PyPtr load_zip(const std::string& path) {
     auto storage = [&](const std::string& key, torch::ScalarType dtype, int64_t numel) {
       const std::string rec = "data/" + key;
       if (!reader->hasRecord(rec)) throw file_error(path, "tensor storage " + rec + " is missing");
-      const size_t want = static_cast<size_t>(numel) * c10::elementSize(dtype);
-      if (numel < 0 || reader->getRecordSize(rec) != want)
+      const uint64_t want = storage_bytes(numel, dtype, path, "tensor storage " + rec);
+      if (reader->getRecordSize(rec) != want)
         throw file_error(path, "tensor storage " + rec + " holds " + std::to_string(reader->getRecordSize(rec)) +
                                    " bytes, its header says " + std::to_string(want));
       auto t = torch::empty({numel}, torch::dtype(dtype));
@@ -411,8 +429,8 @@ PyPtr load_legacy(const std::string& path, const std::string& bytes) {
     std::memcpy(&numel, p + at, 8);
     at += 8;
     const auto [dtype, declared_numel] = it->second;
-    const uint64_t want = static_cast<uint64_t>(numel) * c10::elementSize(dtype);
-    if (numel != declared_numel || numel < 0 || want > n - at)
+    const uint64_t want = storage_bytes(numel, dtype, path, "storage " + k->s);
+    if (numel != declared_numel || want > n - at)
       throw file_error(path, "storage " + k->s + ": " + std::to_string(numel) + " elements recorded, " +
                                  std::to_string(declared_numel) + " declared, " + std::to_string(n - at) +
                                  " bytes left in the file");
@@ -454,9 +472,11 @@ bool looks_like_torch_file(const std::string& path) {
 
 PyPtr load_torch_file(const std::string& path) {
   auto bytes = read_all(path);
-  if (is_zip(bytes)) return load_zip(path);
-  if (is_legacy(bytes)) return load_legacy(path, bytes);
-  throw file_error(path, "not a file written by torch.save (neither a zip archive nor the legacy format)");
+  return as_input_error(path, "torch.save data: ", [&] {
+    if (is_zip(bytes)) return load_zip(path);
+    if (is_legacy(bytes)) return load_legacy(path, bytes);
+    throw file_error(path, "not a file written by torch.save (neither a zip archive nor the legacy format)");
+  });
 }
 
 std::map<std::string, torch::Tensor> tensor_dict(const PyValue& v, const std::string& path, const std::string& what) {
