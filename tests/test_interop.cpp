@@ -26,6 +26,7 @@
 namespace fm {
 namespace {
 
+using namespace std::string_literals;
 using test::TempDir;
 
 std::string slurp(const std::string& path) {
@@ -306,6 +307,44 @@ std::vector<std::string> write_both_layouts(const TempDir& dir, const std::strin
   write_torch_zip(dir / (name + "_zip.pt"), pickle::program(ops), zip);
   write_torch_legacy(dir / (name + "_legacy.pt"), pickle::program(ops), legacy);
   return {dir / (name + "_zip.pt"), dir / (name + "_legacy.pt")};
+}
+
+TEST(TorchFile, RefusesNestingDeeperThanPythonWrites) {
+  TempDir dir("torchfile_deep");
+  // 200000 nested lists in 400 KB ([[[...]]]: EMPTY_LIST 200000 times, then APPEND), and 400000 nested 1-tuples.
+  const std::string lists = std::string(200000, ']') + std::string(199999, 'a');
+  const std::string tuples = "N" + std::string(400000, '\x85');
+  for (const auto& ops : {lists, tuples})
+    for (const auto& path : write_both_layouts(dir, "deep", ops)) {
+      SCOPED_TRACE(path);
+      expect_input_error(load_torch_file, path, "nested deeper than 1000 levels");
+    }
+  // Python's own limit is its recursion limit, which torch.save reaches long before 1000 levels: 100 load.
+  const std::string ok = std::string(100, ']') + std::string(99, 'a');
+  for (const auto& path : write_both_layouts(dir, "ok", ok)) EXPECT_EQ(load_torch_file(path)->items.size(), 1u);
+}
+
+TEST(TorchFile, RefusesAContainerThatContainsItself) {
+  TempDir dir("torchfile_cycle");
+  // l = []; l.append(l)  and  a = []; b = [a]; a.append(b)  (memo 0 = a, memo 1 = b)
+  for (const std::string ops : {"]q\x00h\x00"s + "a", "]q\x00]q\x01h\x00"s + "aa"})
+    for (const auto& path : write_both_layouts(dir, "cycle", ops)) {
+      SCOPED_TRACE(path);
+      expect_input_error(load_torch_file, path, "contains itself");
+    }
+}
+
+TEST(TorchFile, DeepValuesAreFreedWithoutRecursion) {
+  // A chain of a million one-item lists, built directly: freeing it must not take a stack frame per level.
+  auto root = std::make_shared<PyValue>();
+  PyValue* at = root.get();
+  for (int i = 0; i < 1000000; ++i) {
+    at->kind = PyValue::Kind::List;
+    at->items.push_back(std::make_shared<PyValue>());
+    at = at->items.back().get();
+  }
+  root.reset();
+  SUCCEED();
 }
 
 TEST(TorchFile, RefusesSizesThatOverflow) {

@@ -252,18 +252,35 @@ class Unpickler {
     v->s.assign(b, len);
     return v;
   }
-  static PyPtr sequence(PyValue::Kind k, std::vector<PyPtr> items) {
+  // Makes `item` an item of the container `c`. Python's pickler completes a container before it writes it into
+  // another, so a container that changes after that is one that comes to contain itself; without such changes the
+  // depths are exact. torch.save nests far less deeply than kMaxDepth: Python's recursion limit stops it first.
+  void place(PyValue& c, const PyPtr& item) {
+    if (item.get() == &c) fail("a container that contains itself");
+    if (item->depth >= kMaxDepth) fail("containers nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    c.depth = std::max(c.depth, item->depth + 1);
+    item->contained = true;
+  }
+  void check_unplaced(const PyValue& c) {
+    if (c.contained) fail("a list or dict changed after it became an item of another: one that contains itself");
+  }
+  PyPtr sequence(PyValue::Kind k, std::vector<PyPtr> items) {
     auto v = make(k);
+    for (const auto& x : items) place(*v, x);
     v->items = std::move(items);
     return v;
   }
   void append(PyValue& list, const std::vector<PyPtr>& items) {
     if (list.kind != PyValue::Kind::List) fail("APPEND to something that is not a list");
+    check_unplaced(list);
+    for (const auto& x : items) place(list, x);
     list.items.insert(list.items.end(), items.begin(), items.end());
   }
   void set_items(PyValue& d, const std::vector<PyPtr>& kv) {
     if (d.kind != PyValue::Kind::Dict) fail("SETITEM on something that is not a dict");
     if (kv.size() % 2) fail("SETITEMS with an odd number of values");
+    check_unplaced(d);
+    for (const auto& x : kv) place(d, x);
     for (size_t i = 0; i < kv.size(); i += 2) d.dict.emplace_back(kv[i], kv[i + 1]);
   }
 
@@ -337,6 +354,7 @@ class Unpickler {
     return out;
   }
 
+  static constexpr int32_t kMaxDepth = 1000;
   const char* p_;
   size_t n_;
   size_t at_ = 0;
@@ -447,6 +465,27 @@ PyPtr load_legacy(const std::string& path, const std::string& bytes) {
 }
 
 }  // namespace
+
+PyValue::~PyValue() {
+  // Items this value alone owns are emptied into `pending` before they are released, so no destructor below this one
+  // has items of its own to release.
+  std::vector<PyPtr> pending;
+  auto take_items = [&](PyValue& v) {
+    for (auto& x : v.items) pending.push_back(std::move(x));
+    for (auto& [k, x] : v.dict) {
+      pending.push_back(std::move(k));
+      pending.push_back(std::move(x));
+    }
+    v.items.clear();
+    v.dict.clear();
+  };
+  take_items(*this);
+  while (!pending.empty()) {
+    PyPtr v = std::move(pending.back());
+    pending.pop_back();
+    if (v && v.use_count() == 1) take_items(*v);
+  }
+}
 
 const PyValue* PyValue::get(const std::string& key) const {
   if (kind != Kind::Dict) return nullptr;
