@@ -190,6 +190,9 @@ TEST(TorchFile, ReadsZipAndLegacyFormatsLikePython) {
         EXPECT_EQ(got.sizes(), v.sizes());
       EXPECT_TRUE(torch::equal(got.to(v.scalar_type()).reshape(v.sizes()), v));
     }
+    // Three views of one tensor keep sharing its storage, as in Python.
+    EXPECT_TRUE(state.at("transposed").is_alias_of(state.at("column")));
+    EXPECT_TRUE(state.at("transposed").is_alias_of(state.at("rows")));
     EXPECT_EQ(state.at("f16").scalar_type(), torch::kHalf);
     EXPECT_EQ(state.at("bf16").scalar_type(), torch::kBFloat16);
     const PyValue* step = root->get("step");
@@ -327,7 +330,7 @@ TEST(TorchFile, RefusesNestingDeeperThanPythonWrites) {
 TEST(TorchFile, RefusesAContainerThatContainsItself) {
   TempDir dir("torchfile_cycle");
   // l = []; l.append(l)  and  a = []; b = [a]; a.append(b)  (memo 0 = a, memo 1 = b)
-  for (const std::string ops : {"]q\x00h\x00"s + "a", "]q\x00]q\x01h\x00"s + "aa"})
+  for (const std::string& ops : {"]q\x00h\x00"s + "a", "]q\x00]q\x01h\x00"s + "aa"})
     for (const auto& path : write_both_layouts(dir, "cycle", ops)) {
       SCOPED_TRACE(path);
       expect_input_error(load_torch_file, path, "contains itself");
@@ -345,6 +348,30 @@ TEST(TorchFile, DeepValuesAreFreedWithoutRecursion) {
   }
   root.reset();
   SUCCEED();
+}
+
+TEST(TorchFile, StoragesAreReadOncePerKeyAndShared) {
+  TempDir dir("torchfile_shared");
+  // One 1 KiB storage, its persistent id memoized and referenced 100000 times: one storage, not 100 MB of copies.
+  using namespace pickle;
+  std::string refs;
+  for (int i = 0; i < 100000; ++i) refs += "h\x00Q"s;
+  const std::string ops = "](" + storage_id("0", 256) + "q\x00"s + "0" + refs + "e";
+  write_torch_zip(dir / "refs.pt", program(ops), {{"0", std::string(1024, '\0')}});
+  auto root = load_torch_file(dir / "refs.pt");
+  ASSERT_EQ(root->items.size(), 100000u);
+  for (const auto& v : root->items) ASSERT_TRUE(v->tensor.is_alias_of(root->items[0]->tensor));
+}
+
+TEST(TorchFile, RefusesStoragesLargerThanTheFile) {
+  TempDir dir("torchfile_bomb");
+  // 64 MiB of zeros, deflated in the archive to about 64 KB: a file may not ask for more bytes than it has.
+  const int64_t numel = int64_t{1} << 24;
+  using namespace pickle;
+  write_torch_zip(dir / "bomb.pt", program(dict_w(tensor(storage_id("0", numel) + "Q", 0, {numel}, {1}))),
+                  {{"0", std::string(4 * numel, '\0')}}, /*compress=*/true);
+  ASSERT_LT(std::filesystem::file_size(dir / "bomb.pt"), 1u << 20);
+  expect_input_error(load_torch_file, dir / "bomb.pt", "more than the file's");
 }
 
 TEST(TorchFile, RefusesSizesThatOverflow) {

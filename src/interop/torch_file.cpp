@@ -379,7 +379,45 @@ bool is_legacy(const std::string& head) {
   return head.size() >= sizeof kLegacyMagic - 1 && head.compare(0, sizeof kLegacyMagic - 1, kLegacyMagic) == 0;
 }
 
-PyPtr load_zip(const std::string& path) {
+// The storages of a zip-layout file, from its data/ records. Each is read once, however many tensors view it (they
+// share it, as they do in Python), and all of them together may not hold more bytes than the file: a deflated record
+// inflates to any size, and the reader must not allocate what the file cannot hold.
+class ZipStorages {
+ public:
+  ZipStorages(caffe2::serialize::PyTorchStreamReader& reader, std::string path, uint64_t file_size)
+      : reader_(reader), path_(std::move(path)), budget_(file_size), file_size_(file_size) {}
+
+  torch::Tensor get(const std::string& key, torch::ScalarType dtype, int64_t numel) {
+    const std::string rec = "data/" + key;
+    if (auto it = read_.find(key); it != read_.end()) {
+      if (it->second.scalar_type() != dtype || it->second.numel() != numel)
+        throw file_error(path_, "tensor storage " + rec + " is declared with two different types or sizes");
+      return it->second;
+    }
+    if (!reader_.hasRecord(rec)) throw file_error(path_, "tensor storage " + rec + " is missing");
+    const uint64_t want = storage_bytes(numel, dtype, path_, "tensor storage " + rec);
+    if (reader_.getRecordSize(rec) != want)
+      throw file_error(path_, "tensor storage " + rec + " holds " + std::to_string(reader_.getRecordSize(rec)) +
+                                  " bytes, its header says " + std::to_string(want));
+    if (want > budget_)
+      throw file_error(path_, "tensor storage " + rec + " holds " + std::to_string(want) + " bytes, which with " +
+                                  std::to_string(file_size_ - budget_) + " in the storages before it is more than " +
+                                  "the file's " + std::to_string(file_size_) + " bytes");
+    budget_ -= want;
+    auto t = torch::empty({numel}, torch::dtype(dtype));
+    if (want) reader_.getRecord(rec, t.data_ptr(), want);
+    read_.emplace(key, t);
+    return t;
+  }
+
+ private:
+  caffe2::serialize::PyTorchStreamReader& reader_;
+  std::string path_;
+  uint64_t budget_, file_size_;  // bytes the storages may still take, of the file's size
+  std::map<std::string, torch::Tensor> read_;
+};
+
+PyPtr load_zip(const std::string& path, uint64_t file_size) {
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
     reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
@@ -387,7 +425,7 @@ PyPtr load_zip(const std::string& path) {
     throw file_error(path, "not a readable zip archive (truncated?)");
   }
   // Any read from the archive throws c10::Error when a record is damaged (a bad local header, a CRC mismatch), not
-  // only the first: one catch around all of them (fuzz_torch_file found getRecord's).
+  // only the first: one catch around all of them.
   try {
     if (!reader->hasRecord("data.pkl")) throw file_error(path, "a zip archive without data.pkl: not a torch.save file");
     if (reader->hasRecord("byteorder")) {
@@ -396,16 +434,9 @@ PyPtr load_zip(const std::string& path) {
         throw file_error(path, "tensors saved big-endian are not supported");
     }
     auto [pkl, pkl_size] = reader->getRecord("data.pkl");
+    ZipStorages storages(*reader, path, file_size);
     auto storage = [&](const std::string& key, torch::ScalarType dtype, int64_t numel) {
-      const std::string rec = "data/" + key;
-      if (!reader->hasRecord(rec)) throw file_error(path, "tensor storage " + rec + " is missing");
-      const uint64_t want = storage_bytes(numel, dtype, path, "tensor storage " + rec);
-      if (reader->getRecordSize(rec) != want)
-        throw file_error(path, "tensor storage " + rec + " holds " + std::to_string(reader->getRecordSize(rec)) +
-                                   " bytes, its header says " + std::to_string(want));
-      auto t = torch::empty({numel}, torch::dtype(dtype));
-      if (want) reader->getRecord(rec, t.data_ptr(), want);
-      return t;
+      return storages.get(key, dtype, numel);
     };
     return Unpickler(static_cast<const char*>(pkl.get()), pkl_size, path, storage).run(0);
   } catch (const c10::Error& e) {
@@ -512,7 +543,7 @@ bool looks_like_torch_file(const std::string& path) {
 PyPtr load_torch_file(const std::string& path) {
   auto bytes = read_all(path);
   return as_input_error(path, "torch.save data: ", [&] {
-    if (is_zip(bytes)) return load_zip(path);
+    if (is_zip(bytes)) return load_zip(path, bytes.size());
     if (is_legacy(bytes)) return load_legacy(path, bytes);
     throw file_error(path, "not a file written by torch.save (neither a zip archive nor the legacy format)");
   });
