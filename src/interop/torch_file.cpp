@@ -307,7 +307,8 @@ class Unpickler {
       if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
       overflow |= __builtin_mul_overflow(numel, size[i], &numel);
     }
-    if (overflow) fail("tensor size " + c10::str(c10::IntArrayRef(size)) + " too large (more elements than int64 counts)");
+    if (overflow)
+      fail("tensor size " + c10::str(c10::IntArrayRef(size)) + " too large (more elements than int64 counts)");
     for (size_t i = 0; numel > 0 && i < size.size(); ++i) {
       int64_t step = 0;
       overflow |= __builtin_mul_overflow(size[i] - 1, stride[i], &step) || __builtin_add_overflow(last, step, &last);

@@ -46,8 +46,10 @@ struct PyValue {
 };
 using PyPtr = std::shared_ptr<PyValue>;
 
-// Reads `path`. Throws InputError naming the file when it is not a torch.save file or uses what this reader does
-// not support. Tensors are returned on the CPU.
+// Reads `path`. Tensors are returned on the CPU; tensors that view one storage in the file share it, as in Python.
+// Throws InputError naming the file (LibTorch's errors inside the reader too) when it is not a torch.save file, uses
+// what this reader does not support, nests containers more than 1000 levels deep or into themselves, or declares sizes
+// or storages larger than the file holds.
 PyPtr load_torch_file(const std::string& path);
 
 // True when the file is laid out as a torch.save file: a zip archive with a data.pkl record (an .npz is not), or the
