@@ -6,17 +6,24 @@
 # oom-*) and replays with: build-asan/fuzz/<harness> fuzz-out/<harness>/crash-...
 #
 #   scripts/fuzz.sh [SECONDS] [HARNESS ...]       e.g. scripts/fuzz.sh 600 fuzz_npz fuzz_npy
-#   scripts/fuzz.sh --build-only                  build the harnesses and write the seed corpus, run nothing
+#   scripts/fuzz.sh --build-only [HARNESS ...]    build the harnesses and write the seed corpus, run nothing
 #
-# FM_JOBS harnesses run at once (default: one per core), each on one thread.
+# FM_JOBS harnesses run at once (default: one per core), each on one thread. FM_PYTHON: the Python whose torch wheel
+# provides LibTorch and writes the seeds (default .venv/bin/python).
 # The seed corpus is generated (scripts/make_fuzz_corpus.py, never committed) into fuzz-out/seeds; what each fuzzer
 # learns is kept in fuzz-out/corpus/<harness> and reused by the next run. fuzz-out/summary.tsv gets one line per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_ONLY=0
-if [ "${1:-}" = --build-only ]; then BUILD_ONLY=1; shift; fi
-SECS=${1:-60}
-[ $# -gt 0 ] && shift
+SECS=60
+if [ "${1:-}" = --build-only ]; then
+  BUILD_ONLY=1
+  shift
+elif [ $# -gt 0 ]; then
+  SECS=$1
+  shift
+fi
+PY=${FM_PYTHON:-.venv/bin/python}
 JOBS=${FM_JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc alone honours OMP_NUM_THREADS
 BUILD=${FM_ASAN_BUILD:-build-asan}
 OUT=fuzz-out
@@ -31,7 +38,10 @@ mkdir -p "$OUT"
 quiet() { "$@" >"$OUT/build.log" 2>&1 || { tail -n 40 "$OUT/build.log" >&2; log "failed: $*"; exit 1; }; }
 if [ ! -f "$BUILD/build.ninja" ]; then
   log "configuring $BUILD (clang, ASan + UBSan, libFuzzer)"
-  quiet cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DFM_FUZZ=ON
+  PY_ARGS=()
+  [ -n "${FM_PYTHON:-}" ] && PY_ARGS=(-DFM_PYTHON="$FM_PYTHON")
+  quiet cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DFM_FUZZ=ON \
+    "${PY_ARGS[@]}"
 fi
 log "building ${HARNESSES[*]}"
 quiet cmake --build "$BUILD" -j "$JOBS" --target "${HARNESSES[@]}"
@@ -42,26 +52,37 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OMP_NUM_THREADS=1
 missing_seeds=0
 for h in "${HARNESSES[@]}"; do [ -d "$OUT/seeds/$h" ] || missing_seeds=1; done
+[ scripts/make_fuzz_corpus.py -nt "$OUT/seeds" ] && missing_seeds=1  # the generator changed since
 if [ "$missing_seeds" = 1 ]; then
   log "writing the seed corpus to $OUT/seeds"
   # The checkpoint seed comes from a two-step run of whichever fm is built (none: that corpus starts empty).
   FM_ARGS=()
   for fm in build/fm "$BUILD/fm"; do [ -x "$fm" ] && FM_ARGS=(--fm "$fm") && break; done
-  .venv/bin/python scripts/make_fuzz_corpus.py "$OUT/seeds" "${FM_ARGS[@]}" >&2
+  "$PY" scripts/make_fuzz_corpus.py "$OUT/seeds" "${FM_ARGS[@]}" >&2
+  touch "$OUT/seeds"
 fi
 
 [ "$BUILD_ONLY" = 1 ] && exit 0
+
+# The largest input a harness is given. 64 KiB covers every format's header paths and runs thousands of inputs per
+# second. The readers of other tools' files get 1 MiB: what breaks them is structure built from many small records
+# (a pickle nested 10^5 levels deep, a storage id referenced 10^4 times), which their seeds hold and 64 KiB cuts off.
+max_len() {
+  case $1 in
+    fuzz_torch_file | fuzz_safetensors) echo 1048576 ;;
+    *) echo 65536 ;;
+  esac
+}
 
 # One harness: its run, a line in the summary, and its verdict as the exit status.
 fuzz_one() {
   local h=$1 logf t0 rc secs runs rate cov
   mkdir -p "$OUT/corpus/$h" "$OUT/$h" "$OUT/seeds/$h"
-  # Inputs up to 64 KiB: enough for every format's header paths, small enough to run thousands per second.
   logf="$OUT/$h/last.log"
   t0=$(date +%s)
   rc=0
   "$BUILD/fuzz/$h" "$OUT/corpus/$h" "$OUT/seeds/$h" -max_total_time="$SECS" -timeout=25 -rss_limit_mb=4096 \
-    -max_len=65536 -artifact_prefix="$OUT/$h/" -print_final_stats=1 >"$logf" 2>&1 || rc=$?
+    -max_len="$(max_len "$h")" -artifact_prefix="$OUT/$h/" -print_final_stats=1 >"$logf" 2>&1 || rc=$?
   secs=$(( $(date +%s) - t0 ))
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logf" | tail -1)

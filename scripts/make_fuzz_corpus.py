@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,20 @@ def safetensors(out):
                              "f16": np.ones((2, 2), np.float16), "scalar": np.array(1.5, np.float64),
                              "empty": np.zeros((0, 3), np.float32)}))
     write(d, "no_tensors", save({}))
+    # Hand-made headers: sizes whose byte count wraps to 0 (2^61 F64, 2^62 x 4 before a 0), a name with an invalid UTF-8
+    # byte and one with control characters.
+    for name, shape in [("wrap_2pow61", [2**61]), ("wrap_before_0", [2**62, 4, 0]), ("int64_max_x2", [2**63 - 1, 2])]:
+        write(d, name, safetensors_bytes({"w": {"dtype": "F64", "shape": shape, "data_offsets": [0, 0]}}))
+    write(d, "invalid_utf8_name", safetensors_bytes(b'{"w\xff":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}',
+                                                    b"\0" * 4))
+    write(d, "control_name", safetensors_bytes({"\x1b[2J\n": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}},
+                                               b"ab"))
+
+
+def safetensors_bytes(header, data=b""):
+    """A safetensors file of `header` (a dict, or the raw JSON bytes) and `data`."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
 
 
 def torch_file(out):
@@ -143,6 +158,99 @@ def torch_file(out):
             buf = io.BytesIO()
             torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
             write(d, name + ("_legacy" if legacy else "_zip"), buf.getvalue())
+    torch_file_structures(d)
+
+
+# Hand-made torch.save files: pickle opcodes as Python's pickletools names them, in the zip and the legacy layout.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19."
+
+
+def pk_str(s):
+    return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def pk_int(v):
+    return b"\x8a\x08" + struct.pack("<q", v)  # LONG1, 8 bytes
+
+
+def pk_global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def pk_tuple(values):
+    return b"(" + b"".join(pk_int(v) for v in values) + b"t"
+
+
+def pk_storage_id(key, numel, storage="FloatStorage"):
+    """torch.save's persistent id of a storage: ('storage', torch.<storage>, key, 'cpu', numel)."""
+    return b"(" + pk_str("storage") + pk_global("torch", storage) + pk_str(key) + pk_str("cpu") + pk_int(numel) + b"t"
+
+
+def pk_tensor(storage, offset, size, stride):
+    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()); `storage` pushes it."""
+    return (pk_global("torch._utils", "_rebuild_tensor_v2") + b"(" + storage + pk_int(offset) + pk_tuple(size) +
+            pk_tuple(stride) + b"\x89" + pk_global("collections", "OrderedDict") + b")R" + b"tR")
+
+
+def pk_dict_w(value):
+    return b"}(" + pk_str("w") + value + b"u"
+
+
+def pk_program(ops):
+    return b"\x80\x02" + ops + b"."
+
+
+def torch_zip(ops, storages=(), compress=False):
+    """A zip-layout torch.save file: data.pkl holds `ops`, data/<key> each (key, bytes) of `storages`."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pk_program(ops))
+        z.writestr("archive/byteorder", "little")
+        for key, data in storages:
+            z.writestr("archive/data/" + key, data, zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+        z.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+def torch_legacy(ops, storages=()):
+    """A legacy-layout torch.save file: magic, version 1001, sys_info, the object, its storage keys and their data;
+    `storages` holds (key, numel, bytes)."""
+    keys = b"(" + b"".join(pk_str(k) for k, _, _ in storages) + b"l"
+    data = b"".join(struct.pack("<q", n) + b for _, n, b in storages)
+    return (LEGACY_MAGIC + pk_program(b"M\xe9\x03") + pk_program(b"}(" + pk_str("little_endian") + b"\x88u") +
+            pk_program(ops) + pk_program(keys) + data)
+
+
+def torch_file_structures(d):
+    """Structures that small mutations of torch.save's own files do not reach: deep nesting, containers that contain
+    themselves, a memoized persistent id referenced many times, sizes whose products overflow, a deflated storage."""
+    floats = b"\0" * 16
+
+    def both(name, ops, storages=()):
+        write(d, name + "_zip", torch_zip(ops, [(k, b) for k, _, b in storages]))
+        write(d, name + "_legacy", torch_legacy(ops, storages))
+
+    both("deep_lists", b"]" * 200000 + b"a" * 199999)
+    both("deep_tuples", b"N" + b"\x85" * 100000)
+    both("self_append", b"]q\x00h\x00a")
+    both("cycle_of_two", b"]q\x00]q\x01h\x00aa")
+    view = pk_storage_id("0", 4) + b"Q"
+    both("overflow_view", pk_dict_w(pk_tensor(view, 0, [3, 6148914691236517206], [1, 0])), [("0", 4, floats)])
+    both("huge_stride", pk_dict_w(pk_tensor(view, 0, [2, 2], [2**62, 1])), [("0", 4, floats)])
+    huge = pk_dict_w(pk_tensor(pk_storage_id("0", 2**61, "DoubleStorage") + b"Q", 0, [2**61], [1]))
+    write(d, "huge_storage_zip", torch_zip(huge, [("0", b"")]))
+    write(d, "huge_storage_legacy", torch_legacy(huge, [("0", 2**61, b"")]))
+    # A dict of 20000 tensors over one 256 KiB storage, its persistent id memoized once (memo 0) and fetched for each,
+    # as are the rebuild function (1), size (2), stride (3) and OrderedDict (4): about 30 bytes a tensor, 860 KB in all.
+    # A reader that copies the storage for each reference asks for 5 GB, past the harness's memory limit.
+    memo = (pk_storage_id("0", 65536) + b"q\x00" + pk_global("torch._utils", "_rebuild_tensor_v2") + b"q\x01" +
+            pk_tuple([65536]) + b"q\x02" + pk_tuple([1]) + b"q\x03" + pk_global("collections", "OrderedDict") +
+            b"q\x04" + b"00000")
+    tensor = b"h\x01(h\x00QK\x00h\x02h\x03\x89h\x04)RtR"
+    items = b"".join(pk_str(f"t{i}") + tensor for i in range(20000))
+    write(d, "memoized_storage_id_zip", torch_zip(memo + b"}(" + items + b"u", [("0", b"\0" * (256 << 10))]))
+    deflated = pk_dict_w(pk_tensor(pk_storage_id("0", 1 << 20) + b"Q", 0, [1 << 20], [1]))
+    write(d, "deflated_storage_zip", torch_zip(deflated, [("0", b"\0" * (4 << 20))], compress=True))
 
 
 def checkpoint(out, fm):

@@ -12,6 +12,7 @@
 #include "util/device.h"
 #include "util/error.h"
 #include "util/preemption.h"
+#include "util/printable.h"
 
 namespace fm {
 void print_version() {
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   fm::add_import_command(app);
   fm::add_bench_command(app);
 
+  // Every message goes through printable(): it may quote bytes of a hostile input file.
   try {
     fm::parse_command_line(app, argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -54,7 +56,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return 0;
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "fm: error: %s (see fm --help)\n", e.what());
+    std::fprintf(stderr, "fm: error: %s (see fm --help)\n", fm::printable(e.what()).c_str());
     return 2;
   } catch (const fm::StopRequested& e) {
     if (e.state_saved)
@@ -64,13 +66,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "fm: stopped by signal %d; nothing was saved, a rerun starts over\n", e.signal);
     return fm::kExitResumable;
   } catch (const fm::InputError& e) {
-    std::fprintf(stderr, "fm: error: %s\n", e.what());
+    std::fprintf(stderr, "fm: error: %s\n", fm::printable(e.what()).c_str());
     return 2;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "fm: error: %s\n", e.what_without_backtrace());
+    std::fprintf(stderr, "fm: error: %s\n", fm::printable(e.what_without_backtrace()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "fm: error: %s\n", e.what());
+    std::fprintf(stderr, "fm: error: %s\n", fm::printable(e.what()).c_str());
     return 1;
   }
   return 0;

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "interop/reader_errors.h"
 #include "io/file_util.h"
 #include "util/error.h"
 
@@ -73,13 +74,65 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
   write_file_atomic(path, out);
 }
 
-SafeTensors read_safetensors(const std::string& path) {
-  if (!little_endian()) throw std::runtime_error("safetensors: big-endian hosts are not supported");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw file_error(path, "cannot open");
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+namespace {
+
+// One tensor's header entry, checked: a dtype fm knows, a shape whose element count fits int64 and byte count 64 bits,
+// and data_offsets inside the data that span exactly those bytes.
+struct Entry {
+  torch::ScalarType dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin, end;
+};
+
+// The sizes in the JSON shape `js`; `bytes` is set to the tensor's byte count for elements of `elem` bytes. Every
+// product is checked, as torch::empty and the safetensors reference check it: a count that wraps must not pass for a
+// small one.
+std::vector<int64_t> checked_shape(const nlohmann::json& js, size_t elem, uint64_t& bytes, const std::string& path,
+                                   const std::string& where) {
+  if (!js.is_array()) throw file_error(path, where + "shape is not an array");
+  std::vector<int64_t> shape;
+  int64_t numel = 1;
+  for (const auto& d : js) {
+    if (!d.is_number_unsigned()) throw file_error(path, where + "shape " + js.dump() + " is not non-negative integers");
+    const uint64_t v = d.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        __builtin_mul_overflow(numel, static_cast<int64_t>(v), &numel))
+      throw file_error(path, where + "shape " + js.dump() + " is larger than the file");
+    shape.push_back(static_cast<int64_t>(v));
+  }
+  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), elem, &bytes))
+    throw file_error(path, where + "shape " + js.dump() + " is larger than the file");
+  return shape;
+}
+
+Entry parse_entry(const nlohmann::json& entry, const std::string& name, uint64_t data_size, const std::string& path) {
+  const std::string where = "tensor '" + name + "': ";
+  if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+    throw file_error(path, where + "needs dtype, shape and data_offsets");
+  const auto& jd = entry["dtype"];
+  auto it = std::find_if(dtype_names().begin(), dtype_names().end(),
+                         [&](const auto& p) { return jd.is_string() && p.first == jd.get<std::string>(); });
+  if (it == dtype_names().end()) throw file_error(path, where + "unsupported dtype " + jd.dump());
+  Entry e{it->second, {}, 0, 0};
+  uint64_t want = 0;
+  e.shape = checked_shape(entry["shape"], c10::elementSize(e.dtype), want, path, where);
+  const auto& jo = entry["data_offsets"];
+  if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
+    throw file_error(path, where + "data_offsets is not two non-negative integers");
+  e.begin = jo[0].get<uint64_t>();
+  e.end = jo[1].get<uint64_t>();
+  if (e.begin > e.end || e.end > data_size)
+    throw file_error(path, where + "data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+                               "] lie outside the " + std::to_string(data_size) + " data bytes");
+  if (e.end - e.begin != want)
+    throw file_error(path, where + "data_offsets span " + std::to_string(e.end - e.begin) + " bytes, but " +
+                               it->first + " " + entry["shape"].dump() + " needs " + std::to_string(want));
+  return e;
+}
+
+// The JSON header of the file's `bytes`; `n` is set to its length.
+nlohmann::json read_header(const std::string& bytes, uint64_t& n, const std::string& path) {
   if (bytes.size() < 8) throw file_error(path, "not a safetensors file (shorter than its 8-byte header length)");
-  uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   if (n > kMaxHeader || n > bytes.size() - 8)
     throw file_error(path, "not a safetensors file (header length " + std::to_string(n) + " exceeds the file's " +
@@ -91,15 +144,38 @@ SafeTensors read_safetensors(const std::string& path) {
     throw file_error(path, std::string("safetensors header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) throw file_error(path, "safetensors header is not a JSON object");
+  return header;
+}
+
+// Sorts `entries` by offset and checks that they cover the data exactly, without gaps or overlaps, as the format packs
+// them (an empty tensor sorts before one that starts where it does).
+void check_packed(std::vector<std::pair<Entry, std::string>>& entries, uint64_t data_size, const std::string& path) {
+  std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    return std::make_pair(a.first.begin, a.first.end) < std::make_pair(b.first.begin, b.first.end);
+  });
+  uint64_t at = 0;
+  for (const auto& [e, name] : entries) {
+    if (e.begin != at)
+      throw file_error(path, "tensor '" + name + "': data_offsets start at " + std::to_string(e.begin) +
+                                 ", expected " + std::to_string(at) +
+                                 " (tensors must be packed without gaps or overlaps)");
+    at = e.end;
+  }
+  if (at != data_size)
+    throw file_error(path, std::to_string(data_size - at) + " bytes after the last tensor (truncated header or data?)");
+}
+
+SafeTensors read_checked(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw file_error(path, "cannot open");
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  uint64_t n = 0;
+  const nlohmann::json header = read_header(bytes, n, path);
   const char* data = bytes.data() + 8 + n;
   const uint64_t data_size = bytes.size() - 8 - n;
 
   SafeTensors st;
-  struct Span {
-    uint64_t begin, end;
-    std::string name;
-  };
-  std::vector<Span> spans;
+  std::vector<std::pair<Entry, std::string>> entries;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) throw file_error(path, "__metadata__ is not an object of strings");
@@ -109,57 +185,22 @@ SafeTensors read_safetensors(const std::string& path) {
       }
       continue;
     }
-    const std::string where = "tensor '" + name + "': ";
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
-      throw file_error(path, where + "needs dtype, shape and data_offsets");
-    const auto& jd = entry["dtype"];
-    auto it = std::find_if(dtype_names().begin(), dtype_names().end(),
-                           [&](const auto& p) { return jd.is_string() && p.first == jd.get<std::string>(); });
-    if (it == dtype_names().end()) throw file_error(path, where + "unsupported dtype " + jd.dump());
-    const auto& js = entry["shape"];
-    if (!js.is_array()) throw file_error(path, where + "shape is not an array");
-    std::vector<int64_t> shape;
-    uint64_t numel = 1;
-    for (const auto& d : js) {
-      if (!d.is_number_unsigned()) throw file_error(path, where + "shape " + js.dump() + " is not non-negative integers");
-      const uint64_t v = d.get<uint64_t>();
-      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || (v && numel > data_size / v + 1))
-        throw file_error(path, where + "shape " + js.dump() + " is larger than the file");
-      numel *= v;
-      shape.push_back(static_cast<int64_t>(v));
-    }
-    const auto& jo = entry["data_offsets"];
-    if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
-      throw file_error(path, where + "data_offsets is not two non-negative integers");
-    const uint64_t b = jo[0].get<uint64_t>(), e = jo[1].get<uint64_t>();
-    const uint64_t want = numel * c10::elementSize(it->second);
-    if (b > e || e > data_size)
-      throw file_error(path, where + "data_offsets [" + std::to_string(b) + ", " + std::to_string(e) +
-                                 "] lie outside the " + std::to_string(data_size) + " data bytes");
-    if (e - b != want)
-      throw file_error(path, where + "data_offsets span " + std::to_string(e - b) + " bytes, but " + it->first +
-                                 " " + js.dump() + " needs " + std::to_string(want));
-    auto t = torch::empty(shape, torch::dtype(it->second));
-    if (want) std::memcpy(t.data_ptr(), data + b, want);
+    entries.emplace_back(parse_entry(entry, name, data_size, path), name);
+  }
+  check_packed(entries, data_size, path);
+  for (const auto& [e, name] : entries) {  // in file order
+    auto t = torch::empty(e.shape, torch::dtype(e.dtype));
+    if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
     st.tensors.emplace_back(name, t);
-    spans.push_back({b, e, name});
   }
-  // The format packs the tensors without gaps or overlaps, covering the data exactly.
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  uint64_t at = 0;
-  for (const auto& s : spans) {
-    if (s.begin != at)
-      throw file_error(path, "tensor '" + s.name + "': data_offsets start at " + std::to_string(s.begin) +
-                                 ", expected " + std::to_string(at) + " (tensors must be packed without gaps or overlaps)");
-    at = s.end;
-  }
-  if (at != data_size)
-    throw file_error(path, std::to_string(data_size - at) + " bytes after the last tensor (truncated header or data?)");
-  std::sort(st.tensors.begin(), st.tensors.end(), [&](const auto& a, const auto& b) {
-    return header[a.first]["data_offsets"][0].template get<uint64_t>() <
-           header[b.first]["data_offsets"][0].template get<uint64_t>();
-  });
   return st;
+}
+
+}  // namespace
+
+SafeTensors read_safetensors(const std::string& path) {
+  if (!little_endian()) throw std::runtime_error("safetensors: big-endian hosts are not supported");
+  return as_input_error(path, "", [&] { return read_checked(path); });
 }
 
 }  // namespace fm

@@ -19,8 +19,9 @@ struct SafeTensors {
 // Writes `st` to `path` atomically (temporary file, then rename). Tensors are written from the CPU, contiguous.
 void write_safetensors(const std::string& path, const SafeTensors& st);
 
-// Reads `path`, checking every size and offset against the file; tensors are returned on the CPU. Throws InputError
-// naming the file and the offending tensor or field.
+// Reads `path`, checking every size and offset against the file (products checked for overflow); tensors are returned
+// on the CPU. Throws InputError naming the file and the offending tensor or field (LibTorch's errors inside the reader
+// too).
 SafeTensors read_safetensors(const std::string& path);
 
 // True when `path` ends in ".safetensors".

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <unordered_map>
 
+#include "interop/reader_errors.h"
 #include "util/error.h"
 
 namespace fm {
@@ -28,6 +29,16 @@ torch::ScalarType storage_dtype(const std::string& global, const std::string& pa
   auto it = types.find(global);
   if (it == types.end()) throw file_error(path, "unsupported tensor storage type " + global);
   return it->second;
+}
+
+// The bytes of `numel` elements of `dtype`; InputError "path: what: ..." when numel is negative or the product passes
+// 64 bits (a count that wraps to a small one must not pass the size checks).
+uint64_t storage_bytes(int64_t numel, torch::ScalarType dtype, const std::string& path, const std::string& what) {
+  uint64_t bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(dtype), &bytes))
+    throw file_error(path, what + ": " + std::to_string(numel) + " elements of " + c10::toString(dtype) +
+                               " are more bytes than a file holds");
+  return bytes;
 }
 
 PyPtr make(PyValue::Kind k) {
@@ -241,18 +252,35 @@ class Unpickler {
     v->s.assign(b, len);
     return v;
   }
-  static PyPtr sequence(PyValue::Kind k, std::vector<PyPtr> items) {
+  // Makes `item` an item of the container `c`. Python's pickler completes a container before it writes it into
+  // another, so a container that changes after that is one that comes to contain itself; without such changes the
+  // depths are exact. torch.save nests far less deeply than kMaxDepth: Python's recursion limit stops it first.
+  void place(PyValue& c, const PyPtr& item) {
+    if (item.get() == &c) fail("a container that contains itself");
+    if (item->depth >= kMaxDepth) fail("containers nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    c.depth = std::max(c.depth, item->depth + 1);
+    item->contained = true;
+  }
+  void check_unplaced(const PyValue& c) {
+    if (c.contained) fail("a list or dict changed after it became an item of another: one that contains itself");
+  }
+  PyPtr sequence(PyValue::Kind k, std::vector<PyPtr> items) {
     auto v = make(k);
+    for (const auto& x : items) place(*v, x);
     v->items = std::move(items);
     return v;
   }
   void append(PyValue& list, const std::vector<PyPtr>& items) {
     if (list.kind != PyValue::Kind::List) fail("APPEND to something that is not a list");
+    check_unplaced(list);
+    for (const auto& x : items) place(list, x);
     list.items.insert(list.items.end(), items.begin(), items.end());
   }
   void set_items(PyValue& d, const std::vector<PyPtr>& kv) {
     if (d.kind != PyValue::Kind::Dict) fail("SETITEM on something that is not a dict");
     if (kv.size() % 2) fail("SETITEMS with an odd number of values");
+    check_unplaced(d);
+    for (const auto& x : kv) place(d, x);
     for (size_t i = 0; i < kv.size(); i += 2) d.dict.emplace_back(kv[i], kv[i + 1]);
   }
 
@@ -267,6 +295,29 @@ class Unpickler {
     return out;
   }
 
+  // The element count of a view of `size` and `stride` from `offset` into a storage of `storage_numel` elements; fails
+  // when a size or stride is negative, when the count or the last element's offset passes int64 (checked products:
+  // signed overflow is undefined and a wrapped count passes for a small one), or when the view reaches past the
+  // storage. The count is formed in the order torch::empty forms it, so a count of 0 here is one it accepts.
+  int64_t view_numel(int64_t storage_numel, int64_t offset, const std::vector<int64_t>& size,
+                     const std::vector<int64_t>& stride) {
+    int64_t numel = 1, last = offset;
+    bool overflow = false;
+    for (size_t i = 0; i < size.size(); ++i) {
+      if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
+      overflow |= __builtin_mul_overflow(numel, size[i], &numel);
+    }
+    if (overflow)
+      fail("tensor size " + c10::str(c10::IntArrayRef(size)) + " too large (more elements than int64 counts)");
+    for (size_t i = 0; numel > 0 && i < size.size(); ++i) {
+      int64_t step = 0;
+      overflow |= __builtin_mul_overflow(size[i] - 1, stride[i], &step) || __builtin_add_overflow(last, step, &last);
+    }
+    if (offset < 0 || (numel > 0 && (overflow || last >= storage_numel)))
+      fail("a tensor view reaches past its storage of " + std::to_string(storage_numel) + " elements");
+    return numel;
+  }
+
   // REDUCE: the callables torch.save's tensors and state_dicts use; anything else is an opaque object.
   PyPtr call(const PyValue& fn, const PyValue& args) {
     const auto& a = args.items;
@@ -279,14 +330,7 @@ class Unpickler {
       const auto size = ints(*a[2], "size"), stride = ints(*a[3], "stride");
       if (size.size() != stride.size()) fail("tensor size and stride differ in length");
       if (!storage.defined()) return out;  // scanning pass: the storages are not read yet
-      int64_t last = offset, numel = 1;
-      for (size_t i = 0; i < size.size(); ++i) {
-        if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
-        numel *= size[i];
-        last += (size[i] - 1) * stride[i];
-      }
-      if (offset < 0 || (numel > 0 && last >= storage.numel()))
-        fail("a tensor view reaches past its storage of " + std::to_string(storage.numel()) + " elements");
+      const int64_t numel = view_numel(storage.numel(), offset, size, stride);
       out->tensor = numel ? storage.as_strided(size, stride, offset) : torch::empty(size, storage.options());
       return out;
     }
@@ -311,6 +355,7 @@ class Unpickler {
     return out;
   }
 
+  static constexpr int32_t kMaxDepth = 1000;
   const char* p_;
   size_t n_;
   size_t at_ = 0;
@@ -335,15 +380,45 @@ bool is_legacy(const std::string& head) {
   return head.size() >= sizeof kLegacyMagic - 1 && head.compare(0, sizeof kLegacyMagic - 1, kLegacyMagic) == 0;
 }
 
-// The first line of LibTorch's message, up to its first full stop: the rest is advice about checkpoints.
-std::string brief(const c10::Error& e) {
-  std::string m = e.what_without_backtrace();
-  m = m.substr(0, m.find('\n'));
-  if (auto dot = m.find(". "); dot != std::string::npos) m.resize(dot);
-  return m;
-}
+// The storages of a zip-layout file, from its data/ records. Each is read once, however many tensors view it (they
+// share it, as they do in Python), and all of them together may not hold more bytes than the file: a deflated record
+// inflates to any size, and the reader must not allocate what the file cannot hold.
+class ZipStorages {
+ public:
+  ZipStorages(caffe2::serialize::PyTorchStreamReader& reader, std::string path, uint64_t file_size)
+      : reader_(reader), path_(std::move(path)), budget_(file_size), file_size_(file_size) {}
 
-PyPtr load_zip(const std::string& path) {
+  torch::Tensor get(const std::string& key, torch::ScalarType dtype, int64_t numel) {
+    const std::string rec = "data/" + key;
+    if (auto it = read_.find(key); it != read_.end()) {
+      if (it->second.scalar_type() != dtype || it->second.numel() != numel)
+        throw file_error(path_, "tensor storage " + rec + " is declared with two different types or sizes");
+      return it->second;
+    }
+    if (!reader_.hasRecord(rec)) throw file_error(path_, "tensor storage " + rec + " is missing");
+    const uint64_t want = storage_bytes(numel, dtype, path_, "tensor storage " + rec);
+    if (reader_.getRecordSize(rec) != want)
+      throw file_error(path_, "tensor storage " + rec + " holds " + std::to_string(reader_.getRecordSize(rec)) +
+                                  " bytes, its header says " + std::to_string(want));
+    if (want > budget_)
+      throw file_error(path_, "tensor storage " + rec + " holds " + std::to_string(want) + " bytes, which with " +
+                                  std::to_string(file_size_ - budget_) + " in the storages before it is more than " +
+                                  "the file's " + std::to_string(file_size_) + " bytes");
+    budget_ -= want;
+    auto t = torch::empty({numel}, torch::dtype(dtype));
+    if (want) reader_.getRecord(rec, t.data_ptr(), want);
+    read_.emplace(key, t);
+    return t;
+  }
+
+ private:
+  caffe2::serialize::PyTorchStreamReader& reader_;
+  std::string path_;
+  uint64_t budget_, file_size_;  // bytes the storages may still take, of the file's size
+  std::map<std::string, torch::Tensor> read_;
+};
+
+PyPtr load_zip(const std::string& path, uint64_t file_size) {
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
     reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
@@ -351,7 +426,7 @@ PyPtr load_zip(const std::string& path) {
     throw file_error(path, "not a readable zip archive (truncated?)");
   }
   // Any read from the archive throws c10::Error when a record is damaged (a bad local header, a CRC mismatch), not
-  // only the first: one catch around all of them (fuzz_torch_file found getRecord's).
+  // only the first: one catch around all of them.
   try {
     if (!reader->hasRecord("data.pkl")) throw file_error(path, "a zip archive without data.pkl: not a torch.save file");
     if (reader->hasRecord("byteorder")) {
@@ -360,16 +435,9 @@ PyPtr load_zip(const std::string& path) {
         throw file_error(path, "tensors saved big-endian are not supported");
     }
     auto [pkl, pkl_size] = reader->getRecord("data.pkl");
+    ZipStorages storages(*reader, path, file_size);
     auto storage = [&](const std::string& key, torch::ScalarType dtype, int64_t numel) {
-      const std::string rec = "data/" + key;
-      if (!reader->hasRecord(rec)) throw file_error(path, "tensor storage " + rec + " is missing");
-      const size_t want = static_cast<size_t>(numel) * c10::elementSize(dtype);
-      if (numel < 0 || reader->getRecordSize(rec) != want)
-        throw file_error(path, "tensor storage " + rec + " holds " + std::to_string(reader->getRecordSize(rec)) +
-                                   " bytes, its header says " + std::to_string(want));
-      auto t = torch::empty({numel}, torch::dtype(dtype));
-      if (want) reader->getRecord(rec, t.data_ptr(), want);
-      return t;
+      return storages.get(key, dtype, numel);
     };
     return Unpickler(static_cast<const char*>(pkl.get()), pkl_size, path, storage).run(0);
   } catch (const c10::Error& e) {
@@ -411,8 +479,8 @@ PyPtr load_legacy(const std::string& path, const std::string& bytes) {
     std::memcpy(&numel, p + at, 8);
     at += 8;
     const auto [dtype, declared_numel] = it->second;
-    const uint64_t want = static_cast<uint64_t>(numel) * c10::elementSize(dtype);
-    if (numel != declared_numel || numel < 0 || want > n - at)
+    const uint64_t want = storage_bytes(numel, dtype, path, "storage " + k->s);
+    if (numel != declared_numel || want > n - at)
       throw file_error(path, "storage " + k->s + ": " + std::to_string(numel) + " elements recorded, " +
                                  std::to_string(declared_numel) + " declared, " + std::to_string(n - at) +
                                  " bytes left in the file");
@@ -429,6 +497,27 @@ PyPtr load_legacy(const std::string& path, const std::string& bytes) {
 }
 
 }  // namespace
+
+PyValue::~PyValue() {
+  // Items this value alone owns are emptied into `pending` before they are released, so no destructor below this one
+  // has items of its own to release.
+  std::vector<PyPtr> pending;
+  auto take_items = [&](PyValue& v) {
+    for (auto& x : v.items) pending.push_back(std::move(x));
+    for (auto& [k, x] : v.dict) {
+      pending.push_back(std::move(k));
+      pending.push_back(std::move(x));
+    }
+    v.items.clear();
+    v.dict.clear();
+  };
+  take_items(*this);
+  while (!pending.empty()) {
+    PyPtr v = std::move(pending.back());
+    pending.pop_back();
+    if (v && v.use_count() == 1) take_items(*v);
+  }
+}
 
 const PyValue* PyValue::get(const std::string& key) const {
   if (kind != Kind::Dict) return nullptr;
@@ -454,9 +543,11 @@ bool looks_like_torch_file(const std::string& path) {
 
 PyPtr load_torch_file(const std::string& path) {
   auto bytes = read_all(path);
-  if (is_zip(bytes)) return load_zip(path);
-  if (is_legacy(bytes)) return load_legacy(path, bytes);
-  throw file_error(path, "not a file written by torch.save (neither a zip archive nor the legacy format)");
+  return as_input_error(path, "torch.save data: ", [&] {
+    if (is_zip(bytes)) return load_zip(path, bytes.size());
+    if (is_legacy(bytes)) return load_legacy(path, bytes);
+    throw file_error(path, "not a file written by torch.save (neither a zip archive nor the legacy format)");
+  });
 }
 
 std::map<std::string, torch::Tensor> tensor_dict(const PyValue& v, const std::string& path, const std::string& what) {

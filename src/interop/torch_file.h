@@ -27,14 +27,29 @@ struct PyValue {
   std::vector<std::shared_ptr<PyValue>> items;                                      // Tuple, List
   std::vector<std::pair<std::shared_ptr<PyValue>, std::shared_ptr<PyValue>>> dict;  // Dict, in insertion order
   torch::Tensor tensor;                                                             // Tensor
+  // Kept by load_torch_file: the levels of containers below this value (0 for a leaf), and whether it is an item of a
+  // container. It refuses values nested deeper than a limit and changes to a container that is an item, which keeps
+  // these exact and rules out a container that contains itself.
+  int32_t depth = 0;
+  bool contained = false;
+
+  PyValue() = default;
+  PyValue(const PyValue&) = default;
+  PyValue(PyValue&&) = default;
+  PyValue& operator=(const PyValue&) = default;
+  PyValue& operator=(PyValue&&) = default;
+  // Frees the items it alone owns without recursion: a value of any depth takes one stack frame to free.
+  ~PyValue();
 
   // The entry under a string key of a Dict, or nullptr.
   const PyValue* get(const std::string& key) const;
 };
 using PyPtr = std::shared_ptr<PyValue>;
 
-// Reads `path`. Throws InputError naming the file when it is not a torch.save file or uses what this reader does
-// not support. Tensors are returned on the CPU.
+// Reads `path`. Tensors are returned on the CPU; tensors that view one storage in the file share it, as in Python.
+// Throws InputError naming the file (LibTorch's errors inside the reader too) when it is not a torch.save file, uses
+// what this reader does not support, nests containers more than 1000 levels deep or into themselves, or declares sizes
+// or storages larger than the file holds.
 PyPtr load_torch_file(const std::string& path);
 
 // True when the file is laid out as a torch.save file: a zip archive with a data.pkl record (an .npz is not), or the

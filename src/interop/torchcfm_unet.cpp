@@ -108,11 +108,12 @@ nlohmann::json torchcfm_wrapper_kwargs(const UNetConfig& cfg, const std::vector<
   // UNetModelWrapper always builds conv resamplers (guided-diffusion's conv_resample=True).
   if (!cfg.conv_resample)
     throw InputError("model.unet.conv_resample: false has no torchcfm UNetModelWrapper equivalent");
-  // Its attention_resolutions is a comma-separated string that it cannot parse when empty.
-  if (cfg.attention_resolutions.empty())
-    throw InputError("model.unet.attention_resolutions: torchcfm's UNetModelWrapper needs at least one");
+  // Its attention_resolutions is a comma-separated string of feature-map widths, each turned into the level's
+  // downsampling rate width // r; it cannot parse an empty string. A model without attention levels still has the
+  // middle block's attention, as fm's does: twice the image width gives rate 0, which no level has (rates start at 1).
   std::string attn;
   for (int64_t r : cfg.attention_resolutions) attn += (attn.empty() ? "" : ",") + std::to_string(r);
+  if (attn.empty()) attn = std::to_string(2 * shape[2]);
   nlohmann::json kw = {{"dim", shape},
                        {"num_channels", cfg.model_channels},
                        {"num_res_blocks", cfg.num_res_blocks},
