@@ -224,6 +224,50 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
   EXPECT_NE(rb.err.find("--fid-weights"), std::string::npos) << rb.err;
 }
 
+// An evaluation into an --out that an earlier one wrote is refused before any work unless --resume or --overwrite.
+// --resume keeps the rows it finds and the finished samples, computes only what is missing, keeps rows it is not
+// asked for (a results file never loses rows) and refuses other settings naming the option; --overwrite starts afresh.
+TEST(Evaluate, ResumeKeepsFinishedRowsAndOverwriteStartsAfresh) {
+  TempDir dir;
+  auto ckpt = tiny_shapes_checkpoint(dir, 8, 20);
+  const std::string args = fm::test::fm_binary() + " evaluate --checkpoint " + ckpt +
+                           " --num-samples 3 --batch 3 --nll-limit 3 --nll-batch 3 --atol 1e-3 --rtol 1e-3 "
+                           "--device cpu --samples-dir " + (dir / "samples") + " --out " + (dir / "eval.json");
+  auto r = run(args, dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto first = read_json(dir / "eval.json");
+  ASSERT_TRUE(first.contains("nll") && first.contains("dopri5")) << first;
+
+  r = run(args, dir);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+  EXPECT_EQ(read_json(dir / "eval.json"), first) << "refused before any work";
+
+  // As if stopped after the NLL: the dopri5 row is gone, and the NLL row is marked to show whether it is kept.
+  auto partial = first;
+  partial.erase("dopri5");
+  partial["nll"]["mean"] = 123.0;
+  std::ofstream(dir / "eval.json") << partial.dump(2);
+  r = run(args + " --resume", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto resumed = read_json(dir / "eval.json");
+  EXPECT_EQ(resumed["nll"]["mean"], 123.0) << "a finished row is kept, not recomputed";
+  EXPECT_EQ(resumed["dopri5"]["mean_nfe"], first["dopri5"]["mean_nfe"]);
+  EXPECT_NE(r.err.find("holds the finished samples of these settings"), std::string::npos) << r.err;
+
+  r = run(args + " --resume --no-nll", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_json(dir / "eval.json")["nll"]["mean"], 123.0) << "rows not asked for stay";
+
+  r = run(args + " --resume --seed 8", dir);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("fm: error: --seed: --resume continues"), std::string::npos) << r.err;
+
+  r = run(args + " --overwrite", dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_json(dir / "eval.json")["nll"]["mean"], first["nll"]["mean"]);
+}
+
 namespace {
 
 // 4x4 RGB images (D = 48, so the exact divergence is affordable: 48 backward passes) from shapes, 2x2-averaged, and

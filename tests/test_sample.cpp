@@ -224,6 +224,20 @@ TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
   fm::run_sampling(o);
   EXPECT_FALSE(torch::equal(samples(d / "s"), first));
   EXPECT_EQ(read_json(d / "s/samples.json")["seed"], 8);
+  // --resume keeps a finished run of the same settings without redoing it, and refuses one of other settings.
+  const auto second = samples(d / "s");
+  const auto record = read_json(d / "s/samples.json");
+  o.overwrite = false;
+  o.resume = true;
+  const auto kept = fm::run_sampling(o);
+  EXPECT_EQ(kept.n, 300);
+  EXPECT_EQ(kept.mean_nfe, record["mean_nfe"].get<double>());
+  EXPECT_TRUE(torch::equal(samples(d / "s"), second));
+  EXPECT_EQ(read_json(d / "s/samples.json"), record) << "nothing rewritten";
+  o.seed = 9;
+  msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_EQ(msg.rfind("--seed:", 0), 0u) << msg;
+  EXPECT_TRUE(torch::equal(samples(d / "s"), second));
   // A run that failed before its first batch left only its settings: no work to protect, so no refusal.
   std::filesystem::create_directories(d / "t/shards");
   std::ofstream(d / "t/shards/settings.json") << "{}";

@@ -49,8 +49,14 @@ void add_evaluate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--samples-dir", o->samples_dir, "samples of each setting go to a subfolder here (samples.npz)")
       ->capture_default_str();
-  cmd->add_flag("--resume", o->resume, "keep the finished sample shards of an interrupted run");
-  cmd->add_option("--seed", o->seed, "seed of the sample noise, dequantisation and probes")->capture_default_str();
+  auto* resume = cmd->add_flag("--resume", o->resume,
+                               "continue an earlier evaluation with the same settings: its figures and finished "
+                               "samples are kept, interrupted samples continue from their shards");
+  cmd->add_flag("--overwrite", o->overwrite, "replace the results and samples of an earlier evaluation")
+      ->excludes(resume);
+  cmd->add_option("--seed", o->seed, "seed of the sample noise, dequantisation and probes")
+      ->check(seed_value())
+      ->capture_default_str();
   add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out, "write the results as JSON to this file (rewritten after each figure)");

@@ -96,7 +96,6 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   if (cfg.format == DataFormat::toy) {
     ds.toy = parse_toy(cfg.path);
     ds.name = std::string("toy:") + name_of(*ds.toy);
-    sample_toy(*ds.toy, 1);  // TEMP-BASELINE: the old validation draw, kept only to compare runs with the baseline
     return ds;
   }
   // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.

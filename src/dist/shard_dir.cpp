@@ -24,6 +24,19 @@ bool is_shard_file(const fs::path& p) {
 
 }  // namespace
 
+void check_same_settings(const nlohmann::json& before, const nlohmann::json& now,
+                         const std::vector<std::string>& unchecked,
+                         const std::function<std::string(const std::string&)>& option_of, const std::string& file) {
+  for (const auto& [key, value] : now.items()) {
+    if (std::find(unchecked.begin(), unchecked.end(), key) != unchecked.end()) continue;
+    if (!before.contains(key) || before[key] != value)
+      throw InputError(option_of(key) + ": --resume continues a run started with " + key + " = " +
+                       (before.contains(key) ? before[key].dump() : "(not recorded)") + ", this one has " +
+                       value.dump() + " (" + file + "); resume with the same settings or start afresh with "
+                       "--overwrite");
+  }
+}
+
 std::string ShardDir::path_of(const ItemRange& b) const {
   char buf[64];
   std::snprintf(buf, sizeof buf, "/shard_%09lld_%06lld.npz", static_cast<long long>(b.first),
@@ -63,14 +76,7 @@ void ShardDir::prepare(bool resume, const nlohmann::json& settings, const std::v
     } catch (const nlohmann::json::exception&) {
       throw file_error(file, "not valid JSON; start afresh with --overwrite");
     }
-    for (const auto& [key, value] : settings.items()) {
-      if (std::find(unchecked.begin(), unchecked.end(), key) != unchecked.end()) continue;
-      if (!before.contains(key) || before[key] != value)
-        throw InputError(option_of(key) + ": --resume continues a run started with " + key + " = " +
-                         (before.contains(key) ? before[key].dump() : "(not recorded)") + ", this one has " +
-                         value.dump() + " (" + file + "); resume with the same settings or start afresh with "
-                         "--overwrite");
-    }
+    check_same_settings(before, settings, unchecked, option_of, file);
   } else if (world.is_main()) {
     remove();
     make_dirs(dir_);

@@ -19,6 +19,12 @@ namespace fm::dist {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
+// InputError unless every key of `now` but those in `unchecked` has the same value in `before` (the settings an earlier
+// run stored in `file`): the message names the option the key comes from (`option_of`), both values and `file`.
+void check_same_settings(const nlohmann::json& before, const nlohmann::json& now,
+                         const std::vector<std::string>& unchecked,
+                         const std::function<std::string(const std::string&)>& option_of, const std::string& file);
+
 class ShardDir {
  public:
   explicit ShardDir(std::string dir) : dir_(std::move(dir)) {}

@@ -33,11 +33,15 @@ struct EvaluateOptions {
   std::vector<int64_t> fixed_steps;  // extra FIDs at these step counts of `fixed_solver`
   Solver fixed_solver = Solver::euler;
   std::string samples_dir = "evaluate_samples";  // samples of each setting in a subfolder (samples.npz, as fm sample)
-  bool resume = false;       // keep finished sample shards of an interrupted run
+  // An earlier evaluation into --out and --samples-dir is continued with `resume` (its rows and finished samples kept,
+  // interrupted samples continued from their shards; its settings must be these) or replaced with `overwrite`; with
+  // neither it is refused before any work.
+  bool resume = false;
+  bool overwrite = false;
   uint64_t seed = 0;
   Weights weights = Weights::ema;
   std::string device = "auto";
-  std::string out;           // JSON results ("" = none); rewritten after each figure
+  std::string out;           // JSON results ("" = none); rewritten after each figure, never with fewer rows than it had
 };
 
 struct EvaluateResult {

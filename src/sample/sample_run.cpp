@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
@@ -157,25 +158,54 @@ void write_samples(const SampleSummary& sum, const torch::Tensor& all, const tor
 
 }  // namespace
 
+void check_sample_out(const SampleOptions& o) {
+  if (o.n < 1) throw InputError("--num-samples: must be >= 1");
+  if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
+  dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
+  if (fs::exists(o.out_dir + "/samples.npz") && !o.overwrite && !o.resume)
+    throw InputError(o.out_dir + ": holds samples.npz of an earlier run; pass --resume to keep it if it has these "
+                     "settings, --overwrite to replace it, or choose another --out");
+}
+
+namespace {
+
+// The summary of a finished run whose samples.json records these settings (nullopt when there is none to reuse).
+std::optional<SampleSummary> finished_run(const SampleSummary& paths, const nlohmann::json& settings) {
+  if (!fs::exists(paths.npz)) return std::nullopt;
+  if (!fs::exists(paths.json))
+    throw InputError(paths.npz + ": has no samples.json beside it, so its settings cannot be checked; start afresh "
+                     "with --overwrite");
+  nlohmann::json record;
+  try {
+    std::ifstream(paths.json) >> record;
+  } catch (const nlohmann::json::exception&) {
+    throw file_error(paths.json, "not valid JSON; start afresh with --overwrite");
+  }
+  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, option_of, paths.json);
+  SampleSummary s = paths;
+  s.n = record.at("n").get<int64_t>();
+  s.mean_nfe = record.at("mean_nfe").get<double>();
+  s.max_nfe = record.at("max_nfe").get<double>();
+  s.straightness = record.value("mean_straightness", 0.0);
+  s.record = record;
+  return s;
+}
+
+}  // namespace
+
 SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   dist::World& w = world ? *world : dist::this_process_only();
   const auto wall_t0 = std::chrono::steady_clock::now();
   install_stop_handlers();
-  if (o.n < 1) throw InputError("--num-samples: must be >= 1");
-  if (o.batch < 1) throw InputError("--batch: must be >= 1");
-  if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
-
   // The output directory's state is checked before the checkpoint is read: a run never starts only to find it
   // would overwrite an earlier one.
+  check_sample_out(o);
   dist::ShardDir shards(o.out_dir + "/shards");
   SampleSummary sum;
   sum.npz = o.out_dir + "/samples.npz";
   sum.png = o.out_dir + "/samples.png";
   sum.json = o.out_dir + "/samples.json";
-  shards.check_usable(o.resume, o.overwrite);
-  if (fs::exists(sum.npz) && !o.overwrite && !(o.resume && shards.has_shards()))
-    throw InputError(o.out_dir + ": holds samples.npz of an earlier run; pass --overwrite to replace it or choose "
-                     "another --out");
   if (!o.png_dir.empty() && w.is_main()) make_dirs(o.png_dir);
 
   const auto device = resolve_device(o.device);
@@ -197,6 +227,11 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
                    ? fmt::format("atol {:g}, rtol {:g}", solve.atol, solve.rtol)
                    : fmt::format("{} steps, {} time grid", solve.steps, name_of(solve.time_grid)));
   const nlohmann::json settings = sample_settings(o, ck, solve, cls);
+  if (o.resume && !shards.has_shards())
+    if (auto done = finished_run(sum, settings)) {
+      spdlog::info("{} holds the finished samples of these settings; nothing to do", o.out_dir);
+      return *done;
+    }
   shards.prepare(o.resume, settings, {"checkpoint", "class_name"}, option_of, w);
   auto model = load_network(ck, o.weights, device);
 

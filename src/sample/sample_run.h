@@ -31,7 +31,7 @@ struct SampleOptions {
   uint64_t seed = 0;
   SolveOverrides solve;
   std::string png_dir;       // non-empty: also one PNG per image here
-  bool resume = false;       // keep finished shards of an interrupted run in out_dir/shards
+  bool resume = false;       // continue an interrupted run from its shards; a finished run with these settings is kept
   bool overwrite = false;    // replace the samples or shards of an earlier run in out_dir
   std::string classes;       // class-conditional models: "" (null label), "all" (i mod classes), a class index or name
   double cfg_scale = 0.0;    // classifier-free guidance w: (1 + w) v(x|c) - w v(x)
@@ -49,8 +49,13 @@ struct SampleSummary {
 };
 
 // Over the ranks of `world` (nullptr: this process alone) each rank solves its share of the batches, with the noise
-// each sample has in one process, and rank 0 writes the outputs, the same bytes one process writes.
+// each sample has in one process, and rank 0 writes the outputs, the same bytes one process writes. With o.resume, a
+// run that has finished with the same settings is not redone: its summary is read back from samples.json.
 SampleSummary run_sampling(const SampleOptions& o, dist::World* world = nullptr);
+
+// The checks of o.out_dir that run_sampling makes before any work (creating it): the samples or shards of an earlier
+// run are continued only with o.resume and replaced only with o.overwrite; InputError otherwise.
+void check_sample_out(const SampleOptions& o);
 
 // The solver settings of a run: the checkpoint's `sample` section with the given options on top. Warns about a given
 // option that does nothing with the resulting solver (--steps/--time-grid with dopri5, --atol/--rtol with fixed steps).
