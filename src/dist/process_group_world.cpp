@@ -15,19 +15,25 @@
 #include <map>
 #include <stdexcept>
 
+#include "dist/rendezvous.h"
+#include "util/error.h"
+
 namespace fm::dist {
 namespace {
 
 class C10dWorld final : public ProcessGroupWorld {
  public:
-  C10dWorld(const LaunchEnv& env, const torch::Device& device, std::chrono::milliseconds timeout)
+  C10dWorld(const LaunchEnv& env, const torch::Device& device, std::chrono::milliseconds timeout,
+            const std::string& token)
       : env_(env), device_(device), timeout_(timeout) {
     try {
-      connect();
+      connect(token);
+    } catch (const InputError& e) {
+      throw InputError(who() + ": " + e.what());
     } catch (const std::exception& e) {
-      throw std::runtime_error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size) +
-                               ": could not join the job (" + env_.launcher + ", store at " + env_.master_addr + ":" +
-                               std::to_string(env_.master_port) + ") within " + seconds() + ": " + what_of(e));
+      throw std::runtime_error(who() + ": could not join the job (" + env_.launcher + ", store at " +
+                               env_.master_addr + ":" + std::to_string(env_.master_port) + ") within " + seconds() +
+                               ": " + what_of(e));
     }
   }
 
@@ -77,7 +83,7 @@ class C10dWorld final : public ProcessGroupWorld {
   }
 
   [[noreturn]] void fail(const std::string& op, const std::exception& e) const override {
-    throw std::runtime_error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size) + ": " + op +
+    throw std::runtime_error(who() + ": " + op +
                              " failed: another rank exited, was stopped or did not answer within dist.timeout_s=" +
                              seconds() + " (" + what_of(e) + ")");
   }
@@ -87,45 +93,38 @@ class C10dWorld final : public ProcessGroupWorld {
   }
 
  private:
-  void connect() {
-    c10d::TCPStoreOptions so;
-    so.port = static_cast<uint16_t>(env_.master_port);
-    so.timeout = timeout_;
-    if (env_.agent_store) {
-      // torchrun's agent serves the store and has already counted its workers.
-      so.isServer = false;
-      so.waitWorkers = false;
-    } else {
-      so.isServer = env_.rank == 0;
-      so.numWorkers = static_cast<size_t>(env_.size);
-      so.waitWorkers = true;
-      so.multiTenant = true;
-    }
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+  // The store, the check that every rank there is of this job, then the backend on the job's own key prefix.
+  void connect(const std::string& token) {
+    auto tcp = open_store(env_, timeout_);
+    check_members(*tcp, env_, token);
     store_ = c10::make_intrusive<c10d::PrefixStore>(env_.store_prefix, tcp);
-    if (device_.is_cuda()) {
+    pg_ = device_.is_cuda() ? make_nccl() : make_gloo();
+  }
+
+  c10::intrusive_ptr<c10d::Backend> make_nccl() {
 #ifdef FM_WITH_NCCL
-      c10::cuda::set_device(device_.index());
-      auto o = c10d::ProcessGroupNCCL::Options::create();
-      o->timeout = timeout_;
-      auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env_.rank, env_.size, o);
-      // Binding the device lets NCCL build its communicator now, on the right GPU, instead of at the first collective.
-      nccl->setBoundDeviceId(device_);
-      nccl->eagerConnectSingleDevice(device_);
-      pg_ = nccl;
+    c10::cuda::set_device(device_.index());
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = timeout_;
+    auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env_.rank, env_.size, o);
+    // Binding the device lets NCCL build its communicator now, on the right GPU, instead of at the first collective.
+    nccl->setBoundDeviceId(device_);
+    nccl->eagerConnectSingleDevice(device_);
+    return nccl;
 #else
-      throw std::runtime_error("this fm was built without NCCL (nccl.h was not found at configure time)");
+    throw std::runtime_error("this fm was built without NCCL (nccl.h was not found at configure time)");
 #endif
-    } else {
-      auto o = c10d::ProcessGroupGloo::Options::create(timeout_);
-      // Like torch.distributed: the interface GLOO_SOCKET_IFNAME names, else the address this host's name resolves to
-      // (loopback when it resolves to nothing).
-      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
-        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-      else
-        o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env_.rank, env_.size, o);
-    }
+  }
+
+  c10::intrusive_ptr<c10d::Backend> make_gloo() {
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout_);
+    // Like torch.distributed: the interface GLOO_SOCKET_IFNAME names, else the address this host's name resolves to
+    // (loopback when it resolves to nothing).
+    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+      o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else
+      o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env_.rank, env_.size, o);
   }
 
   // Collectives move one flat buffer per dtype: one message instead of one per tensor.
@@ -170,9 +169,12 @@ class C10dWorld final : public ProcessGroupWorld {
   std::string seconds() const {
     return std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout_).count()) + " s";
   }
+  std::string who() const { return "rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size); }
+  // The first line of the error: c10d's messages may go on with context lines, and fm's report is one line.
   static std::string what_of(const std::exception& e) {
-    if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
-    return e.what();
+    auto* c = dynamic_cast<const c10::Error*>(&e);
+    const std::string all = c ? c->what_without_backtrace() : e.what();
+    return all.substr(0, all.find('\n'));
   }
 
   LaunchEnv env_;
@@ -185,8 +187,9 @@ class C10dWorld final : public ProcessGroupWorld {
 }  // namespace
 
 std::unique_ptr<ProcessGroupWorld> make_process_group_world(const LaunchEnv& env, const torch::Device& device,
-                                                            std::chrono::milliseconds timeout) {
-  auto w = std::make_unique<C10dWorld>(env, device, timeout);
+                                                            std::chrono::milliseconds timeout,
+                                                            const std::string& token) {
+  auto w = std::make_unique<C10dWorld>(env, device, timeout, token);
   spdlog::debug("rank {} of {} joined over {}", env.rank, env.size, device.is_cuda() ? "NCCL" : "Gloo");
   return w;
 }

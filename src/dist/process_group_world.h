@@ -4,6 +4,7 @@
 // reducer need this header; the c10d headers stay out of it.
 #include <chrono>
 #include <memory>
+#include <string>
 
 #include "dist/launch_env.h"
 #include "dist/world.h"
@@ -24,9 +25,12 @@ class ProcessGroupWorld : public World {
   virtual void shutdown() = 0;
 };
 
-// Joins the job: connects to (or, as rank 0 without an agent store, serves) the TCPStore, then builds the backend for
-// `device`. Throws after `timeout` when the other ranks do not arrive.
+// Joins the job: connects to (or, as rank 0 without an agent store, serves) the TCPStore, checks that every rank
+// there is of this job with this `token` (dist/rendezvous.h: job_token), then builds the backend for `device`. Throws
+// after `timeout` when the other ranks do not arrive; an InputError, naming the variables, when a rank is of another
+// job or the master address or port cannot serve.
 std::unique_ptr<ProcessGroupWorld> make_process_group_world(const LaunchEnv& env, const torch::Device& device,
-                                                            std::chrono::milliseconds timeout);
+                                                            std::chrono::milliseconds timeout,
+                                                            const std::string& token);
 
 }  // namespace fm::dist
