@@ -1,5 +1,5 @@
-// How the processes of a launched job meet (src/dist/rendezvous.h): processes of another job, step or config that
-// reach the job's store are refused, every rank naming what differs.
+// How the processes of a launched job meet (src/dist/rendezvous.h): rank 0's store listens on the master address only,
+// and processes of another job, step or config that reach it are refused, every rank naming what differs.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -15,6 +15,7 @@
 #include <string>
 
 #include "dist/launch_env.h"
+#include "dist/process_group_world.h"
 #include "dist/world.h"
 #include "torchrun_util.h"
 #include "util/error.h"
@@ -33,6 +34,83 @@ int unused_port() {
   ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
   ::close(s);
   return ntohs(a.sin_port);
+}
+
+// A socket bound to addr:port (IPv4), listening or only connecting; -1 when that fails.
+int ipv4_socket(const std::string& addr, int port, bool listen) {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, addr.c_str(), &a.sin_addr);
+  const bool ok = listen ? ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(s, 4) == 0
+                         : ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  if (ok) return s;
+  ::close(s);
+  return -1;
+}
+
+bool accepts_connections(const std::string& addr, int port) {
+  const int s = ipv4_socket(addr, port, /*listen=*/false);
+  if (s >= 0) ::close(s);
+  return s >= 0;
+}
+
+// Rank 0 of a one-process srun step whose store is at addr:port.
+dist::LaunchEnv rank_zero_at(const std::string& addr, int port) {
+  std::map<std::string, std::string> vars = {{"SLURM_PROCID", "0"},      {"SLURM_NTASKS", "1"},
+                                             {"SLURM_LOCALID", "0"},     {"SLURM_STEP_ID", "0"},
+                                             {"SLURM_JOB_ID", "4242"},   {"MASTER_ADDR", addr},
+                                             {"MASTER_PORT", std::to_string(port)}};
+  return dist::parse_launch_env([vars](const std::string& k) -> std::optional<std::string> {
+    auto it = vars.find(k);
+    return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+  });
+}
+
+// The InputError's message when rank 0 tries to serve the store for `env`; "" when it can.
+std::string serving_error(const dist::LaunchEnv& env) {
+  try {
+    auto w = dist::make_process_group_world(env, torch::kCPU, std::chrono::seconds(10), "token");
+    w->shutdown();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(RendezvousStore, ListensOnTheMasterAddressOnly) {
+  // 127.0.0.2 and 127.0.0.1 are two addresses of Linux's loopback interface: a store bound to the first must not
+  // answer on the second, as a store on a cluster node's job network must not answer on its other networks.
+  const int port = unused_port();
+  auto w = dist::make_process_group_world(rank_zero_at("127.0.0.2", port), torch::kCPU, std::chrono::seconds(10),
+                                          "token");
+  EXPECT_TRUE(accepts_connections("127.0.0.2", port));
+  EXPECT_FALSE(accepts_connections("127.0.0.1", port)) << "the store listens on every interface";
+  w->shutdown();
+}
+
+TEST(RendezvousStore, AnAddressRankZeroCannotServeIsAnInputErrorNamingIt) {
+  // Not an address of this host (TEST-NET-1, reserved for documentation).
+  std::string e = serving_error(rank_zero_at("192.0.2.1", unused_port()));
+  EXPECT_NE(e.find("MASTER_ADDR=\"192.0.2.1\""), std::string::npos) << e;
+  EXPECT_NE(e.find("not an address of rank 0's host"), std::string::npos) << e;
+
+  // Loopback, while ranks on other nodes would have to reach it.
+  dist::LaunchEnv multi = rank_zero_at("127.0.0.1", unused_port());
+  multi.multi_node = true;
+  e = serving_error(multi);
+  EXPECT_NE(e.find("MASTER_ADDR=\"127.0.0.1\""), std::string::npos) << e;
+  EXPECT_NE(e.find("loopback"), std::string::npos) << e;
+
+  // A port another process listens on.
+  const int port = unused_port();
+  const int taken = ipv4_socket("127.0.0.3", port, /*listen=*/true);
+  ASSERT_GE(taken, 0);
+  e = serving_error(rank_zero_at("127.0.0.3", port));
+  ::close(taken);
+  EXPECT_NE(e.find("port " + std::to_string(port) + " (from MASTER_PORT) on 127.0.0.3 is in use"), std::string::npos)
+      << e;
 }
 
 // Runs on each rank: joins the job with FM_TEST_JOB_CONFIG as the config every rank must share; a refusal ends the

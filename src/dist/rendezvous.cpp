@@ -1,7 +1,15 @@
 #include "dist/rendezvous.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,6 +21,76 @@
 
 namespace fm::dist {
 namespace {
+
+// ---- the store's listening socket ------------------------------------------------------------------------------
+
+// Where master_addr came from, for messages: the variable and its value, or the host list it was taken from.
+std::string master_addr_origin(const LaunchEnv& env) {
+  if (env.master_addr_from == "MASTER_ADDR") return "environment variable MASTER_ADDR=\"" + env.master_addr + "\"";
+  return "rank 0's host \"" + env.master_addr + "\" (the first of " + env.master_addr_from + ")";
+}
+
+std::string address_text(const sockaddr* a) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (a->sa_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(a)->sin_addr, buf, sizeof buf);
+  else if (a->sa_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
+bool is_loopback(const sockaddr* a) {
+  if (a->sa_family == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr) >> 24) == 127;
+  if (a->sa_family != AF_INET6) return false;
+  const in6_addr& v6 = reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+}
+
+using AddrInfo = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
+
+// The addresses master_addr:master_port resolves to on this host, in the resolver's order (the order in which a
+// TCPStore client tries them).
+AddrInfo resolve_master(const LaunchEnv& env) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const int rc = ::getaddrinfo(env.master_addr.c_str(), std::to_string(env.master_port).c_str(), &hints, &found);
+  if (rc != 0)
+    throw InputError(master_addr_origin(env) + ": rank 0 cannot resolve it to an address (" + ::gai_strerror(rc) +
+                     ")");
+  return AddrInfo(found, ::freeaddrinfo);
+}
+
+// A socket bound to the first address master_addr resolves to, listening: the store's server takes it over, so the
+// store is reachable at that address only, not on every interface of rank 0's host.
+int listen_socket(const LaunchEnv& env) {
+  const AddrInfo found = resolve_master(env);
+  const addrinfo& a = *found;
+  const std::string addr = address_text(a.ai_addr), at = addr + ":" + std::to_string(env.master_port);
+  if (env.multi_node && is_loopback(a.ai_addr))
+    throw InputError(master_addr_origin(env) + ": resolves on rank 0's host to " + addr +
+                     ", a loopback address the ranks on other nodes cannot reach; set MASTER_ADDR to this node's "
+                     "address on the job's network");
+  const int fd = ::socket(a.ai_family, a.ai_socktype | SOCK_CLOEXEC, a.ai_protocol);
+  if (fd < 0) throw std::runtime_error("socket() for the store at " + at + ": " + std::strerror(errno));
+  const int on = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // a restart may bind while old connections linger
+  if (::bind(fd, a.ai_addr, a.ai_addrlen) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err == EADDRNOTAVAIL)
+      throw InputError(master_addr_origin(env) + ": resolves to " + addr +
+                       ", which is not an address of rank 0's host (rank 0 serves the store there)");
+    if (err == EADDRINUSE)
+      throw InputError("port " + std::to_string(env.master_port) + " (from " + env.master_port_from + ") on " + addr +
+                       " is in use, perhaps by another job's store; set MASTER_PORT to a free port");
+    throw std::runtime_error("cannot listen at " + at + " for the store: " + std::strerror(err));
+  }
+  return fd;
+}
 
 // ---- the members' records --------------------------------------------------------------------------------------
 
@@ -146,6 +224,7 @@ c10::intrusive_ptr<c10d::Store> open_store(const LaunchEnv& env, std::chrono::mi
     o.isServer = env.rank == 0;
     o.numWorkers = static_cast<size_t>(env.size);
     o.waitWorkers = true;
+    if (o.isServer) o.masterListenFd = listen_socket(env);
   }
   return c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
 }
