@@ -535,15 +535,18 @@ int free_port() {
 
 // Two ranks started by hand as srun would (no agent that could end the survivor first): once training runs, rank 1
 // gets `sig`; rank 0 must end on its own with a clear error within dist.timeout_s (5 s). Prints rank 0's exit status
-// and the seconds it took after the signal.
-RunResult lose_rank_one(const TempDir& d, const std::string& sig) {
+// and the seconds it took after the signal. On CUDA both ranks may share one GPU: NCCL refuses two ranks on one GPU of
+// one host, so each rank names a host of its own (NCCL_HOSTID) and they talk over sockets on loopback.
+RunResult lose_rank_one(const TempDir& d, const std::string& sig, const std::string& device = "cpu") {
   auto cfg = write_tiny_config(d, 100000);
   const std::string env = "SLURM_NTASKS=2 SLURM_STEP_ID=0 SLURM_JOB_ID=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-                          std::to_string(free_port()) + " OMP_NUM_THREADS=1";
-  const std::string train = fm_binary() + " train --config " + cfg + " --out " + d / "run";
-  std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 " + train + " > r0.log 2>&1 & p0=$!; " +
-                       env + " SLURM_PROCID=1 SLURM_LOCALID=1 " + train + " > r1.log 2>&1 & p1=$!; " +
-                       "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                          std::to_string(free_port()) + " OMP_NUM_THREADS=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1";
+  const std::string train = fm_binary() + " train --config " + cfg + " --device " + device + " --out " + d / "run";
+  std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 NCCL_HOSTID=fm-test-rank0 " +
+                       train + " > r0.log 2>&1 & p0=$!; " + env +
+                       " SLURM_PROCID=1 SLURM_LOCALID=1 NCCL_HOSTID=fm-test-rank1 " + train +
+                       " > r1.log 2>&1 & p1=$!; " +
+                       "for i in $(seq 1200); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
                        "kill -" + sig + " $p1; t0=$(date +%s.%N); wait $p0; rc=$?; t1=$(date +%s.%N); " +
                        "kill -KILL $p1 2>/dev/null; kill -CONT $p1 2>/dev/null; wait $p1 2>/dev/null; " +
                        "echo \"rank0 exit $rc after $(awk \"BEGIN{print $t1 - $t0}\") s\"; cat r0.log";
@@ -570,6 +573,21 @@ TEST(DistTrain, AStoppedRankEndsTheOtherWithinTheTimeout) {
   TempDir d;
   auto r = lose_rank_one(d, "STOP");
   EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
+            std::string::npos)
+      << r.output;
+  EXPECT_LT(seconds_in(r.output), 30.0) << r.output;
+}
+
+// The same on NCCL: the survivor, waiting on a collective, ends within dist.timeout_s with the line Gloo gives, not in
+// a device sync that only NCCL's watchdog ends (SIGABRT, a message of its own). Runs where the suite runs on CUDA
+// (FM_TEST_DEVICE=cuda, as scripts/gpu_check.sh runs it); scripts/nccl_check.sh checks the same under torchrun.
+TEST(DistNccl, AStoppedRankEndsTheOtherWithinTheTimeout) {
+  if (!on_cuda()) GTEST_SKIP() << "needs CUDA (FM_TEST_DEVICE=cuda)";
+  TempDir d;
+  auto r = lose_rank_one(d, "STOP", "cuda");
+  EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 0 of 2: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
             std::string::npos)
       << r.output;

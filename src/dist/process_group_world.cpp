@@ -11,9 +11,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <stdexcept>
+#include <thread>
 
 #include "dist/rendezvous.h"
 #include "util/error.h"
@@ -45,7 +48,7 @@ class C10dWorld final : public ProcessGroupWorld {
 
   void all_reduce_sum(std::vector<torch::Tensor>& tensors) override {
     for_each_flat(tensors, /*write_back=*/true, [&](std::vector<at::Tensor>& flat) {
-      run("all_reduce", [&] { pg_->allreduce(flat)->wait(); });
+      run("all_reduce", [&] { wait(*pg_->allreduce(flat)); });
     });
   }
 
@@ -53,7 +56,7 @@ class C10dWorld final : public ProcessGroupWorld {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     for_each_flat(tensors, /*write_back=*/rank() != root, [&](std::vector<at::Tensor>& flat) {
-      run("broadcast", [&] { pg_->broadcast(flat, o)->wait(); });
+      run("broadcast", [&] { wait(*pg_->broadcast(flat, o)); });
     });
   }
 
@@ -78,7 +81,7 @@ class C10dWorld final : public ProcessGroupWorld {
 
   bool any(bool flag) override {
     std::vector<at::Tensor> v{torch::tensor({flag ? 1 : 0}, torch::dtype(torch::kInt32).device(device_))};
-    run("any", [&] { pg_->allreduce(v)->wait(); });
+    run("any", [&] { wait(*pg_->allreduce(v)); });
     return v[0].item<int32_t>() > 0;  // the host waits here, as agreement needs
   }
 
@@ -86,6 +89,20 @@ class C10dWorld final : public ProcessGroupWorld {
     throw std::runtime_error(who() + ": " + op +
                              " failed: another rank exited, was stopped or did not answer within dist.timeout_s=" +
                              seconds() + " (" + what_of(e) + ")");
+  }
+
+  void wait(c10d::Work& work) override {
+    if (device_.is_cuda()) {
+      // NCCL's blocking wait() sleeps between its checks for completion (10 ms in torch's source), which a small
+      // collective would pay in full: checking here first, at a finer interval, costs it microseconds instead.
+      const auto deadline = std::chrono::steady_clock::now() + timeout_;
+      auto pause = std::chrono::microseconds(10);
+      while (!work.isCompleted() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(pause);
+        pause = std::min(2 * pause, std::chrono::microseconds(1000));
+      }
+    }
+    work.wait();  // throws when the collective failed or timed out
   }
 
   void shutdown() override {
@@ -104,6 +121,12 @@ class C10dWorld final : public ProcessGroupWorld {
   c10::intrusive_ptr<c10d::Backend> make_nccl() {
 #ifdef FM_WITH_NCCL
     c10::cuda::set_device(device_.index());
+    // Blocking wait: every wait() on a collective holds the host until the collective has finished on the GPU, and
+    // when it has not within the options' timeout (dist.timeout_s) aborts the communicator and throws on the host,
+    // where fail() names the rank and the timeout as on Gloo. Without it wait() only orders the streams, the host
+    // waits later in a device sync (.item()) that has no timeout, and only NCCL's watchdog ends the process (SIGABRT,
+    // with a message of its own). ProcessGroupNCCL reads this variable in its constructor; no option sets it.
+    ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/1);
     auto o = c10d::ProcessGroupNCCL::Options::create();
     o->timeout = timeout_;
     auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env_.rank, env_.size, o);
@@ -153,7 +176,7 @@ class C10dWorld final : public ProcessGroupWorld {
     std::vector<at::Tensor> in{t.contiguous()};
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < size(); ++r) out[0].push_back(torch::empty_like(in[0]));
-    run("all_gather", [&] { pg_->allgather(out, in)->wait(); });
+    run("all_gather", [&] { wait(*pg_->allgather(out, in)); });
     return torch::cat(out[0]);
   }
 

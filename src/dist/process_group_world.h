@@ -11,6 +11,7 @@
 
 namespace c10d {
 class Backend;
+class Work;
 }
 
 namespace fm::dist {
@@ -20,6 +21,10 @@ class ProcessGroupWorld : public World {
   // The c10d backend, for asynchronous collectives (the gradient reducer launches its buckets through it).
   virtual c10d::Backend& backend() = 0;
   virtual std::chrono::milliseconds timeout() const = 0;
+  // Waits until `work` (a collective launched through backend()) has finished; throws when it failed or did not
+  // finish within timeout(). On NCCL the host waits too: fm runs ProcessGroupNCCL with blocking wait, so a plain
+  // work.wait() holds the host and throws as well, only with a coarser check for completion.
+  virtual void wait(c10d::Work& work) = 0;
   // A c10d failure (peer gone, timeout) turned into an error that says what it means for the job.
   [[noreturn]] virtual void fail(const std::string& op, const std::exception& e) const = 0;
   virtual void shutdown() = 0;
