@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/checkpoint_dir.h"
@@ -122,10 +123,18 @@ const Vars kTorchrun = {{"RANK", "3"},
                         {"MASTER_ADDR", "node7"},
                         {"MASTER_PORT", "29400"},
                         {"TORCHELASTIC_RESTART_COUNT", "2"},
+                        {"TORCHELASTIC_RUN_ID", "run7"},
                         {"TORCHELASTIC_USE_AGENT_STORE", "True"}};
 
 const Vars kSlurm = {{"SLURM_PROCID", "5"},   {"SLURM_NTASKS", "8"},          {"SLURM_LOCALID", "1"},
                      {"SLURM_STEP_ID", "0"},  {"SLURM_JOB_ID", "4812345"},   {"SLURM_JOB_NODELIST", "gpu[03-04,07]"}};
+// A step of the same job on part of its allocation, as srun describes it to each task.
+const Vars kSlurmStep = [] {
+  Vars v = kSlurm;
+  v["SLURM_STEP_ID"] = "3";
+  v["SLURM_STEP_NODELIST"] = "gpu[04,07]";
+  return v;
+}();
 
 TEST(LaunchEnv, NoLauncherIsOneProcess) {
   LaunchEnv e = parse_launch_env(lookup({{"HOME", "/root"}}));
@@ -144,15 +153,21 @@ TEST(LaunchEnv, Torchrun) {
   EXPECT_EQ(e.master_addr, "node7");
   EXPECT_EQ(e.master_port, 29400);
   EXPECT_TRUE(e.agent_store);
-  // Keys of restart 2 never meet those of the attempt that died.
-  EXPECT_EQ(e.store_prefix, "/worker/attempt_2/fm/");
+  EXPECT_TRUE(e.multi_node) << "4 ranks, 2 on each node";
+  // Keys of restart 2 never meet those of the attempt that died, nor those of another run at the same store.
+  EXPECT_EQ(e.store_prefix, "/worker/attempt_2/fm/run_run7/");
+  EXPECT_EQ(e.rendezvous_prefix, "/worker/attempt_2/fm/rendezvous/");
+  using Job = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(e.job, (Job{{"TORCHELASTIC_RUN_ID", "run7"}, {"TORCHELASTIC_RESTART_COUNT", "2"}, {"WORLD_SIZE", "4"}}));
 
   Vars v = kTorchrun;
   v["TORCHELASTIC_USE_AGENT_STORE"] = "False";
+  v["LOCAL_WORLD_SIZE"] = "4";
   v.erase("TORCHELASTIC_RESTART_COUNT");
   e = parse_launch_env(lookup(v));
   EXPECT_FALSE(e.agent_store);
-  EXPECT_EQ(e.store_prefix, "/worker/attempt_0/fm/");
+  EXPECT_FALSE(e.multi_node);
+  EXPECT_EQ(e.store_prefix, "/worker/attempt_0/fm/run_run7/");
 }
 
 TEST(LaunchEnv, TorchrunWinsOverSlurm) {
@@ -206,8 +221,10 @@ TEST(LaunchEnv, Slurm) {
   EXPECT_EQ(e.size, 8);
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.master_addr, "gpu03");      // the list's first host
-  EXPECT_EQ(e.master_port, 15000 + 2345);  // 15000 + the job id's last four digits
+  EXPECT_EQ(e.master_port, 15000 + 2345);  // 15000 + the job id's last four digits (step 0)
   EXPECT_FALSE(e.agent_store);
+  EXPECT_TRUE(e.multi_node);
+  EXPECT_EQ(e.store_prefix, "/fm/job_4812345/step_0/");
 
   Vars v = kSlurm;
   v["MASTER_ADDR"] = "10.0.0.9";
@@ -215,6 +232,63 @@ TEST(LaunchEnv, Slurm) {
   e = parse_launch_env(lookup(v));
   EXPECT_EQ(e.master_addr, "10.0.0.9");
   EXPECT_EQ(e.master_port, 23456);
+}
+
+TEST(LaunchEnv, SlurmStepMeetsOnItsFirstHostAtItsOwnPortUnderItsOwnPrefix) {
+  // A step on part of the allocation: rank 0 is the first host of the step's list, not of the job's.
+  LaunchEnv e = parse_launch_env(lookup(kSlurmStep));
+  EXPECT_EQ(e.master_addr, "gpu04");
+  EXPECT_EQ(e.master_addr_from, "SLURM_STEP_NODELIST");
+  EXPECT_EQ(e.master_port, 15000 + (2345 + 7919 * 3) % 10000);
+  EXPECT_EQ(e.store_prefix, "/fm/job_4812345/step_3/");
+  EXPECT_EQ(e.rendezvous_prefix, "/fm/rendezvous/");
+  using Job = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(e.job, (Job{{"SLURM_JOB_ID", "4812345"}, {"SLURM_STEP_ID", "3"}, {"SLURM_NTASKS", "8"}}));
+  EXPECT_TRUE(e.multi_node);
+
+  // Two steps of one job (each on the job's first node) meet at different ports under different prefixes.
+  Vars step0 = kSlurm, step1 = kSlurm;
+  step1["SLURM_STEP_ID"] = "1";
+  LaunchEnv a = parse_launch_env(lookup(step0)), b = parse_launch_env(lookup(step1));
+  EXPECT_EQ(a.master_addr, b.master_addr);
+  EXPECT_NE(a.master_port, b.master_port);
+  EXPECT_NE(a.store_prefix, b.store_prefix);
+  EXPECT_NE(a.job, b.job);
+
+  // Two jobs whose ids share their last four digits share a port on a shared first node, but not a prefix, and the
+  // rendezvous tells their ranks apart.
+  Vars other = kSlurm;
+  other["SLURM_JOB_ID"] = "9912345";
+  LaunchEnv c = parse_launch_env(lookup(other));
+  EXPECT_EQ(c.master_port, a.master_port);
+  EXPECT_NE(c.store_prefix, a.store_prefix);
+  EXPECT_EQ(c.rendezvous_prefix, a.rendezvous_prefix) << "where the ranks of both meet and are refused";
+  EXPECT_NE(c.job, a.job);
+
+  // One node: no other node needs to reach rank 0's store.
+  Vars one = kSlurmStep;
+  one["SLURM_STEP_NODELIST"] = "gpu07";
+  EXPECT_FALSE(parse_launch_env(lookup(one)).multi_node);
+  // MASTER_ADDR and MASTER_PORT, when set, still win.
+  one["MASTER_ADDR"] = "10.0.0.9";
+  one["MASTER_PORT"] = "23456";
+  e = parse_launch_env(lookup(one));
+  EXPECT_EQ(e.master_addr, "10.0.0.9");
+  EXPECT_EQ(e.master_port, 23456);
+  EXPECT_EQ(e.master_port_from, "MASTER_PORT");
+  EXPECT_EQ(e.store_prefix, "/fm/job_4812345/step_3/");
+
+  auto with = [](const std::string& k, const std::string& v) {
+    Vars vars = kSlurmStep;
+    vars[k] = v;
+    return error_of(vars);
+  };
+  EXPECT_NE(with("SLURM_STEP_ID", "x").find("SLURM_STEP_ID=\"x\""), std::string::npos);
+  EXPECT_NE(with("SLURM_STEP_NODELIST", "gpu[04").find("SLURM_STEP_NODELIST"), std::string::npos);
+  Vars none = kSlurmStep;
+  none.erase("SLURM_STEP_NODELIST");
+  none.erase("SLURM_JOB_NODELIST");
+  EXPECT_NE(error_of(none).find("SLURM_STEP_NODELIST is not set"), std::string::npos) << error_of(none);
 }
 
 TEST(LaunchEnv, SbatchScriptWithoutSrunIsOneProcess) {
@@ -265,11 +339,24 @@ TEST(SlurmNodelist, MalformedListsAreInputErrors) {
   }
 }
 
-TEST(SlurmNodelist, PortFromJobId) {
-  EXPECT_EQ(dist::slurm_port("4812345"), 17345);
-  EXPECT_EQ(dist::slurm_port("77"), 15077);
-  EXPECT_EQ(dist::slurm_port("123450000"), 15000);
-  EXPECT_EQ(dist::slurm_port("98761234_5"), 16234);  // an array task keeps its job's id
+TEST(SlurmNodelist, PortFromJobAndStepIds) {
+  // Step 0: 15000 + the job id's last four digits.
+  EXPECT_EQ(dist::slurm_port("4812345", "0"), 17345);
+  EXPECT_EQ(dist::slurm_port("77", "0"), 15077);
+  EXPECT_EQ(dist::slurm_port("123450000", "0"), 15000);
+  EXPECT_EQ(dist::slurm_port("98761234_5", "0"), 16234);  // an array task keeps its job's id
+  // Step s adds 7919 s, modulo 10000.
+  EXPECT_EQ(dist::slurm_port("4812345", "1"), 15000 + (2345 + 7919) % 10000);
+  EXPECT_EQ(dist::slurm_port("4812345", "4294967294"), 15000 + (2345 + 7919 * 7294) % 10000);
+  std::set<int> ports;
+  for (int step = 0; step < 10000; ++step) ports.insert(dist::slurm_port("4812345", std::to_string(step)));
+  EXPECT_EQ(ports.size(), 10000u) << "the first 10000 steps of a job all get ports of their own";
+  for (int step = 0; step < 20; ++step)
+    for (const char* next : {"4812346", "4812344"})
+      EXPECT_NE(dist::slurm_port("4812345", std::to_string(step)), dist::slurm_port(next, "0"))
+          << "step " << step << " of a job and step 0 of its neighbour " << next;
+  EXPECT_THROW(dist::slurm_port("4812345", "x"), InputError);
+  EXPECT_THROW(dist::slurm_port("4812345", "4294967296"), InputError);
 }
 
 }  // namespace
@@ -448,15 +535,18 @@ int free_port() {
 
 // Two ranks started by hand as srun would (no agent that could end the survivor first): once training runs, rank 1
 // gets `sig`; rank 0 must end on its own with a clear error within dist.timeout_s (5 s). Prints rank 0's exit status
-// and the seconds it took after the signal.
-RunResult lose_rank_one(const TempDir& d, const std::string& sig) {
+// and the seconds it took after the signal. On CUDA both ranks may share one GPU: NCCL refuses two ranks on one GPU of
+// one host, so each rank names a host of its own (NCCL_HOSTID) and they talk over sockets on loopback.
+RunResult lose_rank_one(const TempDir& d, const std::string& sig, const std::string& device = "cpu") {
   auto cfg = write_tiny_config(d, 100000);
   const std::string env = "SLURM_NTASKS=2 SLURM_STEP_ID=0 SLURM_JOB_ID=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-                          std::to_string(free_port()) + " OMP_NUM_THREADS=1";
-  const std::string train = fm_binary() + " train --config " + cfg + " --out " + d / "run";
-  std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 " + train + " > r0.log 2>&1 & p0=$!; " +
-                       env + " SLURM_PROCID=1 SLURM_LOCALID=1 " + train + " > r1.log 2>&1 & p1=$!; " +
-                       "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                          std::to_string(free_port()) + " OMP_NUM_THREADS=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1";
+  const std::string train = fm_binary() + " train --config " + cfg + " --device " + device + " --out " + d / "run";
+  std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 NCCL_HOSTID=fm-test-rank0 " +
+                       train + " > r0.log 2>&1 & p0=$!; " + env +
+                       " SLURM_PROCID=1 SLURM_LOCALID=1 NCCL_HOSTID=fm-test-rank1 " + train +
+                       " > r1.log 2>&1 & p1=$!; " +
+                       "for i in $(seq 1200); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
                        "kill -" + sig + " $p1; t0=$(date +%s.%N); wait $p0; rc=$?; t1=$(date +%s.%N); " +
                        "kill -KILL $p1 2>/dev/null; kill -CONT $p1 2>/dev/null; wait $p1 2>/dev/null; " +
                        "echo \"rank0 exit $rc after $(awk \"BEGIN{print $t1 - $t0}\") s\"; cat r0.log";
@@ -483,6 +573,21 @@ TEST(DistTrain, AStoppedRankEndsTheOtherWithinTheTimeout) {
   TempDir d;
   auto r = lose_rank_one(d, "STOP");
   EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
+            std::string::npos)
+      << r.output;
+  EXPECT_LT(seconds_in(r.output), 30.0) << r.output;
+}
+
+// The same on NCCL: the survivor, waiting on a collective, ends within dist.timeout_s with the line Gloo gives, not in
+// a device sync that only NCCL's watchdog ends (SIGABRT, a message of its own). Runs where the suite runs on CUDA
+// (FM_TEST_DEVICE=cuda, as scripts/gpu_check.sh runs it); scripts/nccl_check.sh checks the same under torchrun.
+TEST(DistNccl, AStoppedRankEndsTheOtherWithinTheTimeout) {
+  if (!on_cuda()) GTEST_SKIP() << "needs CUDA (FM_TEST_DEVICE=cuda)";
+  TempDir d;
+  auto r = lose_rank_one(d, "STOP", "cuda");
+  EXPECT_NE(r.output.find("rank0 exit 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 0 of 2: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("another rank exited, was stopped or did not answer within dist.timeout_s=5 s"),
             std::string::npos)
       << r.output;

@@ -144,7 +144,7 @@ void GradReducer::finish() {
   const double inv = 1.0 / m.world.size();
   for (auto& b : m.buckets) {
     try {
-      b.work->wait();
+      m.pg->wait(*b.work);
     } catch (const std::exception& e) {
       m.pg->fail("gradient all_reduce", e);
     }

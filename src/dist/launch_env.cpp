@@ -29,11 +29,10 @@ std::string require(const EnvLookup& env, const std::string& var, const std::str
 }
 
 constexpr int64_t kMaxWorld = 1 << 20;
+constexpr int64_t kMaxStepId = 4294967295;  // SLURM's step ids are 32-bit; its special steps sit at the top
 
-LaunchEnv from_torchrun(const EnvLookup& env) {
-  const std::string why = "torchrun sets it; RANK or WORLD_SIZE is set, so fm takes this for a torchrun launch";
-  LaunchEnv e;
-  e.launcher = "torchrun";
+// RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE, each checked against the others.
+void torchrun_ranks(const EnvLookup& env, const std::string& why, LaunchEnv& e) {
   e.size = static_cast<int>(parse_int("WORLD_SIZE", require(env, "WORLD_SIZE", why), 1, kMaxWorld));
   e.rank = static_cast<int>(parse_int("RANK", require(env, "RANK", why), 0, kMaxWorld));
   if (e.rank >= e.size)
@@ -44,22 +43,79 @@ LaunchEnv from_torchrun(const EnvLookup& env) {
     if (e.local_rank >= local_size)
       throw env_error("LOCAL_RANK", std::to_string(e.local_rank),
                       "must be below LOCAL_WORLD_SIZE=" + std::to_string(local_size));
+    e.multi_node = e.size > local_size;
   } else if (e.local_rank > e.rank) {
     throw env_error("LOCAL_RANK", std::to_string(e.local_rank), "must not exceed RANK=" + std::to_string(e.rank));
   }
+}
+
+// The run (TORCHELASTIC_RUN_ID) and its restart (TORCHELASTIC_RESTART_COUNT): the job's name and key prefixes.
+void torchrun_job(const EnvLookup& env, LaunchEnv& e) {
+  int64_t restart = 0;
+  if (auto rc = env("TORCHELASTIC_RESTART_COUNT")) restart = parse_int("TORCHELASTIC_RESTART_COUNT", *rc, 0, kMaxWorld);
+  const std::string run_id = env("TORCHELASTIC_RUN_ID").value_or("");
+  e.job = {{"TORCHELASTIC_RUN_ID", run_id},
+           {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)},
+           {"WORLD_SIZE", std::to_string(e.size)}};
+  // torchrun's agent store outlives a restart with every key of the attempt that died: each attempt has a prefix of
+  // its own, and the run id keeps two runs that reach one store apart.
+  const std::string attempt = "/worker/attempt_" + std::to_string(restart) + "/fm/";
+  e.rendezvous_prefix = attempt + "rendezvous/";
+  e.store_prefix = attempt + "run_" + run_id + "/";
+}
+
+LaunchEnv from_torchrun(const EnvLookup& env) {
+  const std::string why = "torchrun sets it; RANK or WORLD_SIZE is set, so fm takes this for a torchrun launch";
+  LaunchEnv e;
+  e.launcher = "torchrun";
+  torchrun_ranks(env, why, e);
   e.master_addr = require(env, "MASTER_ADDR", why);
   e.master_port = static_cast<int>(parse_int("MASTER_PORT", require(env, "MASTER_PORT", why), 1, 65535));
+  e.master_addr_from = "MASTER_ADDR";
+  e.master_port_from = "MASTER_PORT";
   if (auto agent = env("TORCHELASTIC_USE_AGENT_STORE")) {
     // Python's str(bool), as torchrun writes it.
     if (*agent == "True") e.agent_store = true;
     else if (*agent != "False") throw env_error("TORCHELASTIC_USE_AGENT_STORE", *agent, "must be True or False");
   }
-  int64_t restart = 0;
-  if (auto rc = env("TORCHELASTIC_RESTART_COUNT")) restart = parse_int("TORCHELASTIC_RESTART_COUNT", *rc, 0, kMaxWorld);
-  // The prefix torch.distributed's env:// rendezvous uses on the agent's store, so fm's keys sit where a Python
-  // worker's would.
-  e.store_prefix = "/worker/attempt_" + std::to_string(restart) + "/fm/";
+  torchrun_job(env, e);
   return e;
+}
+
+// The step's hosts: SLURM_STEP_NODELIST (srun sets it for every task), else the job's SLURM_JOB_NODELIST; the first
+// host is the step's rank 0. Empty when neither is set. The job's list is wrong for a step on part of the allocation.
+std::vector<std::string> slurm_step_hosts(const EnvLookup& env, std::string& var) {
+  for (const char* name : {"SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST"})
+    if (auto list = env(name)) {
+      var = name;
+      return expand_slurm_nodelist(*list, name);
+    }
+  return {};
+}
+
+// Rank 0's address and port: MASTER_ADDR and MASTER_PORT when set, else the step's first host and the port
+// slurm_port() derives from the job and step ids.
+void slurm_master(const EnvLookup& env, const std::string& why, LaunchEnv& e) {
+  std::string list_var;
+  const std::vector<std::string> hosts = slurm_step_hosts(env, list_var);
+  e.multi_node = hosts.size() > 1;
+  if (auto addr = env("MASTER_ADDR"); addr && !addr->empty()) {
+    e.master_addr = *addr;
+    e.master_addr_from = "MASTER_ADDR";
+  } else if (!hosts.empty()) {
+    e.master_addr = hosts.front();
+    e.master_addr_from = list_var;
+  } else {
+    require(env, "SLURM_STEP_NODELIST", why + "; rank 0's address comes from it when MASTER_ADDR is unset");
+  }
+  const int derived = slurm_port(require(env, "SLURM_JOB_ID", why), require(env, "SLURM_STEP_ID", why));
+  if (auto port = env("MASTER_PORT"); port && !port->empty()) {
+    e.master_port = static_cast<int>(parse_int("MASTER_PORT", *port, 1, 65535));
+    e.master_port_from = "MASTER_PORT";
+  } else {
+    e.master_port = derived;
+    e.master_port_from = "SLURM_JOB_ID and SLURM_STEP_ID";
+  }
 }
 
 LaunchEnv from_slurm(const EnvLookup& env) {
@@ -74,17 +130,11 @@ LaunchEnv from_slurm(const EnvLookup& env) {
   if (e.local_rank > e.rank)
     throw env_error("SLURM_LOCALID", std::to_string(e.local_rank),
                     "must not exceed SLURM_PROCID=" + std::to_string(e.rank));
-  if (auto addr = env("MASTER_ADDR"); addr && !addr->empty()) {
-    e.master_addr = *addr;
-  } else {
-    e.master_addr = expand_slurm_nodelist(require(env, "SLURM_JOB_NODELIST", why)).front();
-  }
-  if (auto port = env("MASTER_PORT"); port && !port->empty()) {
-    e.master_port = static_cast<int>(parse_int("MASTER_PORT", *port, 1, 65535));
-  } else {
-    e.master_port = slurm_port(require(env, "SLURM_JOB_ID", "the rendezvous port comes from it when MASTER_PORT is unset"));
-  }
-  e.store_prefix = "/fm/";
+  slurm_master(env, why, e);
+  const std::string job_id = *env("SLURM_JOB_ID"), step_id = *env("SLURM_STEP_ID");  // checked by slurm_master
+  e.job = {{"SLURM_JOB_ID", job_id}, {"SLURM_STEP_ID", step_id}, {"SLURM_NTASKS", std::to_string(e.size)}};
+  e.rendezvous_prefix = "/fm/rendezvous/";
+  e.store_prefix = "/fm/job_" + job_id + "/step_" + step_id + "/";
   return e;
 }
 
@@ -151,12 +201,14 @@ std::vector<std::string> expand_slurm_nodelist(const std::string& list, const st
   return hosts;
 }
 
-int slurm_port(const std::string& job_id) {
+int slurm_port(const std::string& job_id, const std::string& step_id) {
   // Array jobs ("1234_7") and heterogeneous ones ("1234+0") keep the base id first.
   const std::string digits = job_id.substr(0, job_id.find_first_of("_+"));
   if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
     throw env_error("SLURM_JOB_ID", job_id, "not a job id");
-  return 15000 + std::stoi(digits.size() > 4 ? digits.substr(digits.size() - 4) : digits);
+  const int64_t last4 = std::stoll(digits.size() > 4 ? digits.substr(digits.size() - 4) : digits);
+  const int64_t step = parse_int("SLURM_STEP_ID", step_id, 0, kMaxStepId);
+  return static_cast<int>(15000 + (last4 + 7919 * (step % 10000)) % 10000);
 }
 
 LaunchEnv parse_launch_env(const EnvLookup& env) {

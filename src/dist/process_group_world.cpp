@@ -11,23 +11,32 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <stdexcept>
+#include <thread>
+
+#include "dist/rendezvous.h"
+#include "util/error.h"
 
 namespace fm::dist {
 namespace {
 
 class C10dWorld final : public ProcessGroupWorld {
  public:
-  C10dWorld(const LaunchEnv& env, const torch::Device& device, std::chrono::milliseconds timeout)
+  C10dWorld(const LaunchEnv& env, const torch::Device& device, std::chrono::milliseconds timeout,
+            const std::string& token)
       : env_(env), device_(device), timeout_(timeout) {
     try {
-      connect();
+      connect(token);
+    } catch (const InputError& e) {
+      throw InputError(who() + ": " + e.what());
     } catch (const std::exception& e) {
-      throw std::runtime_error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size) +
-                               ": could not join the job (" + env_.launcher + ", store at " + env_.master_addr + ":" +
-                               std::to_string(env_.master_port) + ") within " + seconds() + ": " + what_of(e));
+      throw std::runtime_error(who() + ": could not join the job (" + env_.launcher + ", store at " +
+                               env_.master_addr + ":" + std::to_string(env_.master_port) + ") within " + seconds() +
+                               ": " + what_of(e));
     }
   }
 
@@ -40,7 +49,7 @@ class C10dWorld final : public ProcessGroupWorld {
 
   void all_reduce_sum(std::vector<torch::Tensor>& tensors) override {
     for_each_flat(tensors, /*write_back=*/true, [&](std::vector<at::Tensor>& flat) {
-      run("all_reduce", [&] { pg_->allreduce(flat)->wait(); });
+      run("all_reduce", [&] { wait(*pg_->allreduce(flat)); });
     });
   }
 
@@ -48,7 +57,7 @@ class C10dWorld final : public ProcessGroupWorld {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     for_each_flat(tensors, /*write_back=*/rank() != root, [&](std::vector<at::Tensor>& flat) {
-      run("broadcast", [&] { pg_->broadcast(flat, o)->wait(); });
+      run("broadcast", [&] { wait(*pg_->broadcast(flat, o)); });
     });
   }
 
@@ -73,14 +82,28 @@ class C10dWorld final : public ProcessGroupWorld {
 
   bool any(bool flag) override {
     std::vector<at::Tensor> v{torch::tensor({flag ? 1 : 0}, torch::dtype(torch::kInt32).device(device_))};
-    run("any", [&] { pg_->allreduce(v)->wait(); });
+    run("any", [&] { wait(*pg_->allreduce(v)); });
     return v[0].item<int32_t>() > 0;  // the host waits here, as agreement needs
   }
 
   [[noreturn]] void fail(const std::string& op, const std::exception& e) const override {
-    throw std::runtime_error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size) + ": " + op +
+    throw std::runtime_error(who() + ": " + op +
                              " failed: another rank exited, was stopped or did not answer within dist.timeout_s=" +
                              seconds() + " (" + what_of(e) + ")");
+  }
+
+  void wait(c10d::Work& work) override {
+    if (device_.is_cuda()) {
+      // NCCL's blocking wait() sleeps between its checks for completion (10 ms in torch's source), which a small
+      // collective would pay in full: checking here first, at a finer interval, costs it microseconds instead.
+      const auto deadline = std::chrono::steady_clock::now() + timeout_;
+      auto pause = std::chrono::microseconds(10);
+      while (!work.isCompleted() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(pause);
+        pause = std::min(2 * pause, std::chrono::microseconds(1000));
+      }
+    }
+    work.wait();  // throws when the collective failed or timed out
   }
 
   void shutdown() override {
@@ -88,45 +111,44 @@ class C10dWorld final : public ProcessGroupWorld {
   }
 
  private:
-  void connect() {
-    c10d::TCPStoreOptions so;
-    so.port = static_cast<uint16_t>(env_.master_port);
-    so.timeout = timeout_;
-    if (env_.agent_store) {
-      // torchrun's agent serves the store and has already counted its workers.
-      so.isServer = false;
-      so.waitWorkers = false;
-    } else {
-      so.isServer = env_.rank == 0;
-      so.numWorkers = static_cast<size_t>(env_.size);
-      so.waitWorkers = true;
-      so.multiTenant = true;
-    }
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+  // The store, the check that every rank there is of this job, then the backend on the job's own key prefix.
+  void connect(const std::string& token) {
+    auto tcp = open_store(env_, timeout_);
+    check_members(*tcp, env_, token);
     store_ = c10::make_intrusive<c10d::PrefixStore>(env_.store_prefix, tcp);
-    if (device_.is_cuda()) {
+    pg_ = device_.is_cuda() ? make_nccl() : make_gloo();
+  }
+
+  c10::intrusive_ptr<c10d::Backend> make_nccl() {
 #ifdef FM_WITH_NCCL
-      c10::cuda::set_device(device_.index());
-      auto o = c10d::ProcessGroupNCCL::Options::create();
-      o->timeout = timeout_;
-      auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env_.rank, env_.size, o);
-      // Binding the device lets NCCL build its communicator now, on the right GPU, instead of at the first collective.
-      nccl->setBoundDeviceId(device_);
-      nccl->eagerConnectSingleDevice(device_);
-      pg_ = nccl;
+    c10::cuda::set_device(device_.index());
+    // Blocking wait: every wait() on a collective holds the host until the collective has finished on the GPU, and
+    // when it has not within the options' timeout (dist.timeout_s) aborts the communicator and throws on the host,
+    // where fail() names the rank and the timeout as on Gloo. Without it wait() only orders the streams, the host
+    // waits later in a device sync (.item()) that has no timeout, and only NCCL's watchdog ends the process (SIGABRT,
+    // with a message of its own). ProcessGroupNCCL reads this variable in its constructor; no option sets it.
+    ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/1);
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = timeout_;
+    auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env_.rank, env_.size, o);
+    // Binding the device lets NCCL build its communicator now, on the right GPU, instead of at the first collective.
+    nccl->setBoundDeviceId(device_);
+    nccl->eagerConnectSingleDevice(device_);
+    return nccl;
 #else
-      throw std::runtime_error("this fm was built without NCCL (nccl.h was not found at configure time)");
+    throw std::runtime_error("this fm was built without NCCL (nccl.h was not found at configure time)");
 #endif
-    } else {
-      auto o = c10d::ProcessGroupGloo::Options::create(timeout_);
-      // Like torch.distributed: the interface GLOO_SOCKET_IFNAME names, else the address this host's name resolves to
-      // (loopback when it resolves to nothing).
-      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
-        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-      else
-        o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env_.rank, env_.size, o);
-    }
+  }
+
+  c10::intrusive_ptr<c10d::Backend> make_gloo() {
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout_);
+    // Like torch.distributed: the interface GLOO_SOCKET_IFNAME names, else the address this host's name resolves to
+    // (loopback when it resolves to nothing).
+    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+      o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else
+      o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env_.rank, env_.size, o);
   }
 
   // Collectives move one flat buffer per dtype: one message instead of one per tensor.
@@ -155,7 +177,7 @@ class C10dWorld final : public ProcessGroupWorld {
     std::vector<at::Tensor> in{t.contiguous()};
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < size(); ++r) out[0].push_back(torch::empty_like(in[0]));
-    run("all_gather", [&] { pg_->allgather(out, in)->wait(); });
+    run("all_gather", [&] { wait(*pg_->allgather(out, in)); });
     return torch::cat(out[0]);
   }
 
@@ -171,9 +193,12 @@ class C10dWorld final : public ProcessGroupWorld {
   std::string seconds() const {
     return std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout_).count()) + " s";
   }
+  std::string who() const { return "rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.size); }
+  // The first line of the error: c10d's messages may go on with context lines, and fm's report is one line.
   static std::string what_of(const std::exception& e) {
-    if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
-    return e.what();
+    auto* c = dynamic_cast<const c10::Error*>(&e);
+    const std::string all = c ? c->what_without_backtrace() : e.what();
+    return all.substr(0, all.find('\n'));
   }
 
   LaunchEnv env_;
@@ -186,8 +211,9 @@ class C10dWorld final : public ProcessGroupWorld {
 }  // namespace
 
 std::unique_ptr<ProcessGroupWorld> make_process_group_world(const LaunchEnv& env, const torch::Device& device,
-                                                            std::chrono::milliseconds timeout) {
-  auto w = std::make_unique<C10dWorld>(env, device, timeout);
+                                                            std::chrono::milliseconds timeout,
+                                                            const std::string& token) {
+  auto w = std::make_unique<C10dWorld>(env, device, timeout, token);
   spdlog::debug("rank {} of {} joined over {}", env.rank, env.size, device.is_cuda() ? "NCCL" : "Gloo");
   return w;
 }

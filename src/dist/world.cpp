@@ -6,6 +6,7 @@
 
 #include "dist/launch_env.h"
 #include "dist/process_group_world.h"
+#include "dist/rendezvous.h"
 #include "util/device.h"
 #include "util/error.h"
 
@@ -76,14 +77,15 @@ World& this_process_only() {
   return alone;
 }
 
-torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout) {
+torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout,
+                         std::string_view job_config) {
   if (joined_device()) return *joined_device();
   LaunchEnv env = parse_launch_env(process_env());
   torch::Device device = device_for(device_spec, env);
   // A launched job is a process group even of one process, so that `torchrun --nproc-per-node 1` runs the same
   // code (NCCL included) as a job of eight.
   if (env.launcher != "none") {
-    current() = make_process_group_world(env, device, timeout).release();
+    current() = make_process_group_world(env, device, timeout, job_token(env, job_config)).release();
     // Rank 0 speaks for the job; the others only warn and fail, so a log holds one copy of each line.
     if (env.rank != 0) spdlog::set_level(spdlog::level::warn);
   } else {

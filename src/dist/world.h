@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace fm::dist {
@@ -46,8 +47,12 @@ World& this_process_only();
 // in a launched job "auto" and "cuda" become cuda:LOCAL_RANK, one GPU per process, and the ranks talk over NCCL;
 // on the CPU over Gloo. Returns the device this process computes on. Every collective that waits longer than
 // `timeout` for another rank (dead, stopped, or off on another path) throws, naming the rank and the timeout, so a
-// job never hangs silently. Bad launcher variables throw InputError. A second call returns the first call's device.
-torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout);
+// job never hangs silently. `job_config` is what every rank of the job must share besides the launcher's variables,
+// such as the resolved config as JSON text: the ranks meet only when their launcher variables (job and step, or
+// torchrun's run and restart) and a hash of `job_config` agree. Bad launcher variables, and a rank of another job or
+// config at the store, throw InputError. A second call returns the first call's device.
+torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout,
+                         std::string_view job_config = {});
 
 // Leaves the process group (NCCL's communicators and watchdog, Gloo's connections) before the process exits; the world
 // is one process again afterwards. Harmless without init_world().
