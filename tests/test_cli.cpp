@@ -52,6 +52,11 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
       {"eval-nll --checkpoint x.pt --data toy:moons --batch -3", "--batch: must be >= 1"},
       {"fid-features --weights w.npz --images folder:x --out o.npz --limit -1", "--limit: must be >= 0"},
       {"sample --checkpoint x.pt --resume --overwrite", "--overwrite"},
+      // Outputs that cannot be written, and a config that is a directory, are bad input too.
+      {"train --config " + fm::test::source_dir() + "/configs/toy2d.json --out " + d / "plain",
+       "--out " + d / "plain" + ": exists and is not a directory"},
+      {"sample --checkpoint x.pt --out /proc/fm_cannot_be_here", "--out /proc/fm_cannot_be_here: cannot create"},
+      {"config --config " + d.str(), d.str() + ": is a directory, not a config file"},
       // Outputs are checked before any work: here before the weights file (missing too) is read.
       {"fid-features --weights " + d / "no_weights.npz" + " --images folder:" + d.str() + " --out " +
            d / "plain/x.npz",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -156,6 +157,7 @@ void visit(V& v, TrainConfig& c) {
   v("bf16", c.bf16);
   v("cuda_graph", c.cuda_graph);
   v("resume_new_data", c.resume_new_data);
+  v("resume_new_objective", c.resume_new_objective);
   v.record("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
   v("max_nonfinite_steps", c.max_nonfinite_steps, greater_than<int64_t>(0));
   v("tensorboard", c.tensorboard);
@@ -469,6 +471,8 @@ void apply_overrides(json& doc, const std::vector<std::string>& overrides) {
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw file_error(path, "is a directory, not a config file");
   std::ifstream f(path);
   if (!f) throw file_error(path, "cannot open config file");
   json doc;

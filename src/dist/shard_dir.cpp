@@ -57,8 +57,7 @@ void ShardDir::check_usable(bool resume, bool overwrite) const {
   if (has_shards() && !resume && !overwrite)
     throw InputError(dir_ + ": holds shards of an earlier run; pass --resume to continue it, --overwrite to start "
                      "afresh, or choose another --out");
-  make_dirs(dir_);
-  if (::access(dir_.c_str(), W_OK) != 0) throw InputError(dir_ + ": not writable");
+  prepare_output_dir(dir_, "--out");
 }
 
 void ShardDir::prepare(bool resume, const nlohmann::json& settings, const std::vector<std::string>& unchecked,

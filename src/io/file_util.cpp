@@ -102,6 +102,18 @@ void prepare_output_file(const std::string& path, const std::string& option) {
     throw InputError(where + ": exists and is not writable (" + std::strerror(errno) + ")");
 }
 
+void prepare_output_dir(const std::string& path, const std::string& option) {
+  namespace fs = std::filesystem;
+  const std::string where = option + " " + path;
+  if (path.empty()) throw InputError(option + ": empty path");
+  std::error_code ec;
+  if (fs::exists(path, ec) && !fs::is_directory(path, ec)) throw InputError(where + ": exists and is not a directory");
+  fs::create_directories(path, ec);
+  if (ec) throw InputError(where + ": cannot create directory (" + ec.message() + ")");
+  if (::access(path.c_str(), W_OK) != 0)
+    throw InputError(where + ": directory is not writable (" + std::strerror(errno) + ")");
+}
+
 std::string file_crc32(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw file_error(path, std::string("cannot open (") + std::strerror(errno) + ")");

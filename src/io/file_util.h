@@ -41,6 +41,10 @@ void make_dirs(const std::string& path);
 // directory. Throws InputError "OPTION PATH: why" otherwise, so a long run never fails at its last write.
 void prepare_output_file(const std::string& path, const std::string& option);
 
+// The same rule for an output directory: created with its parents, and it must be a writable directory; InputError
+// "OPTION PATH: why" otherwise.
+void prepare_output_dir(const std::string& path, const std::string& option);
+
 // A cheap fingerprint of a file's bytes (zlib's CRC-32 as 8 hex digits) for provenance records.
 std::string file_crc32(const std::string& path);
 
