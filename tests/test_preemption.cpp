@@ -1,11 +1,14 @@
 // Fault injection on the fm binary: signals and kill -9 at a random step of a running `fm train`, then --resume auto,
 // must give exactly the parameters of an uninterrupted run; a diverging run must stop without writing a bad checkpoint.
+#include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -70,15 +73,30 @@ int random_lines() {
 
 // The first signal only records itself (the loop saves and exits 75); a second one, from an impatient person or a
 // scheduler's follow-up, ends the process at once with the shell's 128 + signal.
-TEST(Preemption, SecondSignalExitsAtOnce) {
+// A launcher's follow-up signal within the grace period leaves the stop under way (and its first signal) as it was.
+TEST(Preemption, ASecondSignalWithinTheGraceIsIgnored) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        fm::install_stop_handlers();
+        std::raise(SIGINT);
+        std::raise(SIGTERM);
+        std::_Exit(fm::stop_requested() && fm::stop_signal() == SIGINT ? 7 : 3);
+      },
+      testing::ExitedWithCode(7), "");
+}
+
+// A repeat after the grace period ends the process at once.
+TEST(Preemption, ARepeatAfterTheGraceExitsAtOnce) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
         fm::install_stop_handlers();
         std::raise(SIGTERM);
         if (!fm::stop_requested() || fm::stop_signal() != SIGTERM) std::_Exit(3);
+        std::this_thread::sleep_for(std::chrono::duration<double>(fm::kStopGraceSeconds + 0.2));
         std::raise(SIGUSR1);
-        std::_Exit(4);  // still here: the second signal was swallowed
+        std::_Exit(4);  // still here: the repeat was swallowed
       },
       testing::ExitedWithCode(128 + SIGUSR1), "");
 }
@@ -127,6 +145,31 @@ TEST(Preemption, KillNineInALoopThenResumeIsExact) {
   expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
 }
 
+// The guard through the trainer's own schedule: a run resumed with a learning rate that blows its weights up skips every
+// step from some point on. It stops at exactly train.max_nonfinite_steps skips, writes no checkpoint while skipping,
+// names the newest checkpoint before the skips, and leaves it the newest, so --resume auto takes it.
+TEST(Preemption, ADivergedResumeStopsAtTheLimitNamingTheCheckpointBeforeIt) {
+  TempDir d;
+  const std::string out = d / "run";
+  ASSERT_EQ(run(train_cmd(out, "train.steps=200 train.ckpt_every=100")).code, 0);
+  auto r = run(train_cmd(out, "train.steps=400 train.ckpt_every=25 train.log_every=100 train.lr=1e6 "
+                              "train.warmup_steps=0 train.weight_decay=0.01 train.max_nonfinite_steps=40 "
+                              "--resume auto"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  const auto at = r.output.find("consecutive steps (");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  int64_t first = 0, last = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "consecutive steps (%ld to %ld)", &first, &last), 2) << r.output;
+  EXPECT_EQ(last - first + 1, 40) << "the limit holds exactly";
+  EXPECT_GT(first, 200);
+  EXPECT_LT(last, 400);
+  EXPECT_NE(r.output.find("ckpt_000000200.pt"), std::string::npos) << r.output;
+  auto newest = fm::latest_checkpoint(out + "/checkpoints");
+  ASSERT_TRUE(newest.has_value());
+  EXPECT_EQ(fm::CheckpointReader(*newest, torch::kCPU).step(), 200) << "--resume auto takes the one before the skips";
+  EXPECT_LT(first, 225) << "the weights blew up before the first checkpoint due after the resume, so none was written";
+}
+
 TEST(Preemption, DivergingRunSkipsStepsThenStopsWithoutABadCheckpoint) {
   TempDir d;
   const std::string out = d / "run";
@@ -141,6 +184,7 @@ TEST(Preemption, DivergingRunSkipsStepsThenStopsWithoutABadCheckpoint) {
   // Every checkpoint left on disk holds finite weights, EMA and optimizer state.
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(out + "/checkpoints")) {
+    if (!e.is_regular_file()) continue;
     ++n;
     for (const char* key : {"model", "ema"}) EXPECT_TRUE(fm::all_finite(checkpoint_weights(e.path(), key))) << e.path();
   }

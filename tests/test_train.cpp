@@ -186,7 +186,9 @@ TEST(Train, SkippedStepLeavesParametersOptimizerAndEmaUntouched) {
   }
   EXPECT_EQ(guard.take_interval_skips(), 2);
   EXPECT_EQ(guard.take_interval_skips(), 0);
-  EXPECT_NO_THROW(guard.check_consecutive(4));  // 2 in a row, below the limit of 3
+  const auto reading = guard.read(4);
+  EXPECT_EQ(reading.current, 2);
+  EXPECT_FALSE(reading.too_long) << "2 in a row, below the limit of 3";
   // The next finite step is exactly the one taken by an optimizer that never saw the skipped steps.
   auto tp = clones(p0);
   for (auto& t : tp) t.set_requires_grad(true);
@@ -202,7 +204,7 @@ TEST(Train, SkippedStepLeavesParametersOptimizerAndEmaUntouched) {
   EXPECT_EQ(opt.updates(), 3);
 }
 
-TEST(Train, GuardStopsAfterTooManyConsecutiveSkips) {
+TEST(Train, GuardKeepsTheLongestRunOfSkipsBetweenReads) {
   fm::NonFiniteGuard guard(torch::kCPU, 3);
   auto g = torch::tensor(1.0f), bad = torch::tensor(NAN);
   guard.check(bad, g);
@@ -210,15 +212,25 @@ TEST(Train, GuardStopsAfterTooManyConsecutiveSkips) {
   guard.check(g, g);  // a finite step ends the run of skips
   guard.check(bad, g);
   guard.check(g, bad);
-  EXPECT_NO_THROW(guard.check_consecutive(5));
+  auto r = guard.read(5);
+  EXPECT_EQ(r.current, 2);
+  EXPECT_FALSE(r.too_long);
+  EXPECT_FALSE(guard.due(5));
+  EXPECT_TRUE(guard.due(6)) << "the run under way can reach 3 at the next step";
   guard.check(bad, g);
-  try {
-    guard.check_consecutive(6);
-    FAIL() << "three skipped steps in a row did not stop the run";
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("(4 to 6)"), std::string::npos) << e.what();
-  }
+  r = guard.read(6);
+  ASSERT_TRUE(r.too_long) << "three skipped steps in a row";
+  EXPECT_EQ(r.too_long->first, 4);
+  EXPECT_EQ(r.too_long->last, 6);
+  // A run that reached the limit and ended before the next read is still seen.
+  for (int i = 0; i < 4; ++i) guard.check(bad, g);
+  guard.check(g, g);
+  r = guard.read(11);
+  EXPECT_EQ(r.current, 0);
+  ASSERT_TRUE(r.too_long);
+  EXPECT_EQ(r.too_long->first, 4);  // the run under way at the last read, from 4, went on to 10
+  EXPECT_EQ(r.too_long->last, 10);
+  EXPECT_FALSE(guard.read(12).too_long) << "a read starts the next interval";
   EXPECT_TRUE(fm::all_finite({torch::ones({3}), torch::zeros({0})}));
   EXPECT_FALSE(fm::all_finite({torch::ones({3}), torch::tensor({1.0f, -INFINITY})}));
   EXPECT_FALSE(fm::all_finite({torch::tensor({NAN})}));
@@ -501,6 +513,106 @@ TEST(Train, ResumeBelowTheCheckpointsStepIsRefused) {
             std::string::npos)
       << msg;
   EXPECT_EQ(std::filesystem::last_write_time(d / "config.json"), before);  // nothing rewritten
+}
+
+// What the network learns is part of a run: a resume with another path, coupling, time sampler or target is refused
+// naming each key, unless train.resume_new_objective asks for it.
+TEST(Train, AResumeWithAnotherObjectiveIsRefusedNamingTheKeys) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 10;
+  fm::train(cfg, {d.str(), ""});
+  cfg.train.steps = 20;
+  auto changed = cfg;
+  changed.path.type = fm::PathType::vp;
+  changed.time.sampler = fm::TimeSampler::logit_normal;
+  auto msg = error_of([&] { fm::train(changed, {d.str(), "auto"}); });
+  EXPECT_NE(msg.find("another objective"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("path.type: \"cond_ot\" in the checkpoint, \"vp\" here"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("time.sampler"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.resume_new_objective"), std::string::npos) << msg;
+  changed = cfg;
+  changed.path.sigma_min = 0.01;
+  EXPECT_NE(error_of([&] { fm::train(changed, {d.str(), "auto"}); }).find("path.sigma_min"), std::string::npos);
+  changed = cfg;
+  changed.model.target = fm::Target::noise;
+  EXPECT_NE(error_of([&] { fm::train(changed, {d.str(), "auto"}); }).find("model.target"), std::string::npos);
+  changed = cfg;
+  changed.path.beta_max = 5.0;  // a VP key, which a CondOT run does not read
+  changed.train.resume_new_data = true;
+  EXPECT_EQ(fm::train(changed, {d.str(), "auto"}).step, 20);
+  changed.train.steps = 30;
+  changed.path.coupling = fm::Coupling::ot;
+  changed.train.resume_new_objective = true;
+  EXPECT_EQ(fm::train(changed, {d.str(), "auto"}).step, 30);
+}
+
+// --resume auto of a run that has reached its last step trains nothing and touches nothing: no figures redrawn, no
+// TensorBoard file added.
+TEST(Train, ResumingAFinishedRunIsANoOp) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 10;
+  fm::train(cfg, {d.str(), ""});
+  auto count_events = [&] {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(d.str()))
+      n += e.path().filename().string().rfind("events.out.tfevents", 0) == 0;
+    return n;
+  };
+  const int events = count_events();
+  const auto samples = std::filesystem::last_write_time(d / "samples.png");
+  const auto metrics = std::filesystem::last_write_time(d / "metrics.jsonl");
+  auto r = fm::train(cfg, {d.str(), "auto"});
+  EXPECT_FALSE(r.trained);
+  EXPECT_EQ(r.step, 10);
+  EXPECT_EQ(r.checkpoint, d / "checkpoints/ckpt_000000010.pt");
+  EXPECT_EQ(count_events(), events);
+  EXPECT_EQ(std::filesystem::last_write_time(d / "samples.png"), samples);
+  EXPECT_EQ(std::filesystem::last_write_time(d / "metrics.jsonl"), metrics);
+}
+
+// skipped_steps_total counts skipped steps: an imported checkpoint, whose optimizer starts fresh at its step, has
+// skipped none.
+TEST(Train, SkippedStepsTotalCountsSkipsAcrossAnImport) {
+  TempDir d;
+  auto cfg = tiny_toy_config();
+  cfg.train.steps = 20;
+  const auto ckpt = fm::train(cfg, {d / "run", ""}).checkpoint;
+  auto r = fm::test::run(fm::test::fm_cmd("export --checkpoint " + ckpt + " --out " + d / "m.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = fm::test::run(fm::test::fm_cmd("import --from fm --weights " + d / "m.safetensors" + " --out " +
+                                     d / "resumed/checkpoints/ckpt_000000020.pt"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  cfg.train.steps = 40;
+  fm::train(cfg, {d / "resumed", "auto"});
+  std::ifstream m(d / "resumed/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(m, line); ++lines)
+    EXPECT_EQ(nlohmann::json::parse(line)["skipped_steps_total"], 0) << line;
+  EXPECT_EQ(lines, 2);
+}
+
+// One writer per run directory: a second training into it is refused while the first runs, naming its pid; the
+// kernel drops the lock with the process, so a run killed with SIGKILL leaves none behind.
+TEST(Train, ASecondRunIntoTheSameOutIsRefusedWhileTheFirstRuns) {
+  TempDir d;
+  const std::string train = fm::test::fm_binary() + " train --config " + fm::test::source_dir() +
+                            "/configs/toy2d.json --out " + d / "run" + " --set device=cpu model.mlp.hidden=16 " +
+                            "train.batch_size=16 train.log_every=1 ";
+  auto r = fm::test::run("cd " + d.str() + "; " + train + "train.steps=1000000 train.ckpt_every=1000000 > a.log 2>&1 "
+                         "& pid=$!; for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                         train + "train.steps=5 > b.log 2>&1; echo second=$?; " + train +
+                         "train.steps=5 --resume auto > c.log 2>&1; echo resumed=$?; kill -9 $pid; wait $pid; " +
+                         train + "train.steps=5 train.ckpt_every=5 > d.log 2>&1; echo after=$?; echo pid=$pid; " +
+                         "cat b.log c.log");
+  EXPECT_NE(r.output.find("second=2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resumed=2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("after=0"), std::string::npos) << r.output;
+  const auto at = r.output.find("pid=");
+  ASSERT_NE(at, std::string::npos);
+  const std::string pid = r.output.substr(at + 4, r.output.find('\n', at) - at - 4);
+  EXPECT_NE(r.output.find("in use by another fm (pid " + pid + " on host "), std::string::npos) << r.output;
 }
 
 TEST(Train, RaisingTheStepsOnResumeIsLoggedAndRecorded) {

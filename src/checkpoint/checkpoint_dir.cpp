@@ -51,7 +51,8 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 }  // namespace
 
-std::vector<std::string> move_aside_after(const std::string& dir, int64_t step, const std::string& resumed) {
+std::vector<std::string> move_aside_after(const std::string& dir, int64_t step, const std::string& resumed,
+                                          const std::string& why) {
   std::vector<std::string> doomed;
   for (const auto& [s, p] : list_checkpoints(dir))
     if (s > step || (s == step && !same_file(p, resumed))) doomed.push_back(p);
@@ -61,8 +62,8 @@ std::vector<std::string> move_aside_after(const std::string& dir, int64_t step, 
   std::tm utc{};
   ::gmtime_r(&now, &utc);
   std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
-  std::string aside = dir + "/abandoned_" + stamp;
-  for (int i = 2; fs::exists(aside); ++i) aside = dir + "/abandoned_" + stamp + "_" + std::to_string(i);
+  std::string aside = dir + "/" + why + "_" + stamp;
+  for (int i = 2; fs::exists(aside); ++i) aside = dir + "/" + why + "_" + stamp + "_" + std::to_string(i);
   std::error_code ec;
   fs::create_directory(aside, ec);
   if (ec) throw std::runtime_error(aside + ": cannot create directory (" + ec.message() + ")");

@@ -17,8 +17,10 @@ std::optional<std::string> latest_checkpoint(const std::string& dir);
 // Deletes all but the newest `keep` checkpoints in `dir`.
 void prune_checkpoints(const std::string& dir, int64_t keep);
 // Moves the checkpoints in `dir` that a run continuing from `resumed` (at `step`) would never have written, those
-// after `step` and any other file at `step`, into a fresh `dir`/abandoned_<UTC time>/, so that a later
-// `--resume auto` cannot jump back to them. Returns the moved files' new paths (none moved: empty, no directory made).
-std::vector<std::string> move_aside_after(const std::string& dir, int64_t step, const std::string& resumed);
+// after `step` and any other file at `step`, into a fresh `dir`/<why>_<UTC time>/ (why: abandoned, diverged), so that
+// a later `--resume auto` cannot jump back to them. Returns the moved files' new paths (none moved: empty, no
+// directory made).
+std::vector<std::string> move_aside_after(const std::string& dir, int64_t step, const std::string& resumed,
+                                          const std::string& why = "abandoned");
 
 }  // namespace fm

@@ -73,6 +73,12 @@ void Checkpointer::start_branch(const CheckpointReader& ck) {
     spdlog::warn("resuming at step {} abandons a newer checkpoint: moved it to {}", ck.step(), moved);
 }
 
+void Checkpointer::set_aside_from(int64_t step) {
+  if (!world_.is_main()) return;
+  for (const auto& moved : move_aside_after(dir_, step - 1, dir_ + "/" + checkpoint_name(step - 1), "diverged"))
+    spdlog::warn("moved {} aside: it was written after the run began to diverge", moved);
+}
+
 void Checkpointer::save(const CheckpointContents& c, const std::vector<torch::Tensor>& float_state) {
   if (!all_finite(float_state))
     throw std::runtime_error("non-finite values in the weights or optimizer state at step " + std::to_string(c.step) +

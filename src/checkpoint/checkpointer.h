@@ -29,6 +29,10 @@ class Checkpointer {
   // (checkpoint/checkpoint_dir.h), so that a later --resume auto cannot jump back to them.
   void start_branch(const CheckpointReader& ck);
 
+  // A run that diverged from `step` on: rank 0 moves the checkpoints of that step and later aside
+  // (checkpoints/diverged_<time>/), so that --resume auto continues from the newest one before it.
+  void set_aside_from(int64_t step);
+
   bool due(int64_t step, int64_t last_step) const { return step % every_ == 0 || step == last_step; }
   // Writes the checkpoint of `c` at c.step. Every rank first checks that `float_state` (everything the checkpoint
   // stores as floats) is finite, so that all stop alike and no checkpoint holds an inf or NaN; rank 0 writes, then

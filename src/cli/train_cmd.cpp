@@ -53,7 +53,10 @@ void add_train_command(CLI::App& app) {
     opts.resume = a->resume;
     opts.stop_after = a->stop_after;
     auto r = train(cfg, opts);
-    spdlog::info("done: step {}, loss {:.5f}, checkpoint {}", r.step, r.last_loss, r.checkpoint);
+    if (r.trained)
+      spdlog::info("done: step {}, loss {:.5f}, checkpoint {}", r.step, r.last_loss, r.checkpoint);
+    else
+      spdlog::info("done: step {} was reached before, checkpoint {}", r.step, r.checkpoint);
     dist::shutdown_world();
   });
 }

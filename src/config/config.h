@@ -93,6 +93,7 @@ struct TrainConfig {
   bool bf16 = true;          // bf16 autocast on CUDA (fp32 master weights); ignored on CPU
   bool cuda_graph = false;   // CUDA only: replay the whole training step as one captured CUDA graph (train_step_graph.h)
   bool resume_new_data = false;        // a resume may continue on other data than the checkpoint's (a fresh epoch)
+  bool resume_new_objective = false;   // a resume may continue with another objective (path, time sampler, target)
   // A record, not a setting: train.steps before resumes changed it, oldest first. fm train writes it into the run's
   // config.json; it is neither offered by --set nor suggested for a mistyped key.
   std::vector<int64_t> earlier_steps;

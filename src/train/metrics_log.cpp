@@ -15,6 +15,7 @@ MetricsLog::MetricsLog(const std::string& path, std::optional<int64_t> resume_st
         if (j.value("step", int64_t(0)) > *resume_step) continue;
         kept += line + "\n";
         elapsed_before_ = j.value("elapsed_s", elapsed_before_);
+        skipped_before_ = j.value("skipped_steps_total", skipped_before_);
       } catch (const nlohmann::json::exception&) {
         // a line cut short by a kill: dropped
       }

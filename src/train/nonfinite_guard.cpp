@@ -1,21 +1,32 @@
 #include "train/nonfinite_guard.h"
 
-#include <stdexcept>
-#include <string>
-
 namespace fm {
+
+namespace {
+torch::Tensor counter(const torch::Device& device) {
+  return torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device));
+}
+}  // namespace
 
 NonFiniteGuard::NonFiniteGuard(const torch::Device& device, int64_t max_consecutive)
     : max_consecutive_(max_consecutive),
-      interval_(torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device))),
-      consecutive_(torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device))) {}
+      next_read_(max_consecutive),
+      interval_(counter(device)),
+      checked_(counter(device)),
+      current_(counter(device)),
+      longest_(counter(device)),
+      longest_end_(counter(device)) {}
 
 torch::Tensor NonFiniteGuard::check(const torch::Tensor& loss, const torch::Tensor& grad_norm) {
   torch::NoGradGuard ng;
   auto bad = torch::isfinite(loss.detach()).logical_and(torch::isfinite(grad_norm)).logical_not();
   auto skip = bad.to(torch::kLong);
   interval_.add_(skip);
-  consecutive_.add_(1).mul_(skip);  // a finite step resets the run of skips
+  checked_.add_(1);
+  current_.add_(1).mul_(skip);  // a finite step ends the run of skips
+  auto longer = current_ > longest_;
+  longest_.copy_(torch::where(longer, current_, longest_));
+  longest_end_.copy_(torch::where(longer, checked_, longest_end_));
   return bad.to(torch::kFloat32);
 }
 
@@ -25,15 +36,20 @@ int64_t NonFiniteGuard::take_interval_skips() {
   return n;
 }
 
-void NonFiniteGuard::check_consecutive(int64_t step) const {
-  const int64_t n = consecutive_.item<int64_t>();
-  if (n < max_consecutive_) return;
-  throw std::runtime_error("non-finite loss or gradients in " + std::to_string(n) + " consecutive steps (" +
-                           std::to_string(step - n + 1) + " to " + std::to_string(step) +
-                           "), every one skipped; stopping (train.max_nonfinite_steps is " +
-                           std::to_string(max_consecutive_) +
-                           "); no checkpoint of them was written. Lower train.lr or raise train.warmup_steps, and "
-                           "continue from an earlier checkpoint with --resume PATH");
+NonFiniteGuard::Reading NonFiniteGuard::read(int64_t step) {
+  auto v = torch::stack({checked_, current_, longest_, longest_end_}).cpu();
+  const int64_t checked = v[0].item<int64_t>(), longest = v[2].item<int64_t>(), end = v[3].item<int64_t>();
+  Reading r;
+  r.current = v[1].item<int64_t>();
+  if (longest >= max_consecutive_) {
+    const int64_t last = step - (checked - end);
+    r.too_long = SkippedRun{last - longest + 1, last};
+  }
+  // The next interval's longest run starts as the one under way.
+  longest_.copy_(current_);
+  longest_end_.copy_(checked_);
+  next_read_ = step + max_consecutive_ - r.current;
+  return r;
 }
 
 }  // namespace fm

@@ -41,6 +41,33 @@ json model_keys(const ModelConfig& m) {
   return {{"model", {{"type", all["type"]}, {type, all[type]}}}};
 }
 
+// The keys that decide what the network learns: the target, the path's schedule with the keys its type reads, the
+// coupling with its keys, and the time sampler with its parameters. (The class dropout is a model.unet key.)
+json objective_keys(const Config& c) {
+  json j = to_json(c);
+  json path = {{"type", j["path"]["type"]}, {"coupling", j["path"]["coupling"]}};
+  auto take = [&](std::initializer_list<const char*> keys) {
+    for (const char* k : keys) path[k] = j["path"][k];
+  };
+  switch (c.path.type) {
+    case PathType::cond_ot: take({"sigma_min"}); break;
+    case PathType::vp: take({"beta_min", "beta_max"}); break;
+    case PathType::polynomial: take({"poly_n"}); break;
+    case PathType::cosine:
+    case PathType::linear_vp:
+    case PathType::torchcfm_vp: break;
+  }
+  switch (c.path.coupling) {
+    case Coupling::independent:
+    case Coupling::ot: break;
+    case Coupling::sinkhorn: take({"ot_reg", "sinkhorn_iters"}); break;
+    case Coupling::sb: take({"sb_sigma", "sinkhorn_iters"}); break;
+  }
+  json time = {{"sampler", j["time"]["sampler"]}};
+  if (c.time.sampler == TimeSampler::logit_normal) time["loc"] = j["time"]["loc"], time["scale"] = j["time"]["scale"];
+  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}};
+}
+
 }  // namespace
 
 void check_data_fits_model(const Config& cfg, const Dataset& data) {
@@ -67,6 +94,12 @@ void check_resume_config(const CheckpointReader& ck, const Config& cfg) {
   std::vector<std::string> diff;
   differences(model_keys(ck.config().model), model_keys(cfg.model), "", diff);
   if (!diff.empty()) throw file_error(ck.path(), "was trained with another model than this run's: " + joined(diff));
+  differences(objective_keys(ck.config()), objective_keys(cfg), "", diff);
+  if (diff.empty()) return;
+  if (!cfg.train.resume_new_objective)
+    throw file_error(ck.path(), "was trained with another objective than this run's: " + joined(diff) +
+                                    "; set train.resume_new_objective=true to continue it with this one");
+  spdlog::warn("continuing {} with another objective (train.resume_new_objective): {}", ck.path(), joined(diff));
 }
 
 bool check_resume_data(const CheckpointReader& ck, const Config& cfg, const Dataset& data,

@@ -13,7 +13,8 @@ namespace fm {
 void check_data_fits_model(const Config& cfg, const Dataset& data);
 
 // Whether `ck` can continue the run `cfg` describes, checked before the data is loaded: train.steps may not be below
-// the checkpoint's step, and the model must be the same (the message names each differing key).
+// the checkpoint's step, the model must be the same, and so must the objective (target, path, coupling, time sampler)
+// unless train.resume_new_objective is set, which is logged; the messages name each differing key.
 void check_resume_config(const CheckpointReader& ck, const Config& cfg);
 
 // Whether `data` is what `ck` was trained on (the data section but hflip, the image count and the class count).

@@ -36,6 +36,7 @@ Reporter::Reporter(const std::string& run_dir, dist::World& world, const torch::
       t0_(std::chrono::steady_clock::now()) {
   if (world.is_main()) {
     metrics_.emplace(run_dir + "/metrics.jsonl", resumed ? std::optional<int64_t>(start_step) : std::nullopt);
+    skipped_total_ = metrics_->skipped_before();
     if (train.tensorboard) tensorboard_.emplace(run_dir);
   }
   progress_.emplace("train", train.steps, start_step, train.log_every);
@@ -49,8 +50,7 @@ void Reporter::add(const StepResult& r, double lr, double exposed_sync_wait_s) {
   ++steps_;
 }
 
-void Reporter::report(int64_t step, const std::vector<torch::Tensor>& params, NonFiniteGuard& guard,
-                      int64_t updates) {
+void Reporter::report(int64_t step, const std::vector<torch::Tensor>& params, NonFiniteGuard& guard) {
   auto checksum = param_checksum(params);
   if (world_.distributed()) {
     auto all = world_.all_gather_cat(checksum.unsqueeze(0)).cpu();
@@ -59,6 +59,7 @@ void Reporter::report(int64_t step, const std::vector<torch::Tensor>& params, No
                                std::to_string(step) + " (a nondeterministic reduction or a bug); stopping");
   }
   const int64_t skipped = guard.take_interval_skips();
+  skipped_total_ += skipped;
   const double dt = seconds_since(t0_) - pause_s_;
   const double mean_loss = steps_ > skipped ? loss_sum_.item<double>() / static_cast<double>(steps_ - skipped) : NAN;
   const double sps = static_cast<double>(steps_) / std::max(dt, 1e-9);
@@ -67,7 +68,7 @@ void Reporter::report(int64_t step, const std::vector<torch::Tensor>& params, No
                       {"lr", lr_},
                       {"grad_norm", grad_norm_.item<double>()},
                       {"skipped_steps", skipped},
-                      {"skipped_steps_total", step - updates},
+                      {"skipped_steps_total", skipped_total_},
                       {"steps_per_s", sps},
                       {"samples_per_s", sps * static_cast<double>(batch_)},
                       {"peak_mem_mib", peak_memory_mib(device_)},

@@ -2,8 +2,9 @@
 // What a training run reports, every train.log_every steps and at its last step: one line of metrics.jsonl, the same
 // numbers as TensorBoard scalars, and the progress line on stderr (rank 0 writes; train/metrics_log.h and
 // train/tensorboard_log.h). It owns the interval's state: the losses of the steps that were not skipped, the time
-// spent in the interval less what was spent writing checkpoints and figures, and the gradient all-reduce's wait
-// that backward did not hide. Each report also checks that every rank holds the same weights.
+// spent in the interval less what was spent writing checkpoints and figures, the gradient all-reduce's wait that
+// backward did not hide, and the run's count of skipped steps (carried over a resume from the kept metrics lines).
+// Each report also checks that every rank holds the same weights.
 #include <chrono>
 #include <optional>
 #include <string>
@@ -32,7 +33,7 @@ class Reporter {
   bool due(int64_t step) const { return step % log_every_ == 0 || step == total_steps_; }
   // The interval ending at `step`: one host read, then rank 0 writes the line. Throws when the ranks' weights differ
   // (a nondeterministic reduction or a bug).
-  void report(int64_t step, const std::vector<torch::Tensor>& params, NonFiniteGuard& guard, int64_t updates);
+  void report(int64_t step, const std::vector<torch::Tensor>& params, NonFiniteGuard& guard);
   // Runs f with its time left out of the interval's throughput (checkpoint writes, sample grids).
   template <class F>
   void off_the_clock(F&& f) {
@@ -55,6 +56,7 @@ class Reporter {
   torch::Tensor loss_sum_, grad_norm_;
   double lr_ = 0.0, sync_wait_s_ = 0.0, pause_s_ = 0.0;
   int64_t steps_ = 0;
+  int64_t skipped_total_ = 0;  // over the whole run, resumed parts included
   std::chrono::steady_clock::time_point t0_;
   double last_loss_ = 0.0;
 };

@@ -6,6 +6,7 @@
 #include "data/batch_sampler.h"
 #include "dist/agree_to_stop.h"
 #include "dist/grad_reducer.h"
+#include "dist/output_lock.h"
 #include "dist/world.h"
 #include "io/file_util.h"
 #include "kernels/kernels.h"
@@ -58,7 +59,7 @@ int64_t restore(CheckpointReader& ck, TrainingSetup& setup, BatchSampler& sample
   ck.load_module("ema", *setup.ema_model);
   ck.load_optimizer(setup.optimizer);
   if (!fresh_epoch) ck.load_sampler(sampler);
-  ck.restore_rng();
+  ck.restore_rng(setup.params.front().device());
   checkpointer.start_branch(ck);
   spdlog::info("resumed from {} at step {}", ck.path(), ck.step());
   return ck.step();
@@ -93,14 +94,33 @@ void log_start(const Config& cfg, const Dataset& data, const TrainingSetup& setu
                  cfg.train.batch_size / world.size(), cfg.train.batch_size);
 }
 
-// train.cuda_graph, unless the job averages gradients from the host while backward runs (the reducer's bucket
-// launches are host logic that a graph would freeze).
+// train.cuda_graph, unless the process is a rank of a launched job, even of one: the gradient reducer's hooks launch
+// collectives from host logic while backward runs, which a graph would capture and freeze.
 bool cuda_graph_allowed(const TrainConfig& train, const dist::World& world) {
-  if (!train.cuda_graph || !world.distributed()) return train.cuda_graph;
-  spdlog::warn("train.cuda_graph: a job of {} processes averages gradients from the host while backward runs; the "
-               "step runs eagerly",
-               world.size());
+  if (!train.cuda_graph || !world.process_group()) return train.cuda_graph;
+  spdlog::warn("train.cuda_graph: a rank of a launched job ({} process{}) averages gradients from the host while "
+               "backward runs; the step runs eagerly",
+               world.size(), world.size() == 1 ? "" : "es");
   return false;
+}
+
+// Reads the guard at `step`. A run of train.max_nonfinite_steps skipped steps ends the training: the checkpoints
+// written since it began (none, as no checkpoint is written while skips go on) are set aside, and the error names the
+// newest one before it. Returns the skipped steps in a row ending at `step` (0: the step was taken).
+int64_t check_guard(NonFiniteGuard& guard, Checkpointer& checkpointer, int64_t step) {
+  const auto r = guard.read(step);
+  if (!r.too_long) return r.current;
+  const SkippedRun run = *r.too_long;
+  checkpointer.set_aside_from(run.first);
+  const std::string from = checkpointer.latest().empty()
+                               ? "No checkpoint was written before them: start afresh"
+                               : "The newest checkpoint before them is " + checkpointer.latest() +
+                                     ": continue from it with --resume auto";
+  throw std::runtime_error("non-finite loss or gradients in " + std::to_string(run.length()) +
+                           " consecutive steps (" + std::to_string(run.first) + " to " + std::to_string(run.last) +
+                           "), every one skipped; stopping (train.max_nonfinite_steps is " +
+                           std::to_string(guard.max_consecutive()) + "). " + from +
+                           " after lowering train.lr or raising train.warmup_steps");
 }
 
 // Everything a checkpoint stores as floats, checked before each write.
@@ -117,18 +137,26 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   // --- The job. From here on SIGTERM, SIGUSR1 and SIGINT only ask the loop to stop after its current step. ---
   install_stop_handlers();
   // One process per device in a torchrun or srun job (cuda:LOCAL_RANK); otherwise the configured device.
-  const auto device = dist::init_world(
-      config.device, std::chrono::milliseconds(static_cast<int64_t>(config.dist.timeout_s * 1000.0)));
+  // Every rank's config enters its job token: ranks started with different configs refuse to train together.
+  const auto device =
+      dist::init_world(config.device, std::chrono::milliseconds(static_cast<int64_t>(config.dist.timeout_s * 1000.0)),
+                       to_json(config).dump());
   auto& world = dist::world();
   check_batch_split(config.train, world);
   configure_backend(device);
 
-  // --- What to resume, chosen and checked before anything in the run directory is touched. ---
+  // --- What to resume, chosen and checked before anything else in the run directory is touched. ---
   const std::string& out = opts.out_dir;
+  const auto lock = dist::lock_output_dir(world, out, "--out");  // one writer of the run directory
   Checkpointer checkpointer(out, world, config.train.ckpt_every, config.train.keep_last);
   auto ck = checkpointer.choose_resume(opts.resume, device);
   const Config cfg = run_config(config, ck.get());
   const bool resumed = ck != nullptr;
+  const int64_t last_step = opts.stop_after > 0 ? std::min(opts.stop_after, cfg.train.steps) : cfg.train.steps;
+  if (ck && ck->step() >= last_step) {
+    spdlog::info("{} is at step {}: this run has nothing left to train", ck->path(), ck->step());
+    return {ck->step(), NAN, ck->path(), /*trained=*/false};
+  }
 
   // --- The data and the parts of the step, with the checkpoint's state loaded into them. ---
   torch::manual_seed(static_cast<uint64_t>(cfg.seed));
@@ -154,12 +182,19 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   Reporter reporter(out, world, device, cfg.train, step, resumed);
   RunFigures figures(cfg, data, *setup.ema_model, out, device);
   const DataIdentity data_id{data.name, data.size(), data.num_classes};
-  auto save = [&](int64_t s) {
-    checkpointer.save({&cfg, s, shape, data_id, setup.model.get(), setup.ema_model.get(), &setup.optimizer, &sampler,
-                       data.class_names},
-                      float_state(setup));
+  // A checkpoint of a step taken: while skips go on, the newest checkpoint stays the one before them.
+  auto checkpoint = [&](int64_t s) {
+    if (const int64_t skipping = check_guard(setup.guard, checkpointer, s)) {
+      spdlog::warn("no checkpoint at step {}: its last {} steps were skipped (non-finite); the newest stays {}", s,
+                   skipping, checkpointer.latest().empty() ? "none" : checkpointer.latest());
+      return;
+    }
+    reporter.off_the_clock([&] {
+      checkpointer.save({&cfg, s, shape, data_id, setup.model.get(), setup.ema_model.get(), &setup.optimizer,
+                         &sampler, data.class_names, device},
+                        float_state(setup));
+    });
   };
-  const int64_t last_step = opts.stop_after > 0 ? std::min(opts.stop_after, cfg.train.steps) : cfg.train.steps;
   const int64_t batch = cfg.train.batch_size;
   setup.model->train();
 
@@ -169,20 +204,19 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     reporter.add(train_step(sampler.next(batch), step, lr), lr, reducer.last_exposed_wait_s());
     ++step;
 
-    // Report; a run of skipped steps is caught within one log interval, one checkpoint or max_nonfinite_steps
-    // steps, and before a checkpoint of a diverged run is written; maybe save; maybe draw.
-    const bool save_now = checkpointer.due(step, last_step);
-    if (reporter.due(step)) reporter.report(step, setup.params, setup.guard, setup.optimizer.updates());
-    if (save_now || reporter.due(step) || step % cfg.train.max_nonfinite_steps == 0)
-      setup.guard.check_consecutive(step);
-    if (save_now) reporter.off_the_clock([&] { save(step); });
+    // Report; maybe save; read the guard where a run of skips could reach its limit; maybe draw.
+    if (reporter.due(step)) reporter.report(step, setup.params, setup.guard);
+    if (checkpointer.due(step, last_step))
+      checkpoint(step);
+    else if (reporter.due(step) || setup.guard.due(step))
+      check_guard(setup.guard, checkpointer, step);
     if (world.is_main() && figures.grid_due(step))
       reporter.off_the_clock([&] { reporter.image("samples", figures.grid(step), step); });
 
     // Maybe stop: a signal to any rank stops every rank after this same step, with its checkpoint; at last_step the
     // run ends normally anyway.
     if (const int sig = dist::agree_to_stop(world); sig && step < last_step) {
-      if (!save_now) save(step);
+      if (checkpointer.latest_step() != step) checkpoint(step);
       if (world.is_main())
         spdlog::warn("signal {}: stopped at step {} with checkpoint {}; continue with --resume auto", sig, step,
                      checkpointer.latest());
@@ -190,7 +224,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     }
   }
 
-  TrainResult result{step, reporter.last_loss(), checkpointer.latest()};
+  TrainResult result{step, reporter.last_loss(), checkpointer.latest(), /*trained=*/true};
   if (step < cfg.train.steps) {
     spdlog::info("stopped at step {} of {}; continue with --resume auto", step, cfg.train.steps);
     return result;

@@ -16,7 +16,8 @@ struct TrainOptions {
 struct TrainResult {
   int64_t step = 0;
   double last_loss = 0.0;  // mean loss over the last logging interval
-  std::string checkpoint;  // the last checkpoint written
+  std::string checkpoint;  // the last checkpoint written (or resumed from)
+  bool trained = true;     // false: the checkpoint resumed from was already at the run's last step
 };
 
 TrainResult train(const Config& cfg, const TrainOptions& opts);
