@@ -621,5 +621,37 @@ TEST(DistTrain, ASignalOnOneRankStopsAllAtOneStepWithOneCheckpoint) {
   EXPECT_EQ(cks.begin()->first, m.back()["step"].get<int64_t>());
 }
 
+// Ctrl-C at a terminal sends SIGINT to torchrun and its workers at once, and torchrun's agent follows it with SIGTERM to
+// every worker: the stop must survive the second signal and still write its checkpoint.
+TEST(DistTrain, CtrlCUnderTorchrunStopsWithOneCheckpoint) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 100000);
+  // set -m: torchrun and its workers in a process group of their own, which the SIGINT goes to, as a terminal's does.
+  std::string script = "set -m; cd " + d.str() + "; OMP_NUM_THREADS=1 " + torchrun_exe() +
+                       " --no-python --standalone --nproc-per-node 2 " + fm_binary() + " train --config " + cfg +
+                       " --out run --set train.ckpt_every=100000 > tr.log 2>&1 & tr=$!; " +
+                       "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
+                       "kill -INT -$tr; wait $tr; echo \"torchrun exit $?\"; cat tr.log";
+  auto r = run("bash -c '" + script + "'");
+  size_t saved = 0;
+  for (size_t at = 0; (at = r.output.find("with its state saved", at)) != std::string::npos; ++at) ++saved;
+  EXPECT_EQ(saved, 2u) << r.output;
+  auto cks = list_checkpoints(d / "run/checkpoints");
+  ASSERT_EQ(cks.size(), 1u) << r.output;
+  auto m = metrics_of(d / "run");
+  ASSERT_FALSE(m.empty());
+  EXPECT_GE(cks.begin()->first, m.back()["step"].get<int64_t>());
+}
+
+// train.cuda_graph is left off in any rank of a launched job, even a job of one: the gradient reducer's hooks and
+// collectives run from the host while backward runs, which a captured graph would freeze.
+TEST(DistTrain, CudaGraphIsOffInALaunchedJobEvenOfOneRank) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 4);
+  auto r = torchrun(1, fm_binary() + " train --config " + cfg + " --out " + d / "run" + " --set train.cuda_graph=true");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("train.cuda_graph: a rank of a launched job (1 process)"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace fm::test

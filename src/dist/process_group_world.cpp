@@ -44,6 +44,7 @@ class C10dWorld final : public ProcessGroupWorld {
   int size() const override { return env_.size; }
   int local_rank() const override { return env_.local_rank; }
   torch::Device device() const override { return device_; }
+  bool process_group() const override { return true; }
   c10d::Backend& backend() override { return *pg_; }
   std::chrono::milliseconds timeout() const override { return timeout_; }
 

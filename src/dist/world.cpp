@@ -7,26 +7,14 @@
 #include "dist/launch_env.h"
 #include "dist/process_group_world.h"
 #include "dist/rendezvous.h"
+#include "dist/single_process_world.h"
 #include "util/device.h"
 #include "util/error.h"
 
 namespace fm::dist {
 namespace {
 
-// No launcher: a world of one, where each collective leaves its input as it is.
-class SingleProcessWorld final : public World {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  int local_rank() const override { return local_rank_; }
-  void all_reduce_sum(std::vector<torch::Tensor>&) override {}
-  void broadcast(std::vector<torch::Tensor>&, int) override {}
-  torch::Tensor all_gather_cat(const torch::Tensor& t) override { return t; }
-  void barrier() override {}
-  bool any(bool flag) override { return flag; }
-  int local_rank_ = 0;
-};
-
+// No launcher: a world of one.
 SingleProcessWorld& single() {
   static SingleProcessWorld w;
   return w;
@@ -72,11 +60,6 @@ World& world() {
   return single();
 }
 
-World& this_process_only() {
-  static SingleProcessWorld alone;
-  return alone;
-}
-
 torch::Device init_world(const std::string& device_spec, std::chrono::milliseconds timeout,
                          std::string_view job_config) {
   if (joined_device()) return *joined_device();
@@ -89,7 +72,7 @@ torch::Device init_world(const std::string& device_spec, std::chrono::millisecon
     // Rank 0 speaks for the job; the others only warn and fail, so a log holds one copy of each line.
     if (env.rank != 0) spdlog::set_level(spdlog::level::warn);
   } else {
-    single().local_rank_ = env.local_rank;
+    single().set_local_rank(env.local_rank);
   }
   joined_device() = device;
   return device;

@@ -21,6 +21,9 @@ class World {
   virtual int local_rank() const = 0;
   // Where the tensors of a collective live: the job's CUDA device under NCCL, else the CPU.
   virtual torch::Device device() const { return torch::kCPU; }
+  // Whether this process is a rank of a launched job (torchrun, srun), even of one: its collectives, and the gradient
+  // reducer's hooks, run through c10d.
+  virtual bool process_group() const { return false; }
   bool is_main() const { return rank() == 0; }
   bool distributed() const { return size() > 1; }
 

@@ -3,16 +3,31 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
+#include <ctime>
 
 namespace fm {
 namespace {
 
-// Lock-free atomics are async-signal-safe; nothing else runs inside the handler.
+// Lock-free atomics and clock_gettime are async-signal-safe; nothing else runs inside the handler.
 std::atomic<int> g_signal{0};
-static_assert(std::atomic<int>::is_always_lock_free);
+std::atomic<int64_t> g_first_ns{0};  // CLOCK_MONOTONIC time of the first signal
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free);
+
+int64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
 
 extern "C" void on_stop_signal(int sig) {
-  if (g_signal.exchange(sig) != 0) _exit(128 + sig);
+  int none = 0;
+  if (g_signal.compare_exchange_strong(none, sig)) {
+    g_first_ns.store(now_ns());
+    return;
+  }
+  if (now_ns() - g_first_ns.load() < static_cast<int64_t>(kStopGraceSeconds * 1e9)) return;
+  _exit(128 + sig);
 }
 
 }  // namespace
