@@ -141,6 +141,19 @@ TEST(Checkpoint, RoundTripsAndRecordsTheData) {
   EXPECT_EQ(files, 1);
 }
 
+// A checkpoint restores the CPU's stream, whatever the device count of the machine that wrote it.
+TEST(Checkpoint, RestoresTheStreamItWasWrittenWith) {
+  TempDir d;
+  torch::manual_seed(5);
+  torch::randn({3});
+  write_small_checkpoint(d / "c.pt");  // its own draws come before the save; the stream is saved as it is then
+  const auto next = torch::randn({8});
+  torch::manual_seed(6);
+  fm::CheckpointReader r(d / "c.pt", torch::kCPU);
+  r.restore_rng(torch::kCPU);
+  EXPECT_TRUE(torch::equal(torch::randn({8}), next));
+}
+
 TEST(Checkpoint, AFlippedByteIsRefusedNamingTheFile) {
   TempDir d;
   write_small_checkpoint(d / "c.pt");

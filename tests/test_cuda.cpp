@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/checkpoint.h"
 #include "config/config.h"
 #include "fid/fid_stats.h"
 #include "fid/inception.h"
@@ -17,6 +18,8 @@
 #include "nn/unet.h"
 #include "path/prob_path.h"
 #include "sample/generate.h"
+#include "sample/graphed_velocity.h"
+#include "solver/ode.h"
 #include "test_util.h"
 #include "train/trainer.h"
 
@@ -325,4 +328,45 @@ TEST_F(CudaParity, VersionNamesEachGpu) {
 }
 
 }  // namespace
+// Rank 0 alone writes a job's checkpoint, on its own device; rank r resumes on cuda:r. The stream rank 0 drew on
+// its device is the one every rank continues (the ranks draw the same training stream), so another device index
+// must get it, not rank 0's never-used copy of that device's generator.
+TEST_F(CudaParity, AResumeOnAnotherDeviceContinuesTheSavedStream) {
+  if (torch::cuda::device_count() < 2) GTEST_SKIP() << "needs two GPUs";
+  const torch::Device writer(torch::kCUDA, 0), reader(torch::kCUDA, 1);
+  TempDir d;
+  Config cfg;
+  cfg.model.mlp.hidden = 8;
+  cfg.model.mlp.depth = 1;
+  auto model = make_velocity_field(cfg.model, {2}), ema = make_velocity_field(cfg.model, {2});
+  torch::manual_seed(5);
+  torch::randn({100}, torch::TensorOptions().device(writer));  // rank 0's stream moves on; cuda:1's does not
+  save_checkpoint(d / "c.pt", {&cfg, 1, {2}, {"toy:checkerboard", 0, 0}, model.get(), ema.get(), nullptr, nullptr,
+                               {}, writer});
+  const auto next = torch::randn({8}, torch::TensorOptions().device(writer)).cpu();
+  torch::manual_seed(5);
+  CheckpointReader(d / "c.pt", torch::kCPU).restore_rng(reader);
+  EXPECT_TRUE(torch::equal(torch::randn({8}, torch::TensorOptions().device(reader)).cpu(), next));
+}
+
+// A capture that fails (here a host read inside the network, which a capture refuses) is ended and the solve goes
+// on eagerly to the eager result, instead of leaving the stream in capture mode.
+TEST_F(CudaParity, AFailedCaptureFallsBackToEagerSampling) {
+  int calls = 0;
+  GraphedVelocity v(
+      [&](const torch::Tensor&, const torch::Tensor& x) {
+        ++calls;
+        (void)x.abs().max().item<float>();
+        return -x;
+      },
+      /*enabled=*/true, gpu());
+  auto x0 = torch::randn({4, 3}, torch::TensorOptions().device(gpu()));
+  auto r = solve_ode([&](double t, const torch::Tensor& x) { return v(t, x); }, x0, uniform_grid(0.0, 1.0, 6),
+                     Solver::euler);
+  EXPECT_FALSE(v.graphed());
+  EXPECT_EQ(calls, 7) << "2 warm-up, the failed capture, then 4 eager evaluations";
+  EXPECT_TRUE(torch::allclose(r.x.cpu(), (x0 * std::pow(1.0 - 1.0 / 6, 6)).cpu(), 1e-5, 1e-6));
+  torch::cuda::synchronize();  // the device is usable after the failure
+}
+
 }  // namespace fm

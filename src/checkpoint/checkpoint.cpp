@@ -16,12 +16,18 @@ namespace {
 // 2: sealed, and records the data it was trained on.
 constexpr int64_t kFormatVersion = 2;
 
-std::vector<at::Generator> generators() {
-  std::vector<at::Generator> g{at::detail::getDefaultCPUGenerator()};
-  if (torch::cuda::is_available())
-    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
-      g.push_back(at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(i))));
-  return g;
+at::Generator device_generator(const torch::Device& device) {
+  return device.is_cpu() ? at::detail::getDefaultCPUGenerator() : at::globalContext().defaultGenerator(device);
+}
+
+torch::Tensor state_of(at::Generator gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_state(at::Generator gen, const torch::Tensor& state) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state.cpu());
 }
 
 std::string read_whole_file(const std::string& path) {
@@ -61,12 +67,8 @@ void save_checkpoint(const std::string& path, const CheckpointContents& c) {
     c.sampler->save(s);
     ar.write("sampler", s);
   }
-  auto gens = generators();
-  ar.write("rng_count", torch::tensor(static_cast<int64_t>(gens.size())));
-  for (size_t i = 0; i < gens.size(); ++i) {
-    std::lock_guard<std::mutex> lock(gens[i].mutex());
-    ar.write("rng_" + std::to_string(i), gens[i].get_state());
-  }
+  ar.write("rng_cpu", state_of(at::detail::getDefaultCPUGenerator()));
+  if (!c.device.is_cpu()) ar.write("rng_device", state_of(device_generator(c.device)));
   // Streamed to the file and hashed on the way, never held whole in memory (a 35M-parameter run's archive with its
   // optimizer state is about 0.6 GB).
   AtomicFile file(path);
@@ -169,17 +171,18 @@ void CheckpointReader::load_sampler(BatchSampler& s) {
   }
 }
 
-void CheckpointReader::restore_rng() {
-  torch::Tensor count;
-  ar_.read("rng_count", count);
-  auto gens = generators();
-  int64_t n = std::min<int64_t>(count.item<int64_t>(), static_cast<int64_t>(gens.size()));
-  for (int64_t i = 0; i < n; ++i) {
-    torch::Tensor state;
-    ar_.read("rng_" + std::to_string(i), state);
-    std::lock_guard<std::mutex> lock(gens[i].mutex());
-    gens[i].set_state(state.cpu());
+void CheckpointReader::restore_rng(const torch::Device& device) {
+  torch::Tensor cpu, dev;
+  if (ar_.try_read("rng_cpu", cpu)) {
+    set_state(at::detail::getDefaultCPUGenerator(), cpu);
+    if (!device.is_cpu() && ar_.try_read("rng_device", dev)) set_state(device_generator(device), dev);
+    return;
   }
+  // The earlier layout: rng_0 the CPU's stream, rng_1 cuda:0's, the device rank 0 trains on, and then the other
+  // CUDA devices rank 0 saw but never drew from.
+  if (!ar_.try_read("rng_0", cpu)) throw file_error(path_, "checkpoint holds no random-number state");
+  set_state(at::detail::getDefaultCPUGenerator(), cpu);
+  if (!device.is_cpu() && ar_.try_read("rng_1", dev)) set_state(device_generator(device), dev);
 }
 
 }  // namespace fm

@@ -39,6 +39,8 @@ struct CheckpointContents {
   const ArchiveState* optimizer = nullptr;       // optional
   const BatchSampler* sampler = nullptr;         // optional
   std::vector<std::string> class_names;          // the data's class index -> name (empty: none known)
+  // The device the run trains on: its default generator's state is stored beside the CPU's.
+  torch::Device device = torch::kCPU;
 };
 
 // Writes the checkpoint to `path` (atomically, sealed); throws naming `path` and the cause when the write fails.
@@ -61,7 +63,10 @@ class CheckpointReader {
   void load_module(const std::string& key, torch::nn::Module& m);
   void load_optimizer(ArchiveState& opt);
   void load_sampler(BatchSampler& s);
-  void restore_rng();
+  // Sets the CPU's default generator and `device`'s to the streams the checkpoint stores. Every rank of a job draws
+  // the same training stream (the global batch's noise, times and order), so the stream rank 0 saved of its own
+  // device is the one every rank continues on its own device, whichever device index that is.
+  void restore_rng(const torch::Device& device);
 
  private:
   std::string path_;

@@ -2,8 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <ATen/autocast_mode.h>
-
 #include <atomic>
 
 #include "util/cuda_graphs.h"
@@ -63,26 +61,14 @@ torch::Tensor GraphedVelocity::operator()(double t, const torch::Tensor& x) {
     s.active = false;  // one attempt per solve
     s.x = x.clone();
     s.t = torch::full({x.size(0)}, t, x.options());
-    const auto index = x.device().index();
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
-    auto side = c10::cuda::getStreamFromPool(false, index);
-    c10::cuda::getCurrentCUDAStream(index).synchronize();
-    const bool cache = at::autocast::is_autocast_cache_enabled();
-    at::autocast::set_autocast_cache_enabled(false);  // its bf16 weight copies would be made and dropped in the capture
-    try {
-      c10::cuda::CUDAStreamGuard guard(side);
-      graph->capture_begin();
-      s.v = v_(s.t, s.x);
-      graph->capture_end();
-    } catch (const std::exception& e) {
-      at::autocast::set_autocast_cache_enabled(cache);
-      warn_once(std::string("capturing the network failed, sampling eagerly: ") + e.what());
-      torch::cuda::synchronize();
+    const std::string failure =
+        capture(*graph, x.device().index(), [&] { s.v = v_(s.t, s.x); }, /*register_generator=*/false);
+    if (!failure.empty()) {
+      warn_once("capturing the network failed, sampling eagerly: " + failure);
       s.x = s.t = s.v = torch::Tensor();
       return v_(torch::full({x.size(0)}, t, x.options()), x);
     }
-    at::autocast::set_autocast_cache_enabled(cache);
-    side.synchronize();
     s.graph = std::move(graph);
     spdlog::debug("sample.cuda_graph: the network is captured after {} eager evaluations", s.evaluations);
     s.graph->replay();

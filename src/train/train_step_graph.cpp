@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <ATen/autocast_mode.h>
 
 #include "util/cuda_graphs.h"
 
@@ -67,27 +66,14 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, int64_t step, double
     if (batch.labels.defined()) s.input.labels = batch.labels.clone();
     step_.parts().optimizer.set_lr(lr);
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
-    auto side = c10::cuda::getStreamFromPool(false, batch.x.device().index());
-    auto main = c10::cuda::getCurrentCUDAStream(batch.x.device().index());
-    main.synchronize();
-    // Autocast's cache of bf16 weight copies would be filled inside the capture and dropped after it.
-    const bool cache = at::autocast::is_autocast_cache_enabled();
-    at::autocast::set_autocast_cache_enabled(false);
-    try {
-      c10::cuda::CUDAStreamGuard guard(side);
-      graph->register_generator_state(at::cuda::detail::getDefaultCUDAGenerator(batch.x.device().index()));
-      graph->capture_begin();
-      s.out = step_(s.input, step, std::nullopt);
-      graph->capture_end();
-    } catch (const std::exception& e) {
-      at::autocast::set_autocast_cache_enabled(cache);
+    const std::string failure = capture(
+        *graph, batch.x.device().index(), [&] { s.out = step_(s.input, step, std::nullopt); },
+        /*register_generator=*/true);
+    if (!failure.empty()) {
       s.active = false;
-      spdlog::warn("train.cuda_graph: capturing the step failed, training eagerly: {}", e.what());
-      torch::cuda::synchronize();
+      spdlog::warn("train.cuda_graph: capturing the step failed, training eagerly: {}", failure);
       return step_(batch, step, lr);
     }
-    at::autocast::set_autocast_cache_enabled(cache);
-    side.synchronize();
     s.graph = std::move(graph);
     spdlog::info("train.cuda_graph: the training step is captured after {} eager steps and replayed from now on",
                  s.eager_steps);
