@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -18,12 +19,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fid/fid_run.h"
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
 #include "io/npy.h"
 #include "test_util.h"
 #include "util/error.h"
+#include "util/preemption.h"
 
 namespace fm {
 namespace {
@@ -354,4 +357,39 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
 }
 
 }  // namespace
+// A signal stops fid-features after the round of batches in flight, keeping their features; --resume then gives the
+// statistics of an uninterrupted run, and the kept features go.
+TEST(FidCli, AStoppedFeaturePassResumesToTheSameStatistics) {
+  TempDir dir;
+  FidInception net;
+  write_npz(dir / "w.npz", weight_arrays(net));
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(5);
+  write_npz(dir / "imgs.npz", {{"arr_0", torch::randint(0, 256, {6, 12, 12, 3}, g, torch::kUInt8)}});
+  auto options = [&](const std::string& out) {
+    FidFeaturesOptions o;
+    o.weights = dir / "w.npz";
+    o.images = "npz:" + dir / "imgs.npz";
+    o.out = out;
+    o.images_options.batch = 2;  // three rounds
+    o.images_options.device = "cpu";
+    return o;
+  };
+  run_fid_features(options(dir / "full.npz"), dist::this_process_only());
+  install_stop_handlers();
+  std::raise(SIGUSR1);
+  EXPECT_THROW(run_fid_features(options(dir / "part.npz"), dist::this_process_only()), StopRequested);
+  reset_stop_request();
+  EXPECT_TRUE(std::filesystem::exists(dir / "part.npz.shards/shard_000000000_000002.npz"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "part.npz"));
+  EXPECT_THROW(run_fid_features(options(dir / "part.npz"), dist::this_process_only()), InputError)
+      << "shards of a stopped run need --resume or --overwrite";
+  auto o = options(dir / "part.npz");
+  o.resume = true;
+  run_fid_features(o, dist::this_process_only());
+  auto full = read_fid_stats(dir / "full.npz"), part = read_fid_stats(dir / "part.npz");
+  EXPECT_TRUE(torch::equal(full.mu, part.mu));
+  EXPECT_TRUE(torch::equal(full.sigma, part.sigma));
+  EXPECT_FALSE(std::filesystem::exists(dir / "part.npz.shards"));
+}
+
 }  // namespace fm

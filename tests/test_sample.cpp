@@ -4,6 +4,8 @@
 #include <fstream>
 #include <functional>
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include "data/dataset.h"
@@ -12,6 +14,7 @@
 #include "sample/figures.h"
 #include "sample/graphed_velocity.h"
 #include "sample/sample_run.h"
+#include "io/run_lock.h"
 #include "sample/straightness.h"
 #include "test_util.h"
 #include "train/trainer.h"
@@ -95,6 +98,11 @@ std::string shapes_unet_checkpoint(const TempDir& d, const std::string& run, dou
 }
 
 torch::Tensor samples(const std::string& out) { return fm::read_npz(out + "/samples.npz", {"arr_0"}).at("arr_0"); }
+
+std::string samples_png_bytes(const std::string& dir) {
+  std::ifstream f(dir + "/samples.png", std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
 
 // A class-conditional field with a closed form: class c (and the null label) stands for data N(mu_c, s^2 I), whose
 // OT marginal field is v_c(t, x) = mu_c + k(t) (x - t mu_c), k(t) = (t s^2 - (1-t)) / ((1-t)^2 + t^2 s^2); it carries
@@ -243,6 +251,32 @@ TEST(Sample, SecondRunIntoOutIsRefusedUnlessOverwrite) {
   std::ofstream(d / "t/shards/settings.json") << "{}";
   o = options(ckpt, d / "t", 100);
   EXPECT_EQ(fm::run_sampling(o).n, 300);
+}
+
+// fm sample into a training run's directory would replace the training's samples.png: refused unless --overwrite.
+// And while another fm holds --out, a second one is refused naming it.
+TEST(Sample, AnOutThatHoldsOtherFiguresOrIsInUseIsRefused) {
+  TempDir d;
+  auto ckpt = tiny_toy_checkpoint(d);  // trained into d/run, which holds its samples.png
+  const auto run_dir = std::filesystem::path(ckpt).parent_path().parent_path().string();
+  const auto before = samples_png_bytes(run_dir);
+  auto o = options(ckpt, run_dir, 100);
+  auto msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_NE(msg.find("samples.png"), std::string::npos) << msg;
+  o.resume = true;
+  msg = input_error([&] { fm::run_sampling(o); });
+  EXPECT_NE(msg.find("samples.png without samples.npz"), std::string::npos) << msg;
+  EXPECT_EQ(samples_png_bytes(run_dir), before);
+  {
+    fm::RunLock held(fm::RunLock::in_dir(d / "busy"), "a test");
+    auto r = fm::test::run(fm::test::fm_cmd("sample --checkpoint " + ckpt + " -n 10 --out " + d / "busy"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("in use by another fm (pid " + std::to_string(::getpid()) + " on host "),
+              std::string::npos)
+        << r.output;
+  }
+  auto r = fm::test::run(fm::test::fm_cmd("sample --checkpoint " + ckpt + " -n 10 --out " + d / "busy"));
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 // The solver comes from the checkpoint's sample section unless given.

@@ -35,7 +35,8 @@ void add_fid_commands(CLI::App& app) {
     auto* cmd = app.add_subcommand("fid-features", "FID Inception statistics (mu, sigma) of a set of images");
     cmd->footer(
         "Several GPUs or nodes: `torchrun --no-python --nproc-per-node N fm fid-features ...` (or srun) splits the\n"
-        "batches over the processes; rank 0 writes the statistics, the bytes one process writes.");
+        "batches over the processes; rank 0 writes the statistics, the bytes one process writes. SIGTERM, SIGUSR1 or\n"
+        "SIGINT stops it after the batches in flight with exit 75, keeping the finished ones: run again with --resume.");
     auto o = std::make_shared<FidFeaturesOptions>();
     cmd->add_option("--weights", o->weights, kWeightsHelp)->required();
     cmd->add_option("--images", o->images,
@@ -47,6 +48,10 @@ void add_fid_commands(CLI::App& app) {
                     "statistics .npz to write (mu, sigma as pytorch-fid; n), and beside it a .json of their provenance")
         ->required();
     cmd->add_option("--save-features", o->save_features, "also write every image's 2048 features (.npy, float32)");
+    auto* resume = cmd->add_flag("--resume", o->resume,
+                                 "continue a stopped run with the same settings from the features it finished "
+                                 "(kept in OUT.shards/ while it runs)");
+    cmd->add_flag("--overwrite", o->overwrite, "discard the finished features of a stopped run")->excludes(resume);
     add_image_options(cmd, o->images_options);
     cmd->callback([o] {
       // Under torchrun or srun: cuda:LOCAL_RANK.

@@ -19,6 +19,7 @@
 #include "dist/shard_dir.h"
 #include "io/file_util.h"
 #include "io/provenance.h"
+#include "io/run_lock.h"
 #include "sample/sample_run.h"
 #include "util/device.h"
 #include "util/error.h"
@@ -230,8 +231,16 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
     j["skipped"].push_back(what + ": " + why);
   };
 
-  // Every output is checked before any work: --out, and the samples of every setting.
-  if (!o.out.empty()) prepare_output_file(o.out, "--out");
+  // Every output is checked, and held for this run, before any work: --out, and the samples of every setting.
+  std::unique_ptr<RunLock> samples_lock, out_lock;
+  if (o.num_samples > 0) {
+    prepare_output_dir(o.samples_dir, "--samples-dir");
+    samples_lock = std::make_unique<RunLock>(RunLock::in_dir(o.samples_dir), "--samples-dir " + o.samples_dir);
+  }
+  if (!o.out.empty()) {
+    prepare_output_file(o.out, "--out");
+    out_lock = std::make_unique<RunLock>(o.out + ".lock", "--out " + o.out);
+  }
   auto rows = earlier_rows(o, settings);
   std::unique_ptr<FidInputs> fid;
   if (o.num_samples == 0) {

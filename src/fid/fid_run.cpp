@@ -14,6 +14,7 @@
 #include "io/provenance.h"
 #include "util/device.h"
 #include "util/error.h"
+#include "util/preemption.h"
 
 namespace fm {
 namespace {
@@ -70,6 +71,13 @@ DataConfig images_for_features(const std::string& images, const std::string& che
   return data.config;
 }
 
+// The option a stored setting of fid-features comes from, for the message that refuses a resume.
+std::string features_option_of(const std::string& key) {
+  if (key.rfind("weights", 0) == 0) return "--weights";
+  if (key == "n") return "--images";
+  return "--" + key;
+}
+
 }  // namespace
 
 std::string provenance_path(const std::string& stats_path) {
@@ -86,6 +94,7 @@ FidStats image_stats(FidInception& net, const DataConfig& spec, const FidImageOp
 }
 
 FidFeaturesResult run_fid_features(const FidFeaturesOptions& o, dist::World& world) {
+  install_stop_handlers();
   const auto device = resolve_device(o.images_options.device);
   auto spec = images_for_features(o.images, o.checkpoint, o.images_options.split);
   FidFeaturesResult r;
@@ -94,12 +103,23 @@ FidFeaturesResult run_fid_features(const FidFeaturesOptions& o, dist::World& wor
   prepare_output_file(o.out, "--out");
   prepare_output_file(r.record, "--out (provenance record)");
   if (!o.save_features.empty()) prepare_output_file(o.save_features, "--save-features");
+  dist::ShardDir shards(o.out + ".shards");
+  shards.check_usable(o.resume, o.overwrite);
   auto net = load_fid_inception(o.weights, device);  // a bad weights file fails before a long data load
   auto ds = load_images(spec, o.images_options);
+  // What decides the features: a resume must have the same.
+  nlohmann::json settings = {{"images", data_spec(spec)},
+                             {"split", name_of(o.images_options.split)},
+                             {"limit", o.images_options.limit},
+                             {"batch", o.images_options.batch},
+                             {"n", ds.size()}};
+  record_file(settings, "weights", o.weights);
+  shards.prepare(o.resume, settings, {"weights"}, features_option_of, world);
   FeatureOptions fo;
   fo.batch = o.images_options.batch;
   fo.keep_features = !o.save_features.empty();
   fo.world = &world;
+  fo.shards = &shards;
   auto f = compute_fid_features(net, ds.images, fo);
   r.stats = f.stats;
   r.seconds = f.seconds;
@@ -114,10 +134,12 @@ FidFeaturesResult run_fid_features(const FidFeaturesOptions& o, dist::World& wor
   record_file(record, "weights", o.weights);
   record_software(record, device);
   write_file_atomic(r.record, record.dump(2) + "\n");
+  shards.remove();
   return r;
 }
 
 FidResult run_fid(const FidOptions& o, dist::World& world) {
+  install_stop_handlers();
   FidSource sa = classify(o.a), sb = classify(o.b);
   std::optional<FidInception> net;
   auto stats_of = [&](FidSource& s, const std::string& arg) {

@@ -26,6 +26,9 @@ struct FidFeaturesOptions {
   std::string out;            // statistics .npz; its provenance goes beside it (.json)
   std::string save_features;  // also every image's 2048 features (.npy, float32); "" = not
   FidImageOptions images_options;
+  // The features of finished batches are kept in <out>.shards/ while the run goes on, so that a stopped run continues
+  // with `resume`; `overwrite` discards those of an earlier run.
+  bool resume = false, overwrite = false;
 };
 
 struct FidFeaturesResult {
@@ -35,7 +38,8 @@ struct FidFeaturesResult {
   std::string device;
 };
 
-// Rank 0 writes the outputs; every output is checked before the features are computed.
+// Rank 0 writes the outputs; every output is checked before the features are computed. A signal stops every rank
+// after the same round of batches (StopRequested), keeping the finished batches' features.
 FidFeaturesResult run_fid_features(const FidFeaturesOptions& o, dist::World& world);
 
 struct FidOptions {
@@ -49,6 +53,7 @@ struct FidResult {
   int64_t n_a = -1, n_b = -1;  // images behind each side; -1 where a statistics file does not say
 };
 
+// A signal stops every rank after the same round of batches (StopRequested); nothing is kept.
 FidResult run_fid(const FidOptions& o, dist::World& world);
 
 // The statistics of the images a data spec names (npz:FILE for samples), over the ranks of `world`.

@@ -101,6 +101,8 @@ FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& image
   run.outputs = {"features"};
   run.label = "fid features";
   run.progress = opt.progress;
+  run.shards = opt.shards;
+  if (opt.shards) run.on_stop = "the features finished so far stay in " + opt.shards->dir() + "; continue with --resume";
   run.progress_every = opt.batch * std::max<int64_t>(1, (n / opt.batch) / 20);  // about 20 lines in a log file
   dist::run_over_ranks(w, run, body, sink);
   FeatureResult r;

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "dist/shard_dir.h"
 #include "dist/world.h"
 #include "fid/inception.h"
 
@@ -35,6 +36,7 @@ struct FeatureOptions {
   bool progress = true;       // a progress line on stderr
   bool keep_features = false; // also return every feature row (float32 [N, 2048], CPU; on rank 0 only)
   dist::World* world = nullptr;  // split the batches over these ranks, each returning the same stats (nullptr: alone)
+  dist::ShardDir* shards = nullptr;  // keep each batch's features here and reuse them on resume (nullptr: none)
 };
 
 struct FeatureResult {

@@ -9,6 +9,7 @@
 
 #include "checkpoint/network.h"
 #include "data/toy2d.h"
+#include "dist/output_lock.h"
 #include "dist/rank_runner.h"
 #include "io/file_util.h"
 #include "io/image.h"
@@ -162,20 +163,27 @@ void check_sample_out(const SampleOptions& o) {
   if (o.n < 1) throw InputError("--num-samples: must be >= 1");
   if (o.batch < 1) throw InputError("--batch: must be >= 1");
   if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
+  prepare_output_dir(o.out_dir, "--out");
   dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
-  if (fs::exists(o.out_dir + "/samples.npz") && !o.overwrite && !o.resume)
-    throw InputError(o.out_dir + ": holds samples.npz of an earlier run; pass --resume to keep it if it has these "
-                     "settings, --overwrite to replace it, or choose another --out");
+  for (const char* name : {"samples.npz", "samples.png", "samples.json"})
+    if (fs::exists(o.out_dir + "/" + name) && !o.overwrite && !o.resume)
+      throw InputError("--out " + o.out_dir + ": holds the " + name + " of an earlier run (of fm sample, or of fm train "
+                       "in a run directory); pass --resume to keep a finished fm sample run of these settings, "
+                       "--overwrite to replace it, or choose another --out");
 }
 
 namespace {
 
 // The summary of a finished run whose samples.json records these settings (nullopt when there is none to reuse).
 std::optional<SampleSummary> finished_run(const SampleSummary& paths, const nlohmann::json& settings) {
-  if (!fs::exists(paths.npz)) return std::nullopt;
-  if (!fs::exists(paths.json))
-    throw InputError(paths.npz + ": has no samples.json beside it, so its settings cannot be checked; start afresh "
-                     "with --overwrite");
+  const bool npz = fs::exists(paths.npz), json = fs::exists(paths.json);
+  if (!npz && !json && !fs::exists(paths.png)) return std::nullopt;
+  if (!npz || !json)
+    throw InputError(std::filesystem::path(paths.npz).parent_path().string() + ": holds " +
+                     (npz ? "samples.npz without samples.json" : json ? "samples.json without samples.npz"
+                                                                      : "samples.png without samples.npz") +
+                     ", not a finished fm sample run whose settings can be checked; pass --overwrite to replace it or "
+                     "choose another --out");
   nlohmann::json record;
   try {
     std::ifstream(paths.json) >> record;
@@ -201,6 +209,7 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   // The output directory's state is checked before the checkpoint is read: a run never starts only to find it
   // would overwrite an earlier one.
   check_sample_out(o);
+  const auto lock = dist::lock_output_dir(w, o.out_dir, "--out");
   dist::ShardDir shards(o.out_dir + "/shards");
   SampleSummary sum;
   sum.npz = o.out_dir + "/samples.npz";
