@@ -9,5 +9,5 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fm::fuzz::write_scratch("test_batch.bin", data, size);
-  return fm::fuzz::run_reader([&] { fm::read_cifar10(fm::fuzz::scratch_dir(), "test"); });
+  return fm::fuzz::run_reader([&] { fm::read_cifar10(fm::fuzz::scratch_dir(), fm::Split::test); });
 }
