@@ -410,7 +410,7 @@ UNetConfig torchcfm_cifar10() {  // torchcfm examples/images/cifar10/train_cifar
 
 TEST(TorchcfmNames, CifarRecipeHasTorchcfmsParameterCountAndLayout) {
   auto net = make_unet_velocity(torchcfm_cifar10(), {3, 32, 32});
-  auto state = to_torchcfm_state(*net);
+  auto state = to_torchcfm_state(*net, /*null_label=*/false);
   int64_t count = 0;
   std::set<std::string> names;
   for (const auto& [name, t] : state) {
@@ -468,7 +468,11 @@ void expect_export_runs_in_torchcfm(const TempDir& dir) {
   std::vector<std::pair<std::string, torch::Tensor>> io = {{"x", x}, {"t", t}};
   torch::Tensor y;
   if (net->num_classes() > 0) {
-    y = torch::tensor({int64_t{0}, net->num_classes() - 1, int64_t{1}}, torch::kLong);
+    // The last label is the null label (classifier-free guidance's unconditional model) where the export keeps it.
+    const bool null_label = keeps_null_label(ck.config().model.unet);
+    y = torch::tensor({int64_t{0}, net->num_classes() - (null_label ? 0 : 1), int64_t{1}}, torch::kLong);
+    const auto meta = read_safetensors(dir / "model.safetensors").metadata;
+    EXPECT_EQ(meta.count("fm_null_label") ? meta.at("fm_null_label") : "", null_label ? std::to_string(net->num_classes()) : "");
     io.emplace_back("y", y);
   }
   write_npz(dir / "io.npz", io);
@@ -493,7 +497,10 @@ TEST(Export, UNetLoadsIntoTorchcfmWithTheSameOutputs) {
       {"class_conditional",
        {{"model_channels", 32}, {"num_res_blocks", 1}, {"channel_mult", {1, 1, 2}}, {"attention_resolutions", {8}},
         {"num_heads", 2}, {"num_head_channels", -1}, {"use_scale_shift_norm", true}, {"resblock_updown", true},
-        {"num_classes", 4}}}};
+        {"num_classes", 4}}},
+      {"class_conditional_without_label_dropout",
+       {{"model_channels", 32}, {"num_res_blocks", 1}, {"channel_mult", {1, 2}}, {"attention_resolutions", {8}},
+        {"num_heads", 2}, {"num_head_channels", -1}, {"num_classes", 4}, {"class_dropout", 0.0}}}};
   for (const auto& k : cases) {
     SCOPED_TRACE(k.name);
     TempDir dir("export");
@@ -528,12 +535,7 @@ TEST(Export, ShapesDemoUNetWithoutAttentionLevelsRoundTrips) {
   auto got_params = got->named_parameters();
   for (const auto& p : want->named_parameters()) {
     auto w = p.value(), g = got_params[p.key()];
-    if (p.key() == "label_emb.weight") {  // torchcfm has no null-label row: it comes back zero, as fm starts it
-      EXPECT_TRUE(torch::equal(g[-1], torch::zeros_like(g[-1])));
-      w = w.narrow(0, 0, w.size(0) - 1);
-      g = g.narrow(0, 0, g.size(0) - 1);
-    }
-    EXPECT_TRUE(torch::equal(w, g)) << p.key();
+    EXPECT_TRUE(torch::equal(w, g)) << p.key();  // the demo trains with label dropout: the null label's row too
   }
 }
 

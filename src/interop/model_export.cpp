@@ -23,7 +23,8 @@ ExportResult export_safetensors(const ExportOptions& o) {
   ExportResult r;
   if (cfg.model.type == ModelType::unet) {
     st.metadata["torchcfm_unet_wrapper"] = torchcfm_wrapper_kwargs(cfg.model.unet, ck.sample_shape()).dump();
-    st.tensors = to_torchcfm_state(*model);
+    st.tensors = to_torchcfm_state(*model, keeps_null_label(cfg.model.unet));
+    if (keeps_null_label(cfg.model.unet)) st.metadata["fm_null_label"] = std::to_string(cfg.model.unet.num_classes);
     r.names = "torchcfm";
   } else {
     for (const auto& p : model->named_parameters()) st.tensors.emplace_back(p.key(), p.value().detach());

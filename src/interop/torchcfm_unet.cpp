@@ -77,13 +77,15 @@ std::vector<std::pair<std::string, std::string>> torchcfm_names(const torch::nn:
   return out;
 }
 
-std::vector<std::pair<std::string, torch::Tensor>> to_torchcfm_state(const torch::nn::Module& unet) {
+bool keeps_null_label(const UNetConfig& cfg) { return cfg.num_classes > 0 && cfg.class_dropout > 0; }
+
+std::vector<std::pair<std::string, torch::Tensor>> to_torchcfm_state(const torch::nn::Module& unet, bool null_label) {
   auto params = unet.named_parameters();
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& [fm_name, cfm_name] : torchcfm_names(unet)) {
     auto v = params[fm_name].detach();
     if (is_attention_proj(fm_name)) v = v.squeeze(-1);                   // conv2d [O, I, 1, 1] -> conv1d [O, I, 1]
-    if (fm_name == "label_emb.weight") v = v.narrow(0, 0, v.size(0) - 1);  // drop the null-label row
+    if (fm_name == "label_emb.weight" && !null_label) v = v.narrow(0, 0, v.size(0) - 1);
     out.emplace_back(cfm_name, v);
   }
   return out;
@@ -125,7 +127,7 @@ nlohmann::json torchcfm_wrapper_kwargs(const UNetConfig& cfg, const std::vector<
                        {"resblock_updown", cfg.resblock_updown},
                        {"dropout", cfg.dropout},
                        {"class_cond", cfg.num_classes > 0}};
-  if (cfg.num_classes > 0) kw["num_classes"] = cfg.num_classes;
+  if (cfg.num_classes > 0) kw["num_classes"] = cfg.num_classes + (keeps_null_label(cfg) ? 1 : 0);
   return kw;
 }
 
