@@ -8,6 +8,15 @@
 
 namespace fm {
 
+namespace {
+
+// The network's output in at least float32 for the loss: a bf16 forward pass (autocast) is promoted, float64 kept.
+torch::Tensor at_least_float32(const torch::Tensor& out) {
+  return out.to(c10::promoteTypes(out.scalar_type(), torch::kFloat32));
+}
+
+}  // namespace
+
 CfmObjective::CfmObjective(const PathConfig& path_cfg, const TimeConfig& time, Target target, const ProbPath& path,
                            const Conditioning& cond)
     : path_cfg_(path_cfg), time_(time), target_(target), path_(path), cond_(cond) {
@@ -40,15 +49,20 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, Row
     auto drop = torch::rand({n}, batch.x.options()) < cond_.class_dropout;
     labels = torch::where(drop, torch::full_like(labels, cond_.num_classes), labels);
   }
+  record("x0", p.x0);
+  record("x1", p.x1);
+  record("t", t);
+  record("labels", labels);
   if (path_cfg_.coupling == Coupling::sb) {
     auto noise = bridge_noise(path_cfg_.sb_sigma, broadcast_time(t, ps.x_t));
     auto eps = torch::randn_like(ps.x_t);
+    record("eps", eps);
     auto x_in = ps.x_t + noise.std * eps;
     auto target = ps.u_t + noise.d_std * eps;
-    auto out = predict(mine(t), mine(x_in), mine(labels)).to(torch::kFloat32);
+    auto out = at_least_float32(predict(mine(t), mine(x_in), mine(labels)));
     return torch::mse_loss(out, mine(target));
   }
-  auto out = predict(mine(t), mine(ps.x_t), mine(labels)).to(torch::kFloat32);
+  auto out = at_least_float32(predict(mine(t), mine(ps.x_t), mine(labels)));
   return target_loss(target_, path_, out, mine(p.x0), mine(p.x1), mine(t), PathSample{mine(ps.x_t), mine(ps.u_t)});
 }
 

@@ -2,6 +2,8 @@
 // Conditional flow matching (Lipman et al. 2022, eq. 9 and its generalisations): draw noise x0, pair it with the
 // batch's data (path.coupling), draw times (time.sampler), sample the path (plus SB's bridge noise), drop class labels
 // for classifier-free guidance, run the network and compare its output with model.target's target.
+// Draws it records (Objective::record_draws): "x0" and "x1" (the noise and data as paired), "t", "labels" (after the
+// dropout to the null label; absent without labels) and, for the SB coupling, "eps" (the bridge noise's direction).
 #include "train/objective.h"
 
 #include "path/target.h"

@@ -20,7 +20,8 @@ void Ema::update(const torch::Tensor& found_inf) {
   torch::NoGradGuard ng;
   // _foreach_lerp_ takes a device weight only as one tensor per parameter: the same 0-dim tensor, broadcast. One fused
   // pass over the weights, where ema += w * (model - ema) would take three.
-  auto w = (1.0 - found_inf) * (1.0 - decay_);
+  // In the weights' dtype: a float64 average takes 1 - decay unrounded.
+  auto w = (1.0 - found_inf.to(ema_params_.front().scalar_type())) * (1.0 - decay_);
   at::_foreach_lerp_(ema_params_, model_params_, std::vector<torch::Tensor>(ema_params_.size(), w));
   for (size_t i = 0; i < ema_buffers_.size(); ++i) ema_buffers_[i].copy_(model_buffers_[i]);
 }

@@ -8,7 +8,9 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
   if (grads.empty()) return torch::zeros({}, params.empty() ? torch::TensorOptions() : params[0].options());
-  auto total = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat32).norm();
+  // In the gradients' dtype, at least float32, as torch.nn.utils.clip_grad_norm_ computes it.
+  auto norms = torch::stack(at::_foreach_norm(grads, 2));
+  auto total = norms.to(c10::promoteTypes(norms.scalar_type(), torch::kFloat32)).norm();
   if (max_norm > 0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
   return total;
 }

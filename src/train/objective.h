@@ -4,6 +4,7 @@
 // Noise at t=0, data at t=1.
 #include <functional>
 #include <memory>
+#include <string>
 
 #include <torch/torch.h>
 
@@ -23,6 +24,11 @@ struct RowShard {
   int64_t count = 1;
 };
 
+// Receives the random draws an objective made for one step, by name (each objective's header lists its names), whole
+// global batches before any shard is taken: what a reference implementation needs to replay the step. Training sets
+// none.
+using DrawSink = std::function<void(const std::string& name, const torch::Tensor& value)>;
+
 class Objective {
  public:
   virtual ~Objective() = default;
@@ -34,6 +40,15 @@ class Objective {
   // Whether a step's loss needs host work or data-dependent sampling (a coupling that solves on the host), which a
   // CUDA graph cannot capture.
   virtual bool needs_host() const = 0;
+  void record_draws(DrawSink sink) { sink_ = std::move(sink); }
+
+ protected:
+  void record(const char* name, const torch::Tensor& value) const {
+    if (sink_ && value.defined()) sink_(name, value.detach());
+  }
+
+ private:
+  DrawSink sink_;
 };
 
 // The objective `cfg` trains, on `path`, for a network conditioned as `cond`; throws InputError naming the key when
