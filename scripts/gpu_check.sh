@@ -33,6 +33,7 @@ done
 # last line of output goes into the summary, and any NAME.md it writes to FM_HOOK_OUT is copied to the output folder.
 # Adding a check is one line here.
 HOOKS=(
+  "equivalence|scripts/equivalence_check.sh"
   "bench|scripts/bench.sh|200"
   "nccl|scripts/nccl_check.sh"
 )
@@ -42,7 +43,7 @@ if [ "$DRY" = 1 ]; then
   DEVICE=cpu
   BUILD=build-gpu
   PY=${FM_PYTHON:-$ROOT/.venv/bin/python}
-  [ "$TESTS" = __default__ ] && TESTS='TestDevice|CudaParity|Cli\.|UNet(Shape|Init|Layout)|Solver\.|Path\.|Sample\.|Likelihood(Gaussian|ZeroField)|Data(LoadDataset|BatchSampler)|Train\.(Ema|Resume|TinyUNet)|FidCli'
+  [ "$TESTS" = __default__ ] && TESTS='TestDevice|CudaParity|TrainEquivalence|Cli\.|UNet(Shape|Init|Layout)|Solver\.|Path\.|Sample\.|Likelihood(Gaussian|ZeroField)|Data(LoadDataset|BatchSampler)|Train\.(Ema|Resume|TinyUNet)|FidCli'
   DEMO_STEPS=100
   TEST_LIMIT=900
   DEMO_LIMIT=600
@@ -151,7 +152,24 @@ if [ "$build_ok" = 0 ]; then
 fi
 FM=$ROOT/$BUILD/fm
 
-# ---- 2. fm --version -------------------------------------------------------------------------------------------------
+# ---- 2. the Python references ---------------------------------------------------------------------------------------
+# torchcfm, pytorch-fid and clean-fid, which the reference tests and the benchmark compare with, come as wheels staged
+# beside the Debian packages (.stage/wheels) and go into a scratch folder on the Python path.
+t0=$(date +%s)
+if ls .stage/wheels/*.whl > /dev/null 2>&1; then
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+       .stage/wheels/*.whl > "$LOGS/wheels.log" 2>&1; then
+    export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
+    found=$("$PY" -c 'import importlib.util as u; print(" ".join(m for m in ("torchcfm", "pytorch_fid", "cleanfid") if u.find_spec(m)))')
+    row references PASS $(( $(date +%s) - t0 )) "$(ls .stage/wheels | paste -sd' ' -); importable: $found"
+  else
+    row references FAIL $(( $(date +%s) - t0 )) "pip install of .stage/wheels failed: $(tail -1 "$LOGS/wheels.log" | cut -c1-160)"
+  fi
+else
+  row references SKIP 0 ".stage/wheels is missing (third_party/stage_deps.sh stages it): reference tests will skip"
+fi
+
+# ---- 3. fm --version -------------------------------------------------------------------------------------------------
 "$FM" --version > "$LOGS/version.txt" 2>&1
 cat "$LOGS/version.txt" >&2
 gpus=$(grep -E '^  cuda:' "$LOGS/version.txt" | sed 's/^  //' | paste -sd';' -)
@@ -161,7 +179,7 @@ else
   row version PASS 0 "$(sed -n 2p "$LOGS/version.txt"); ${gpus:-no GPU}"
 fi
 
-# ---- 3. the test suite ----------------------------------------------------------------------------------------------
+# ---- 4. the test suite ----------------------------------------------------------------------------------------------
 say "tests on $DEVICE${TESTS:+ (subset: $TESTS)}"
 t0=$(date +%s)
 CTEST_ARGS=(--test-dir "$BUILD" --output-on-failure -j "$JOBS" --timeout 300)
@@ -175,7 +193,7 @@ failed=$(sed -n '/The following tests FAILED/,$p' "$LOGS/tests.log" | grep -E '^
 row tests "$([ $rc = 0 ] && echo PASS || echo FAIL)" $(( $(date +%s) - t0 )) \
   "${line:-no ctest summary (rc $rc$([ $rc = 124 ] && echo ", stopped after $TEST_LIMIT s"))}; $skipped skipped${failed:+; failed: $failed}${TESTS:+; subset: $TESTS}"
 
-# ---- 4. the shapes demo ---------------------------------------------------------------------------------------------
+# ---- 5. the shapes demo ---------------------------------------------------------------------------------------------
 say "shapes demo on $DEVICE"
 t0=$(date +%s)
 DEMO_ARGS=(train --config configs/shapes_cpu.json --device "$DEVICE" --out "$WORK/shapes")
@@ -199,7 +217,7 @@ else
   row demo FAIL $sec "fm train exited $rc: $(grep -m1 'error' "$LOGS/demo.log" | cut -c1-160)"
 fi
 
-# ---- 5. hooks of later issues ---------------------------------------------------------------------------------------
+# ---- 6. hooks of later issues ---------------------------------------------------------------------------------------
 for h in "${HOOKS[@]}"; do
   name=${h%%|*}
   script=${h#*|}
@@ -225,7 +243,7 @@ for h in "${HOOKS[@]}"; do
   esac
 done
 
-# ---- 6. summary -----------------------------------------------------------------------------------------------------
+# ---- 7. summary -----------------------------------------------------------------------------------------------------
 publish
 rm -rf "$LOGS"
 echo

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stages the Debian packages fm builds against (headers, CMake files, libraries) into one folder, by default .stage/,
-# for a machine that has a compiler, CMake and torch but no package registry (the GPU machine of scripts/gpu_check.sh).
+# for a machine that has a compiler, CMake and torch but no package registry (the GPU machine of scripts/gpu_check.sh),
+# and, in DIR/wheels/, the pure-Python reference packages the tests and the benchmark compare with that such a machine
+# lacks (scripts/gpu_check.sh installs them into a scratch folder there).
 # The folder is ignored by git and travels with the working tree; CMake uses it, and nothing from /usr for these
 # libraries, when configured with -DFM_STAGED_DEPS=.stage.
 #
@@ -25,6 +27,11 @@ PKGS=(
   protobuf-compiler libprotoc32   # protoc, run at build time (with LD_LIBRARY_PATH on the stage)
   libgloo-dev                     # gloo headers for c10d's ProcessGroupGloo (its symbols are in libtorch)
 )
+
+# The Python references, pinned to the versions scripts/setup.sh installs; pure Python (py3-none-any), their own
+# dependencies (torch, numpy, scipy, pillow, requests) are on the GPU machine already. torchcfm's POT import is not
+# needed: the tests load only its U-Net and flow matchers.
+WHEELS=(torchcfm==1.0.7 pytorch-fid==0.3.0 clean-fid==0.1.35)
 
 OUT=.stage
 if [ "${1:-}" = --out ]; then OUT=$2; shift 2; fi
@@ -72,4 +79,8 @@ while IFS= read -r link; do
 done < <(find "$OUT" -type l)
 rm -rf "$OUT/usr/share/doc" "$OUT/usr/share/man" "$OUT/usr/share/lintian"
 find "$OUT" -xtype l -delete  # e.g. usr/src/gtest, into the GoogleTest sources, which are not staged
+PY=${FM_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d "$OUT/wheels" "${WHEELS[@]}" ||
+  { echo "stage_deps.sh: cannot download the wheels ${WHEELS[*]} (no network?)" >&2; exit 1; }
+for w in "$OUT"/wheels/*.whl; do echo "wheel $(basename "$w")" >> "$OUT/MANIFEST"; done
 log "staged ${#PKGS[@]} packages into $OUT ($(du -sh "$OUT" | cut -f1)); see $OUT/MANIFEST"
