@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include <functional>
+
 #include <spdlog/spdlog.h>
 
 #include "checkpoint/checkpointer.h"
@@ -106,10 +108,13 @@ bool cuda_graph_allowed(const TrainConfig& train, const dist::World& world) {
 
 // Reads the guard at `step`. A run of train.max_nonfinite_steps skipped steps ends the training: the checkpoints
 // written since it began (none, as no checkpoint is written while skips go on) are set aside, and the error names the
-// newest one before it. Returns the skipped steps in a row ending at `step` (0: the step was taken).
-int64_t check_guard(NonFiniteGuard& guard, Checkpointer& checkpointer, int64_t step) {
+// newest one before it, after `flush_metrics` has recorded the skips. Returns the skipped steps in a row ending at
+// `step` (0: the step was taken).
+int64_t check_guard(NonFiniteGuard& guard, Checkpointer& checkpointer, int64_t step,
+                    const std::function<void()>& flush_metrics) {
   const auto r = guard.read(step);
   if (!r.too_long) return r.current;
+  flush_metrics();
   const SkippedRun run = *r.too_long;
   checkpointer.set_aside_from(run.first);
   const std::string from = checkpointer.latest().empty()
@@ -182,9 +187,15 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   Reporter reporter(out, world, device, cfg.train, step, resumed);
   RunFigures figures(cfg, data, *setup.ema_model, out, device);
   const DataIdentity data_id{data.name, data.size(), data.num_classes};
+  // The guard's reading at step `s`; a stop it calls for first writes the metrics of the steps since the last report.
+  auto read_guard = [&](int64_t s) {
+    return check_guard(setup.guard, checkpointer, s, [&] {
+      if (!reporter.due(s)) reporter.report(s, setup.params, setup.guard);
+    });
+  };
   // A checkpoint of a step taken: while skips go on, the newest checkpoint stays the one before them.
   auto checkpoint = [&](int64_t s) {
-    if (const int64_t skipping = check_guard(setup.guard, checkpointer, s)) {
+    if (const int64_t skipping = read_guard(s)) {
       spdlog::warn("no checkpoint at step {}: its last {} steps were skipped (non-finite); the newest stays {}", s,
                    skipping, checkpointer.latest().empty() ? "none" : checkpointer.latest());
       return;
@@ -209,7 +220,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     if (checkpointer.due(step, last_step))
       checkpoint(step);
     else if (reporter.due(step) || setup.guard.due(step))
-      check_guard(setup.guard, checkpointer, step);
+      read_guard(step);
     if (world.is_main() && figures.grid_due(step))
       reporter.off_the_clock([&] { reporter.image("samples", figures.grid(step), step); });
 
