@@ -519,20 +519,6 @@ TEST(DistTrain, WithDropoutTheRanksStayEqual) {
   EXPECT_EQ(metrics_of(d / "two").size(), 4u);
 }
 
-// A free TCP port on loopback (bound, read, released).
-int free_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  ::close(s);
-  return port;
-}
-
 // Two ranks started by hand as srun would (no agent that could end the survivor first): once training runs, rank 1
 // gets `sig`; rank 0 must end on its own with a clear error within dist.timeout_s (5 s). Prints rank 0's exit status
 // and the seconds it took after the signal. On CUDA both ranks may share one GPU: NCCL refuses two ranks on one GPU of
@@ -540,7 +526,7 @@ int free_port() {
 RunResult lose_rank_one(const TempDir& d, const std::string& sig, const std::string& device = "cpu") {
   auto cfg = write_tiny_config(d, 100000);
   const std::string env = "SLURM_NTASKS=2 SLURM_STEP_ID=0 SLURM_JOB_ID=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-                          std::to_string(free_port()) + " OMP_NUM_THREADS=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1";
+                          std::to_string(free_loopback_port()) + " OMP_NUM_THREADS=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1";
   const std::string train = fm_binary() + " train --config " + cfg + " --device " + device + " --out " + d / "run";
   std::string script = "cd " + d.str() + "; " + env + " SLURM_PROCID=0 SLURM_LOCALID=0 NCCL_HOSTID=fm-test-rank0 " +
                        train + " > r0.log 2>&1 & p0=$!; " + env +
@@ -606,13 +592,8 @@ TEST(DistTrain, ASignalOnOneRankStopsAllAtOneStepWithOneCheckpoint) {
                        "wait $tr; echo \"torchrun exit $?\"; cat tr.log";
   auto r = run("bash -c '" + script + "'");
   // Both ranks leave with 75 (torchrun itself reports the failure of its workers with exit 1).
-  size_t n75 = 0;
-  for (size_t at = 0; (at = r.output.find("exitcode  : 75", at)) != std::string::npos; ++at) ++n75;
-  size_t stopped = 0;
-  for (size_t at = 0; (at = r.output.find("stopped by signal 15 with its state saved", at)) != std::string::npos; ++at)
-    ++stopped;
-  EXPECT_EQ(stopped, 2u) << r.output;
-  EXPECT_EQ(n75, 2u) << r.output;
+  EXPECT_EQ(occurrences(r.output, "stopped by signal 15 with its state saved"), 2u) << r.output;
+  EXPECT_EQ(occurrences(r.output, "exitcode  : 75"), 2u) << r.output;
   // One checkpoint, of the step both stopped at; the metrics end there too.
   auto cks = list_checkpoints(d / "run/checkpoints");
   ASSERT_EQ(cks.size(), 1u) << r.output;
@@ -633,9 +614,7 @@ TEST(DistTrain, CtrlCUnderTorchrunStopsWithOneCheckpoint) {
                        "for i in $(seq 600); do [ -s run/metrics.jsonl ] && break; sleep 0.1; done; " +
                        "kill -INT -$tr; wait $tr; echo \"torchrun exit $?\"; cat tr.log";
   auto r = run("bash -c '" + script + "'");
-  size_t saved = 0;
-  for (size_t at = 0; (at = r.output.find("with its state saved", at)) != std::string::npos; ++at) ++saved;
-  EXPECT_EQ(saved, 2u) << r.output;
+  EXPECT_EQ(occurrences(r.output, "with its state saved"), 2u) << r.output;
   auto cks = list_checkpoints(d / "run/checkpoints");
   ASSERT_EQ(cks.size(), 1u) << r.output;
   auto m = metrics_of(d / "run");

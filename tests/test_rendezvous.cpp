@@ -23,19 +23,6 @@
 namespace fm::test::rendezvous {
 namespace {
 
-// A TCP port nothing listens on now (bound on 127.0.0.1, read, released).
-int unused_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 // A socket bound to addr:port (IPv4), listening or only connecting; -1 when that fails.
 int ipv4_socket(const std::string& addr, int port, bool listen) {
   int s = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -82,7 +69,7 @@ std::string serving_error(const dist::LaunchEnv& env) {
 TEST(RendezvousStore, ListensOnTheMasterAddressOnly) {
   // 127.0.0.2 and 127.0.0.1 are two addresses of Linux's loopback interface: a store bound to the first must not
   // answer on the second, as a store on a cluster node's job network must not answer on its other networks.
-  const int port = unused_port();
+  const int port = free_loopback_port();
   auto w = dist::make_process_group_world(rank_zero_at("127.0.0.2", port), torch::kCPU, std::chrono::seconds(10),
                                           "token");
   EXPECT_TRUE(accepts_connections("127.0.0.2", port));
@@ -92,19 +79,19 @@ TEST(RendezvousStore, ListensOnTheMasterAddressOnly) {
 
 TEST(RendezvousStore, AnAddressRankZeroCannotServeIsAnInputErrorNamingIt) {
   // Not an address of this host (TEST-NET-1, reserved for documentation).
-  std::string e = serving_error(rank_zero_at("192.0.2.1", unused_port()));
+  std::string e = serving_error(rank_zero_at("192.0.2.1", free_loopback_port()));
   EXPECT_NE(e.find("MASTER_ADDR=\"192.0.2.1\""), std::string::npos) << e;
   EXPECT_NE(e.find("not an address of rank 0's host"), std::string::npos) << e;
 
   // Loopback, while ranks on other nodes would have to reach it.
-  dist::LaunchEnv multi = rank_zero_at("127.0.0.1", unused_port());
+  dist::LaunchEnv multi = rank_zero_at("127.0.0.1", free_loopback_port());
   multi.multi_node = true;
   e = serving_error(multi);
   EXPECT_NE(e.find("MASTER_ADDR=\"127.0.0.1\""), std::string::npos) << e;
   EXPECT_NE(e.find("loopback"), std::string::npos) << e;
 
   // A port another process listens on.
-  const int port = unused_port();
+  const int port = free_loopback_port();
   const int taken = ipv4_socket("127.0.0.3", port, /*listen=*/true);
   ASSERT_GE(taken, 0);
   e = serving_error(rank_zero_at("127.0.0.3", port));
@@ -134,7 +121,7 @@ TEST(RendezvousWorker, Join) {
 // `command` started twice by hand as the two ranks of an srun step (SLURM_PROCID 0 and 1, the store at 127.0.0.1 and
 // a free port), rank r with its own variables `env[r]`. Prints "rank0 exit N" and "rank1 exit N", then both logs.
 RunResult two_ranks(const TempDir& d, const std::string& command, const std::string& env0, const std::string& env1) {
-  const std::string common = "SLURM_NTASKS=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(unused_port()) +
+  const std::string common = "SLURM_NTASKS=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_loopback_port()) +
                              " OMP_NUM_THREADS=1";
   const std::string script =
       "cd " + d.str() + "; " + common + " SLURM_PROCID=0 SLURM_LOCALID=0 " + env0 + " timeout 120 " + command +

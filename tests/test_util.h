@@ -74,6 +74,13 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// How many times `needle` occurs in `text`.
+inline size_t occurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = 0; (at = text.find(needle, at)) != std::string::npos; at += needle.size()) ++n;
+  return n;
+}
+
 struct RunResult {
   int code;
   std::string output;  // stdout and stderr together

@@ -2,6 +2,9 @@
 // Multi-process tests: the venv's real torchrun starts the ranks on loopback (Gloo), exactly as a user would.
 // A worker is a test of this same binary that does nothing unless FM_DIST_WORKER names it; the driver test launches
 // torchrun on `fm_tests --gtest_filter=<worker>` and checks every rank's exit and output.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -21,6 +24,19 @@ inline std::string self_exe() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+// A TCP port nothing listens on now (bound on 127.0.0.1, read, released).
+inline int free_loopback_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
 }
 
 // Is this process the worker `name` started by a driver test?
