@@ -11,6 +11,7 @@
 #include "io/file_util.h"
 #include "kernels/kernels.h"
 #include "train/lr_schedule.h"
+#include "train/phema_snapshots.h"
 #include "train/preflight.h"
 #include "train/reporter.h"
 #include "train/run_figures.h"
@@ -58,6 +59,7 @@ int64_t restore(CheckpointReader& ck, TrainingSetup& setup, BatchSampler& sample
   ck.load_module("model", *setup.model);
   ck.load_module("ema", *setup.ema_model);
   ck.load_optimizer(setup.optimizer);
+  restore_profiles(ck, setup.phema);
   if (!fresh_epoch) ck.load_sampler(sampler);
   ck.restore_rng(setup.params.front().device());
   checkpointer.start_branch(ck);
@@ -128,6 +130,7 @@ std::vector<torch::Tensor> float_state(const TrainingSetup& setup) {
   std::vector<torch::Tensor> all = setup.params;
   for (const auto& v : {setup.ema_model->parameters(), setup.optimizer.exp_avg(), setup.optimizer.exp_avg_sq()})
     all.insert(all.end(), v.begin(), v.end());
+  for (const auto& p : setup.phema.parameters()) all.push_back(p);
   return all;
 }
 
@@ -181,6 +184,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   GraphedTrainStep train_step(eager_step, device, cuda_graph_allowed(cfg.train, world));
   Reporter reporter(out, world, device, cfg.train, step, resumed);
   RunFigures figures(cfg, data, *setup.ema_model, out, device);
+  PhemaSnapshots phema_snapshots(out, world, cfg.train, setup.phema, step);
   const DataIdentity data_id{data.name, data.size(), data.num_classes};
   // A checkpoint of a step taken: while skips go on, the newest checkpoint stays the one before them.
   auto checkpoint = [&](int64_t s) {
@@ -191,7 +195,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     }
     reporter.off_the_clock([&] {
       checkpointer.save({&cfg, s, shape, data_id, setup.model.get(), setup.ema_model.get(), &setup.optimizer,
-                         &sampler, data.class_names, device},
+                         &sampler, data.class_names, device, setup.phema.on() ? &setup.phema : nullptr},
                         float_state(setup));
     });
   };
@@ -210,6 +214,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
       checkpoint(step);
     else if (reporter.due(step) || setup.guard.due(step))
       check_guard(setup.guard, checkpointer, step);
+    if (phema_snapshots.due(step)) reporter.off_the_clock([&] { phema_snapshots.save(step); });
     if (world.is_main() && figures.grid_due(step))
       reporter.off_the_clock([&] { reporter.image("samples", figures.grid(step), step); });
 
