@@ -4,7 +4,8 @@ seed is committed. Small valid files of each kind plus a few near misses; the fu
 
     .venv/bin/python scripts/make_fuzz_corpus.py OUT_DIR [--fm build-asan/fm]
 
---fm: an fm binary to write a checkpoint seed with (a two-step toy run); without it the checkpoint corpus is empty.
+--fm: an fm binary to write a checkpoint and a post-hoc EMA snapshot seed with (a two-step toy run); without it those
+corpora are empty.
 """
 import argparse
 import io
@@ -256,17 +257,24 @@ def torch_file_structures(d):
 def checkpoint(out, fm):
     d = out / "fuzz_checkpoint"
     d.mkdir(parents=True, exist_ok=True)
+    snapshots = out / "fuzz_phema_snapshot"
+    snapshots.mkdir(parents=True, exist_ok=True)
     if not fm:
         return
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [fm, "train", "--config", str(ROOT / "configs" / "toy2d.json"), "--out", tmp, "--device", "cpu",
                "--set", "train.steps=2", "train.batch_size=8", "train.ckpt_every=1", "train.log_every=1",
-               "model.mlp.hidden=8", "model.mlp.depth=1", "sample.n=16", "sample.steps=2"]
+               "model.mlp.hidden=8", "model.mlp.depth=1", "sample.n=16", "sample.steps=2",
+               "train.ema_snapshot_every=1"]
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         ckpts = sorted(pathlib.Path(tmp).rglob("ckpt_*.pt"))
         if r.returncode != 0 or not ckpts:
             sys.exit(f"make_fuzz_corpus: could not write a checkpoint seed with {fm}:\n{r.stdout}{r.stderr}")
         write(d, "toy_mlp", ckpts[-1].read_bytes())
+        snaps = sorted(pathlib.Path(tmp).rglob("phema_*.pt"))
+        if not snaps:
+            sys.exit(f"make_fuzz_corpus: {fm} wrote no post-hoc EMA snapshot seed")
+        write(snapshots, "toy_mlp", snaps[-1].read_bytes())
 
 
 def main():

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   fm::add_eval_nll_command(app);
   fm::add_fid_commands(app);
   fm::add_evaluate_command(app);
+  fm::add_ema_command(app);
   fm::add_export_command(app);
   fm::add_import_command(app);
   fm::add_bench_command(app);

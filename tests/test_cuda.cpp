@@ -349,6 +349,34 @@ TEST_F(CudaParity, AResumeOnAnotherDeviceContinuesTheSavedStream) {
   EXPECT_TRUE(torch::equal(torch::randn({8}, torch::TensorOptions().device(reader)).cpu(), next));
 }
 
+// The post-hoc EMA profiles update inside the captured step from a step count kept on the device: a graphed run's
+// snapshots must hold what an eager run's hold (a decay baked in at capture would leave the later ones far off).
+TEST_F(CudaParity, GraphedTrainingKeepsThePostHocEmaProfiles) {
+  TempDir d;
+  auto snapshot = [&](bool graph, const std::string& run) {
+    auto cfg = load_config(fm::test::source_dir() + "/configs/shapes_cpu.json",
+                           {"device=" + gpu().str(), "data.path=512", "train.steps=12", "train.warmup_steps=6",
+                            "train.log_every=12", "train.ckpt_every=1000", "train.sample_every=0", "sample.steps=2",
+                            "train.bf16=false", "train.ema_snapshot_every=12",
+                            std::string("train.cuda_graph=") + (graph ? "true" : "false")});
+    fm::train(cfg, {d / run, ""});
+    CheckpointReader ck(d / run + "/checkpoints/ckpt_000000012.pt", torch::kCPU);
+    torch::serialize::InputArchive ar;
+    load_sealed_archive(d / run + "/phema/phema_000000012.pt", torch::kCPU, ar);
+    std::vector<torch::Tensor> profiles;
+    for (int k = 0; k < 2; ++k) {
+      auto m = make_velocity_field(ck.config().model, ck.config().path, ck.sample_shape());
+      torch::serialize::InputArchive sub;
+      EXPECT_TRUE(ar.try_read("profile_" + std::to_string(k), sub));
+      m->load(sub);
+      for (const auto& p : m->parameters()) profiles.push_back(p.detach().flatten());
+    }
+    return torch::cat(profiles);
+  };
+  const auto eager = snapshot(false, "eager"), graphed = snapshot(true, "graphed");
+  EXPECT_LT(max_rel(graphed, eager), 1e-3);
+}
+
 // A capture that fails (here a host read inside the network, which a capture refuses) is ended and the solve goes
 // on eagerly to the eager result, instead of leaving the stream in capture mode.
 TEST_F(CudaParity, AFailedCaptureFallsBackToEagerSampling) {

@@ -69,6 +69,15 @@ void save_checkpoint(const std::string& path, const CheckpointContents& c) {
   }
   ar.write("rng_cpu", state_of(at::detail::getDefaultCPUGenerator()));
   if (!c.device.is_cpu()) ar.write("rng_device", state_of(device_generator(c.device)));
+  if (c.phema) {
+    torch::serialize::OutputArchive phema;
+    c.phema->save(phema);
+    ar.write("phema", phema);
+  }
+  save_sealed_archive(path, ar);
+}
+
+void save_sealed_archive(const std::string& path, torch::serialize::OutputArchive& ar) {
   // Streamed to the file and hashed on the way, never held whole in memory (a 35M-parameter run's archive with its
   // optimizer state is about 0.6 GB).
   AtomicFile file(path);
@@ -92,16 +101,23 @@ void save_checkpoint(const std::string& path, const CheckpointContents& c) {
   file.commit();
 }
 
-CheckpointReader::CheckpointReader(const std::string& path, const torch::Device& device) : path_(path) {
-  {
-    const std::string bytes = read_whole_file(path);
-    const size_t payload = verify_seal(bytes.data(), bytes.size(), path);
-    try {
-      ar_.load_from(bytes.data(), payload, device);
-    } catch (const std::exception& e) {  // c10::Error mostly, but a corrupt archive's tables also throw std::out_of_range
-      throw file_error(path, "checksum matches but the payload is not a LibTorch archive");
-    }
+uint64_t load_sealed_archive(const std::string& path, const torch::Device& device,
+                             torch::serialize::InputArchive& ar) {
+  const std::string bytes = read_whole_file(path);
+  const size_t payload = verify_seal(bytes.data(), bytes.size(), path);
+  try {
+    ar.load_from(bytes.data(), payload, device);
+  } catch (const std::exception& e) {  // c10::Error mostly, but a corrupt archive's tables also throw std::out_of_range
+    throw file_error(path, "checksum matches but the payload is not a LibTorch archive");
   }
+  // The seal ends with the payload's hash (little-endian), which verify_seal has just checked.
+  uint64_t hash = 0;
+  for (size_t i = 0; i < 8; ++i) hash |= uint64_t(static_cast<unsigned char>(bytes[bytes.size() - 8 + i])) << (8 * i);
+  return hash;
+}
+
+CheckpointReader::CheckpointReader(const std::string& path, const torch::Device& device) : path_(path) {
+  load_sealed_archive(path, device, ar_);
   try {  // a field of the wrong type or shape throws c10::Error
     torch::Tensor version, step, shape, data_size, data_classes;
     c10::IValue cfg, data_name;
@@ -169,6 +185,19 @@ void CheckpointReader::load_sampler(BatchSampler& s) {
   } catch (const InputError& e) {
     throw file_error(path_, e.what());
   }
+}
+
+bool CheckpointReader::load_state(const std::string& key, ArchiveState& state) {
+  torch::serialize::InputArchive sub;
+  if (!ar_.try_read(key, sub)) return false;
+  try {
+    state.load(sub);
+  } catch (const c10::Error& e) {
+    throw file_error(path_, "'" + key + "': " + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // InputError too: its message names the key or setting at fault
+    throw file_error(path_, "'" + key + "': " + e.what());
+  }
+  return true;
 }
 
 void CheckpointReader::restore_rng(const torch::Device& device) {

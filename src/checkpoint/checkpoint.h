@@ -41,7 +41,17 @@ struct CheckpointContents {
   std::vector<std::string> class_names;          // the data's class index -> name (empty: none known)
   // The device the run trains on: its default generator's state is stored beside the CPU's.
   torch::Device device = torch::kCPU;
+  // Optional: the post-hoc EMA profiles (train/phema.h), under "phema"; CheckpointReader::load_state reads them back.
+  const ArchiveState* phema = nullptr;
 };
+
+// The file form every sealed fm archive shares (checkpoints, post-hoc EMA snapshots): `ar` streamed to `path` through
+// AtomicFile with its seal (checkpoint/seal.h) after it; throws naming `path` and the cause when the write fails.
+void save_sealed_archive(const std::string& path, torch::serialize::OutputArchive& ar);
+// Reads `path` whole, verifies its seal (CorruptCheckpoint if it fails) and opens the archive into `ar`, mapping
+// tensors to `device`; InputError naming the file when it is not a LibTorch archive. Returns the payload's hash, as the
+// seal records it.
+uint64_t load_sealed_archive(const std::string& path, const torch::Device& device, torch::serialize::InputArchive& ar);
 
 // Writes the checkpoint to `path` (atomically, sealed); throws naming `path` and the cause when the write fails.
 void save_checkpoint(const std::string& path, const CheckpointContents& c);
@@ -63,6 +73,8 @@ class CheckpointReader {
   void load_module(const std::string& key, torch::nn::Module& m);
   void load_optimizer(ArchiveState& opt);
   void load_sampler(BatchSampler& s);
+  // Loads the state stored under `key` ("phema"); false when the checkpoint has none (written without it, or older).
+  bool load_state(const std::string& key, ArchiveState& state);
   // Sets the CPU's default generator and `device`'s to the streams the checkpoint stores. Every rank of a job draws
   // the same training stream (the global batch's noise, times and order), so the stream rank 0 saved of its own
   // device is the one every rank continues on its own device, whichever device index that is.

@@ -15,6 +15,7 @@ void add_config_command(CLI::App& app);
 void add_eval_nll_command(CLI::App& app);
 void add_fid_commands(CLI::App& app);
 void add_evaluate_command(CLI::App& app);
+void add_ema_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
 void add_bench_command(CLI::App& app);

@@ -2,6 +2,7 @@
 
 #include "cli/commands.h"
 #include "dist/world.h"
+#include "eval/ema_sweep.h"
 #include "eval/evaluate.h"
 #include "util/error.h"
 
@@ -60,12 +61,21 @@ void add_evaluate_command(CLI::App& app) {
   add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");
   cmd->add_option("--device", o->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--out", o->out, "write the results as JSON to this file (rewritten after each figure)");
-  cmd->callback([o] {
+  auto sweep = std::make_shared<std::vector<double>>();
+  cmd->add_option("--ema-sweep", *sweep,
+                  "evaluate these EMA lengths sigma_rel instead (e.g. 0.05,0.07,0.10), each reconstructed from the "
+                  "run's post-hoc EMA snapshots as fm ema does; a table row per length")
+      ->delimiter(',');
+  cmd->callback([o, sweep] {
     // Its steps read each other's files; over ranks each would repeat the whole run and race on the outputs.
     dist::init_world(o->device, dist_timeout());
     if (dist::world().distributed())
       throw InputError("fm evaluate runs in one process; under torchrun or srun run its steps, which split over the "
                        "ranks: fm sample, fm fid-features, fm fid and fm eval-nll");
+    if (!sweep->empty()) {
+      std::cout << run_ema_sweep(*o, *sweep).markdown << std::flush;
+      return;
+    }
     auto r = run_evaluate(*o);
     std::cout << r.markdown << std::flush;
   });

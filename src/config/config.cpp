@@ -74,6 +74,22 @@ Check<std::vector<T>> each(Check<T> c, size_t min_len = 0, size_t max_len = SIZE
   };
 }
 
+// Post-hoc EMA lengths: each in (0, sqrt(1/12)], the range of a power-function profile with gamma >= 0, none twice.
+Check<std::vector<double>> distinct_sigma_rels() {
+  return [](const std::vector<double>& v) -> std::optional<std::string> {
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!(v[i] > 0.0 && v[i] <= 0.28867513459481287)) {
+        std::ostringstream s;
+        s << "element " << i << " must be in (0, 0.2887] (got " << v[i] << ")";
+        return s.str();
+      }
+      for (size_t j = 0; j < i; ++j)
+        if (v[j] == v[i]) return "element " + std::to_string(i) + " repeats element " + std::to_string(j);
+    }
+    return std::nullopt;
+  };
+}
+
 // --- the keys, listed once ---------------------------------------------------------------------------------------
 template <class V>
 void visit(V& v, DataConfig& c) {
@@ -150,6 +166,9 @@ void visit(V& v, TrainConfig& c) {
   v("final_lr_scale", c.final_lr_scale, in_range(0.0, 1.0));
   v("grad_clip", c.grad_clip, at_least(0.0));
   v("ema_decay", c.ema_decay, in_range(0.0, 1.0));
+  v("phema_sigma_rels", c.phema_sigma_rels, distinct_sigma_rels());
+  v("ema_snapshot_every", c.ema_snapshot_every, at_least<int64_t>(0));
+  v("ema_snapshots_keep", c.ema_snapshots_keep, at_least<int64_t>(0));
   v("log_every", c.log_every, greater_than<int64_t>(0));
   v("ckpt_every", c.ckpt_every, greater_than<int64_t>(0));
   v("keep_last", c.keep_last, greater_than<int64_t>(0));

@@ -86,6 +86,11 @@ struct TrainConfig {
   double final_lr_scale = 0.0;     // lr at the last step as a fraction of lr (linear, cosine, poly)
   double grad_clip = 0.0;          // max global gradient norm (0 = off)
   double ema_decay = 0.999;
+  // Post-hoc EMA (Karras et al. 2024, EDM2; train/phema.h): the power-function profiles kept, by relative length, and
+  // a snapshot of them every N steps into RUN/phema (0 = off: no profiles kept); the newest K snapshots stay (0 = all).
+  std::vector<double> phema_sigma_rels = {0.05, 0.10};
+  int64_t ema_snapshot_every = 0;
+  int64_t ema_snapshots_keep = 0;
   int64_t log_every = 100;
   int64_t ckpt_every = 1000;
   int64_t keep_last = 3;

@@ -43,6 +43,8 @@ TrainingSetup::TrainingSetup(const Config& cfg, const std::vector<int64_t>& samp
       model(network_on(cfg, sample_shape, device, channels_last)),
       ema_model(network_on(cfg, sample_shape, device, channels_last)),
       ema(*model, *ema_model, cfg.train.ema_decay),
+      phema(tracked_sigma_rels(cfg.train), *model,
+            [&] { return network_on(cfg, sample_shape, device, channels_last); }),
       params(model->parameters()),
       optimizer(params, {cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps, cfg.train.weight_decay}),
       path(make_path(cfg.path)),
@@ -89,6 +91,7 @@ StepResult TrainStep::operator()(const Batch& batch, int64_t step, std::optional
   else
     p.optimizer.step(r.found_inf);
   p.ema.update(r.found_inf);
+  p.phema.update(r.found_inf);
   return r;
 }
 

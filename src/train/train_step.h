@@ -13,6 +13,7 @@
 #include "train/ema.h"
 #include "train/nonfinite_guard.h"
 #include "train/objective.h"
+#include "train/phema.h"
 
 namespace fm::dist {
 class GradReducer;
@@ -37,6 +38,7 @@ struct TrainingSetup {
   bool autocast;  // bf16, on CUDA only
   std::shared_ptr<VelocityField> model, ema_model;
   Ema ema;
+  PowerEma phema;  // post-hoc EMA profiles, updated beside the EMA (none unless train.ema_snapshot_every > 0)
   std::vector<torch::Tensor> params;
   AdamW optimizer;
   std::unique_ptr<ProbPath> path;

@@ -13,6 +13,7 @@
 #include "io/file_util.h"
 #include "kernels/kernels.h"
 #include "train/lr_schedule.h"
+#include "train/phema_snapshots.h"
 #include "train/preflight.h"
 #include "train/reporter.h"
 #include "train/run_figures.h"
@@ -60,6 +61,7 @@ int64_t restore(CheckpointReader& ck, TrainingSetup& setup, BatchSampler& sample
   ck.load_module("model", *setup.model);
   ck.load_module("ema", *setup.ema_model);
   ck.load_optimizer(setup.optimizer);
+  restore_profiles(ck, setup.phema);
   if (!fresh_epoch) ck.load_sampler(sampler);
   ck.restore_rng(setup.params.front().device());
   checkpointer.start_branch(ck);
@@ -133,6 +135,7 @@ std::vector<torch::Tensor> float_state(const TrainingSetup& setup) {
   std::vector<torch::Tensor> all = setup.params;
   for (const auto& v : {setup.ema_model->parameters(), setup.optimizer.exp_avg(), setup.optimizer.exp_avg_sq()})
     all.insert(all.end(), v.begin(), v.end());
+  for (const auto& p : setup.phema.parameters()) all.push_back(p);
   return all;
 }
 
@@ -186,6 +189,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   GraphedTrainStep train_step(eager_step, device, cuda_graph_allowed(cfg.train, world));
   Reporter reporter(out, world, device, cfg.train, step, resumed);
   RunFigures figures(cfg, data, *setup.ema_model, out, device);
+  PhemaSnapshots phema_snapshots(out, world, cfg.train, setup.phema, step);
   const DataIdentity data_id{data.name, data.size(), data.num_classes};
   // The guard's reading at step `s`; a stop it calls for first writes the metrics of the steps since the last report.
   auto read_guard = [&](int64_t s) {
@@ -202,7 +206,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
     }
     reporter.off_the_clock([&] {
       checkpointer.save({&cfg, s, shape, data_id, setup.model.get(), setup.ema_model.get(), &setup.optimizer,
-                         &sampler, data.class_names, device},
+                         &sampler, data.class_names, device, setup.phema.on() ? &setup.phema : nullptr},
                         float_state(setup));
     });
   };
@@ -221,6 +225,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
       checkpoint(step);
     else if (reporter.due(step) || setup.guard.due(step))
       read_guard(step);
+    if (phema_snapshots.due(step)) reporter.off_the_clock([&] { phema_snapshots.save(step); });
     if (world.is_main() && figures.grid_due(step))
       reporter.off_the_clock([&] { reporter.image("samples", figures.grid(step), step); });
 
