@@ -1,6 +1,7 @@
 // FID: the Inception network against pytorch-fid's own (random weights exported with scripts/export_fid_inception.py),
-// the Frechet distance against pytorch-fid's calculate_frechet_distance and closed forms, statistics files both ways
-// with numpy and their faults, feature moments against torch::cov, and the CLI end to end.
+// PIL's bicubic resize against Pillow, the Frechet distance against pytorch-fid's calculate_frechet_distance and closed
+// forms, precision and recall against the paper's definition in numpy, statistics files both ways with numpy and their
+// faults, feature moments against torch::cov, and the CLI end to end.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -23,6 +24,8 @@
 #include "fid/fid_stats.h"
 #include "fid/frechet.h"
 #include "fid/inception.h"
+#include "fid/pil_resize.h"
+#include "fid/precision_recall.h"
 #include "io/npy.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -109,6 +112,48 @@ TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
   double d_halves = frechet_distance(h1, h2).distance, d_other = frechet_distance(h1, other).distance;
   EXPECT_GT(d_halves, 1e-6);
   EXPECT_LT(d_halves, 0.5 * d_other) << "halves " << d_halves << " vs other " << d_other;
+}
+
+// PIL's own Image.resize(BICUBIC) of mode "F" images: up (32 -> 299, as FID at 32x32), down (the filter widens),
+// mixed, odd sizes, an axis left as it is, and values outside [0, 255] (not clipped).
+TEST(PilResize, MatchesPillowOnFloatImages) {
+  TempDir dir;
+  auto ref = run_ref("pil-resize " + dir.str());
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  auto arrays = read_npz(dir / "pil_resize.npz");
+  int64_t values = 0, differing = 0;
+  double worst_ulps = 0;
+  for (int i = 0; arrays.count("in_" + std::to_string(i)); ++i) {
+    const auto& in = arrays.at("in_" + std::to_string(i));
+    const auto& want = arrays.at("out_" + std::to_string(i));
+    auto got = pil_bicubic_resize(in.unsqueeze(0).unsqueeze(0), want.size(0), want.size(1))[0][0];
+    ASSERT_EQ(got.sizes(), want.sizes()) << "case " << i;
+    // Differences in units of float32's spacing at each value (2^-23 of its binade).
+    auto spacing = torch::pow(2.0, torch::floor(torch::log2(want.abs().to(torch::kFloat64).clamp_min(1e-30))) - 23);
+    auto ulps = (got.to(torch::kFloat64) - want.to(torch::kFloat64)).abs() / spacing;
+    values += want.numel();
+    differing += (got != want).sum().item<int64_t>();
+    worst_ulps = std::max(worst_ulps, ulps.max().item<double>());
+    EXPECT_LE(ulps.max().item<double>(), 1.0) << "case " << i;
+  }
+  EXPECT_EQ(values, 2 * 299 * 299 + 299 * 299 + 17 * 50 + 16 * 45);
+  RecordProperty("pil_resize_values", std::to_string(values));
+  RecordProperty("pil_resize_values_differing", std::to_string(differing));
+  std::printf("PIL bicubic (mode F): %lld of %lld values differ from Pillow's, by at most %.0f float32 ulp\n",
+              static_cast<long long>(differing), static_cast<long long>(values), worst_ulps);
+}
+
+TEST(PilResize, WeightsAreNormalisedAndKeepConstantsAndSizes) {
+  for (auto [in, out] : {std::pair<int64_t, int64_t>{32, 299}, {512, 299}, {5, 3}, {1, 4}}) {
+    auto w = pil_bicubic_weights(in, out);
+    ASSERT_EQ(w.sizes(), (std::vector<int64_t>{out, in}));
+    EXPECT_LT((w.sum(1) - 1).abs().max().item<double>(), 1e-15) << in << " -> " << out;
+  }
+  // Same size: the identity, exactly. A constant image stays constant (the weights sum to 1).
+  auto x = torch::rand({2, 3, 9, 11});
+  EXPECT_TRUE(torch::equal(pil_bicubic_resize(x, 9, 11), x));
+  auto c = pil_bicubic_resize(torch::full({1, 1, 32, 32}, 117.0f), 299, 299);
+  EXPECT_LT((c - 117.0f).abs().max().item<double>(), 1e-4);
 }
 
 // Every tensor of a network by its state_dict name, as the export script writes them (no BN step counters).
@@ -214,6 +259,79 @@ TEST(Frechet, RejectsCovariancesWithLargeNegativeEigenvalues) {
   EXPECT_NEAR(frechet_distance(good, bad).distance, 1.0, 1e-5);
   FidStats other{torch::zeros({8}, opt), torch::eye(8, opt), -1};
   EXPECT_THROW(frechet_distance(good, other), InputError);
+}
+
+// ---- precision and recall ------------------------------------------------------------------------------------------
+
+// The paper's definition computed directly in numpy (tests/ref/precision_recall_ref.py): the radii, every point's
+// membership, and precision and recall, in float64, whole and in blocks of 7 rows.
+TEST(PrecisionRecall, MatchesThePapersDefinition) {
+  TempDir dir;
+  auto ref = run(std::string(FM_PYTHON_EXE) + " " + FM_SOURCE_DIR + "/tests/ref/precision_recall_ref.py " + dir.str());
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  auto arrays = read_npz(dir / "features.npz");
+  std::ifstream f(dir / "precision_recall.json");
+  auto expected = nlohmann::json::parse(f);
+  ASSERT_EQ(expected.size(), 3u);
+  double worst_radius = 0, worst_fraction = 0;
+  for (auto& [name, want] : expected.items()) {
+    const auto& real = arrays.at("real_" + name);
+    const auto& fake = arrays.at("fake_" + name);
+    ASSERT_EQ(real.scalar_type(), torch::kFloat64);
+    const int64_t k = want["k"].get<int64_t>();
+    auto as_tensor = [](const nlohmann::json& v) {
+      return torch::tensor(v.get<std::vector<double>>(), torch::kFloat64);
+    };
+    for (int64_t block : {int64_t{0}, int64_t{7}}) {
+      auto r_real = knn_radii_squared(real, k, block).sqrt(), r_fake = knn_radii_squared(fake, k, block).sqrt();
+      worst_radius = std::max({worst_radius, max_rel(r_real, as_tensor(want["radii_real"])),
+                               max_rel(r_fake, as_tensor(want["radii_fake"]))});
+      EXPECT_LT(max_rel(r_real, as_tensor(want["radii_real"])), 1e-12) << name;
+      auto fake_in_real = in_manifold(fake, real, r_real.square(), block).to(torch::kInt64);
+      auto real_in_fake = in_manifold(real, fake, r_fake.square(), block).to(torch::kInt64);
+      EXPECT_TRUE(torch::equal(fake_in_real, torch::tensor(want["fake_in_real"].get<std::vector<int64_t>>())))
+          << name;
+      EXPECT_TRUE(torch::equal(real_in_fake, torch::tensor(want["real_in_fake"].get<std::vector<int64_t>>())))
+          << name;
+      auto pr = precision_recall(real, fake, k, block);
+      EXPECT_NEAR(pr.precision, want["precision"].get<double>(), 1e-12) << name << " block " << block;
+      EXPECT_NEAR(pr.recall, want["recall"].get<double>(), 1e-12) << name << " block " << block;
+      worst_fraction = std::max({worst_fraction, std::abs(pr.precision - want["precision"].get<double>()),
+                                 std::abs(pr.recall - want["recall"].get<double>())});
+    }
+    // The cases are not degenerate: both figures strictly between 0 and 1.
+    EXPECT_GT(want["precision"].get<double>(), 0.1) << name;
+    EXPECT_LT(want["recall"].get<double>(), 0.995) << name;
+  }
+  RecordProperty("radii_max_rel", std::to_string(worst_radius));
+  RecordProperty("precision_recall_max_abs", std::to_string(worst_fraction));
+  std::printf("precision/recall vs numpy: radii max relative difference %.3g, figures max difference %.3g\n",
+              worst_radius, worst_fraction);
+}
+
+TEST(PrecisionRecall, ClosedFormsAndRefusals) {
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(2);
+  auto x = torch::randn({40, 16}, g, torch::TensorOptions().dtype(torch::kFloat64));
+  // A set against itself: every point is in its own ball. Against a far copy: none is.
+  auto same = precision_recall(x, x);
+  EXPECT_EQ(same.precision, 1.0);
+  EXPECT_EQ(same.recall, 1.0);
+  auto far = precision_recall(x, x + 100.0);
+  EXPECT_EQ(far.precision, 0.0);
+  EXPECT_EQ(far.recall, 0.0);
+  // Points on a line at 0, 1, ..., 9: the 3rd nearest other point of an inner point is 2 away, of an end point 3.
+  auto line = torch::zeros({10, 2}, torch::kFloat64);
+  line.select(1, 0).copy_(torch::arange(10, torch::kFloat64));
+  auto r = knn_radii_squared(line, 3, 4);
+  std::vector<double> want = {9, 4, 4, 4, 4, 4, 4, 4, 4, 9};
+  EXPECT_TRUE(torch::equal(r, torch::tensor(want, torch::kFloat64))) << r;
+  // A query on a ball's boundary is inside (<=).
+  auto q = torch::tensor({{-3.0, 0.0}, {-3.0, 0.5}}, torch::kFloat64);
+  auto inside = in_manifold(q, line, r, 3);
+  EXPECT_TRUE(inside[0].item<bool>());
+  EXPECT_FALSE(inside[1].item<bool>());
+  EXPECT_THROW(precision_recall(x.slice(0, 0, 3), x), InputError);
+  EXPECT_THROW(precision_recall(x, torch::randn({10, 8}, torch::kFloat64)), InputError);
 }
 
 // ---- statistics ---------------------------------------------------------------------------------------------------
