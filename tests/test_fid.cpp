@@ -1,7 +1,7 @@
-// FID: the Inception network against pytorch-fid's own (random weights exported with scripts/export_fid_inception.py),
-// PIL's bicubic resize against Pillow, the Frechet distance against pytorch-fid's calculate_frechet_distance and closed
-// forms, precision and recall against the paper's definition in numpy, statistics files both ways with numpy and their
-// faults, feature moments against torch::cov, and the CLI end to end.
+// FID: the Inception network against pytorch-fid's own and clean-fid's "clean" mode (random weights exported with
+// scripts/export_fid_inception.py), PIL's bicubic resize against Pillow, the Frechet distance against pytorch-fid's
+// calculate_frechet_distance and closed forms, precision and recall against the paper's definition in numpy,
+// statistics files both ways with numpy and their faults, feature moments against torch::cov, and the CLI end to end.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -112,6 +112,36 @@ TEST(FidInception, MatchesPytorchFidFeaturesStatsAndDistances) {
   double d_halves = frechet_distance(h1, h2).distance, d_other = frechet_distance(h1, other).distance;
   EXPECT_GT(d_halves, 1e-6);
   EXPECT_LT(d_halves, 0.5 * d_other) << "halves " << d_halves << " vs other " << d_other;
+}
+
+// clean-fid's "clean" mode (PIL bicubic on float images, clipped, (x - 128) / 128) on the same random network: its own
+// file reading, resize and input scaling in Python. The two modes' features differ by far more than the agreement, so
+// a mode that fell back to the other would fail.
+TEST(FidInception, CleanResizeMatchesCleanFid) {
+  FM_SKIP_ON_CUDA("compares with clean-fid run on the CPU");
+  TempDir dir;
+  auto ref = run_ref("clean " + dir.str() + " 5");
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  auto net = load_fid_inception(dir / "weights.npz", torch::kCPU);
+  auto images = nhwc_to_nchw(read_npz(dir / "images.npz").at("arr_0"));
+  FeatureOptions opt;
+  opt.batch = 5;
+  opt.keep_features = true;
+  opt.progress = false;
+  opt.resize = FidResize::clean;
+  auto clean = compute_fid_features(net, images, opt).features;
+  auto expected = read_npy(dir / "clean_features.npy");
+  ASSERT_EQ(clean.sizes(), expected.sizes());
+  EXPECT_GT(expected.std().item<double>(), 0.1);
+  const double agreement = max_rel(clean, expected);
+  for (int64_t i = 0; i < 9; ++i) EXPECT_LT(max_rel(clean[i], expected[i]), 1e-4) << "image " << i;
+  opt.resize = FidResize::pytorch_fid;
+  const double between_modes = max_rel(compute_fid_features(net, images, opt).features, expected);
+  EXPECT_GT(between_modes, 100 * agreement) << "clean " << agreement << ", pytorch-fid " << between_modes;
+  RecordProperty("clean_vs_clean_fid_max_rel", std::to_string(agreement));
+  RecordProperty("pytorch_fid_mode_vs_clean_fid_max_rel", std::to_string(between_modes));
+  std::printf("clean mode vs clean-fid: max relative difference %.3g; pytorch-fid mode vs clean-fid %.3g\n",
+              agreement, between_modes);
 }
 
 // PIL's own Image.resize(BICUBIC) of mode "F" images: up (32 -> 299, as FID at 32x32), down (the filter widens),
@@ -365,6 +395,8 @@ TEST(FidStats, ReadsWhatNumpyAndPytorchFidWrite) {
   auto with_n = read_fid_stats(dir / "plain_with_n.npz");
   EXPECT_TRUE(torch::equal(with_n.sigma, want.at("sigma")));
   EXPECT_EQ(with_n.n, 40);
+  EXPECT_TRUE(with_n.resolution.empty());
+  EXPECT_EQ(read_fid_stats(dir / "with_resolution.npz").resolution, (std::vector<int64_t>{16, 24}));
 
   const std::vector<std::pair<std::string, std::string>> faults = {
       {"bad_no_sigma.npz", "no 'sigma' array"},
@@ -375,6 +407,8 @@ TEST(FidStats, ReadsWhatNumpyAndPytorchFidWrite) {
       {"bad_nonfinite.npz", "sigma has non-finite values"},
       {"bad_asymmetric.npz", "sigma is not symmetric"},
       {"bad_n.npz", "'n' must be one integer"},
+      {"bad_resolution.npz", "'resolution' must be two integers >= 1"},
+      {"bad_resolution_zero.npz", "'resolution' must be two integers >= 1"},
       {"bad_truncated.npz", ""},
       {"does_not_exist.npz", ""},
   };
@@ -395,10 +429,14 @@ TEST(FidStats, NumpyReadsWhatFmWrites) {
   TempDir dir;
   auto g = torch::make_generator<at::CPUGeneratorImpl>(9);
   auto s = stats_of(torch::rand({30, 2048}, g, torch::TensorOptions().dtype(torch::kFloat32)));
+  s.resolution = {20, 24};
   write_fid_stats(dir / "fm.npz", s);
+  auto mine = read_fid_stats(dir / "fm.npz");
+  EXPECT_EQ(mine.resolution, (std::vector<int64_t>{20, 24}));
   auto echo = run_ref("stats-echo " + (dir / "fm.npz") + " " + (dir / "echo.npz"));
   ASSERT_EQ(echo.code, 0) << echo.out;
   EXPECT_EQ(nlohmann::json::parse(echo.out).at("n").get<int64_t>(), 30);
+  EXPECT_EQ(nlohmann::json::parse(echo.out).at("resolution"), nlohmann::json({20, 24}));
   auto back = read_fid_stats(dir / "echo.npz");
   EXPECT_TRUE(torch::equal(back.mu, s.mu));
   EXPECT_TRUE(torch::equal(back.sigma, s.sigma));
@@ -423,6 +461,7 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   ASSERT_EQ(r.code, 0) << r.out;
   auto s = read_fid_stats(dir / "s.npz");
   EXPECT_EQ(s.n, 4);
+  EXPECT_EQ(s.resolution, (std::vector<int64_t>{20, 24}));
   EXPECT_EQ(read_npy(dir / "f.npy").sizes(), (std::vector<int64_t>{4, 2048}));
   // The provenance record beside the statistics.
   std::ifstream record_file(dir / "s.json");
@@ -432,6 +471,11 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   EXPECT_NE(record.at("subset").get<std::string>().find("4 of 5 images, evenly spread"), std::string::npos) << record;
   EXPECT_EQ(record.at("weights_crc32").get<std::string>().size(), 8u);
   EXPECT_TRUE(record.at("split").is_null()) << "an npz has no split";
+  EXPECT_EQ(record.at("resize"), "pytorch-fid");
+  EXPECT_EQ(record.at("resolution"), nlohmann::json({20, 24}));
+  EXPECT_EQ(record.at("features"), dir / "f.npy");
+  std::ifstream features_record_file(dir / "f.json");  // the features carry the same record
+  EXPECT_EQ(nlohmann::json::parse(features_record_file), record);
 
   // The same statistics twice: exactly 0, never the -0.000000 of rounding.
   r = run(fm + " fid " + (dir / "s.npz") + " " + (dir / "s.npz"));
@@ -446,6 +490,15 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
   EXPECT_NEAR(j.at("fid").get<double>(), 0.0, 1e-6);
   EXPECT_EQ(j.at("n_a").get<int64_t>(), 4);
   EXPECT_EQ(j.at("n_b").get<int64_t>(), 4);
+  // Each side named with what it is of.
+  EXPECT_EQ(j.at("a").at("kind"), "statistics");
+  EXPECT_EQ(j.at("a").at("images"), "npz:" + dir / "imgs.npz");
+  EXPECT_EQ(j.at("a").at("provenance"), dir / "s.json");
+  EXPECT_EQ(j.at("a").at("resize"), "pytorch-fid");
+  EXPECT_EQ(j.at("b").at("kind"), "images");
+  EXPECT_EQ(j.at("b").at("resolution"), nlohmann::json({20, 24}));
+  EXPECT_TRUE(j.at("precision").is_null());
+  EXPECT_NE(j.at("precision_recall_skipped").get<std::string>().find("A is statistics"), std::string::npos) << j;
 
   // Small statistics files with diagonal covariances (the distance has a closed form): a pytorch-fid-style file
   // (no n) gives n null; the plain output is the number alone.
@@ -472,6 +525,93 @@ TEST(FidCli, FeaturesThenDistanceEndToEnd) {
                 " --out " + (dir / "x.npz") + " 2>/dev/null")
                 .code,
             2);
+}
+
+// Sets of different resolutions are refused naming both unless asked for by name; a side without a recorded
+// resolution is accepted with a warning. Feature files (and image sets) give precision and recall beside FID.
+TEST(FidCli, ResolutionsMustMatchAndFeaturesGivePrecisionRecall) {
+  TempDir dir;
+  FidInception net;
+  write_npz(dir / "w.npz", weight_arrays(net));
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(8);
+  auto u8 = torch::TensorOptions().dtype(torch::kUInt8);
+  // Two draws of one distribution (so that their manifolds overlap) and a set of another resolution.
+  write_npz(dir / "a.npz", {{"arr_0", torch::randint(0, 256, {6, 16, 16, 3}, g, u8)}});
+  write_npz(dir / "b.npz", {{"arr_0", torch::randint(0, 256, {6, 16, 16, 3}, g, u8)}});
+  write_npz(dir / "c.npz", {{"arr_0", torch::randint(0, 256, {4, 24, 24, 3}, g, u8)}});
+  const std::string fm = std::string(FM_BINARY) + " ";
+  const std::string w = " --weights " + dir / "w.npz" + " --batch 6" + fm::test::device_flag();
+  auto features = [&](const std::string& set, const std::string& out, const std::string& extra = "") {
+    auto r = run(fm + "fid-features --images npz:" + dir / (set + ".npz") + " --out " + dir / (out + "_stats.npz") +
+                 " --save-features " + dir / (out + "_feats.npy") + w + extra);
+    ASSERT_EQ(r.code, 0) << set;
+  };
+  features("a", "a");
+  features("b", "b");
+  auto json_of = [&](const std::string& args, const std::string& err_tag) {
+    auto r = fm::test::run_split(fm + "fid " + args + " --json", dir / err_tag);
+    EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
+    return std::make_pair(r.code == 0 ? nlohmann::json::parse(r.out) : nlohmann::json(), r.err);
+  };
+  for (const char* sub : {"e1", "e2", "e3"}) fs::create_directories(dir / sub);
+  // Features files: FID from their moments, precision and recall with A generated, B the reference.
+  auto [by_features, err1] = json_of(dir / "a_feats.npy" + " " + dir / "b_feats.npy", "e1");
+  auto fa = read_npy(dir / "a_feats.npy"), fb = read_npy(dir / "b_feats.npy");
+  auto want = precision_recall(fb, fa);
+  EXPECT_EQ(by_features.at("precision").get<double>(), want.precision);
+  EXPECT_EQ(by_features.at("recall").get<double>(), want.recall);
+  EXPECT_EQ(by_features.at("k"), 3);
+  EXPECT_EQ(by_features.at("a").at("kind"), "features");
+  EXPECT_EQ(by_features.at("a").at("resolution"), nlohmann::json({16, 16}));  // from the record beside the features
+  const double fid_stats = frechet_distance(read_fid_stats(dir / "a_stats.npz"), read_fid_stats(dir / "b_stats.npz")).distance;
+  EXPECT_NEAR(by_features.at("fid").get<double>(), fid_stats, 1e-6 * fid_stats);
+  EXPECT_GT(want.precision + want.recall, 0.0);
+  // The image sets themselves: the same features, so the same figures.
+  auto [by_images, err2] = json_of(dir / "a.npz" + " " + dir / "b.npz" + w, "e2");
+  EXPECT_EQ(by_images.at("precision").get<double>(), want.precision);
+  EXPECT_EQ(by_images.at("recall").get<double>(), want.recall);
+  EXPECT_NEAR(by_images.at("fid").get<double>(), fid_stats, 1e-6 * fid_stats);
+
+  // 24x24 against 16x16: refused naming both, in one line, before any network pass.
+  auto r = fm::test::run_split(fm + "fid " + dir / "c.npz" + " " + dir / "b_stats.npz" + w, dir.str());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("24x24"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("16x16"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--allow-resolution-mismatch"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("fid features"), std::string::npos) << "refused before the features: " << r.err;
+
+  // The rules on statistics alone, with small ones (the distance of 2048-d statistics costs seconds): a recorded
+  // mismatch is compared when asked for; pytorch-fid's statistics (no resolution) are accepted with a warning; a
+  // different resize (recorded beside the statistics) is compared with a warning naming both.
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto small = [&](const std::string& name, std::vector<int64_t> resolution, const std::string& resize) {
+    FidStats st{torch::zeros({3}, f64), torch::eye(3, f64), 10, resolution};
+    write_fid_stats(dir / name, st);
+    if (!resize.empty()) std::ofstream(provenance_path(dir / name)) << nlohmann::json({{"resize", resize}}).dump();
+  };
+  small("s16.npz", {16, 16}, "pytorch-fid");
+  small("s24.npz", {24, 24}, "pytorch-fid");
+  small("pf.npz", {}, "");
+  small("clean16.npz", {16, 16}, "clean");
+  r = fm::test::run_split(fm + "fid " + dir / "s24.npz" + " " + dir / "s16.npz", dir.str());
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = fm::test::run_split(fm + "fid " + dir / "s24.npz" + " " + dir / "s16.npz" + " --allow-resolution-mismatch",
+                          dir.str());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "0.000000\n");
+  auto [pf, err3] = json_of(dir / "s16.npz" + " " + dir / "pf.npz", "e3");
+  EXPECT_TRUE(pf.at("b").at("resolution").is_null());
+  EXPECT_TRUE(pf.at("b").at("provenance").is_null());
+  EXPECT_NE(err3.find(dir / "pf.npz" + ") records no image resolution"), std::string::npos) << err3;
+  r = fm::test::run_split(fm + "fid " + dir / "clean16.npz" + " " + dir / "s16.npz", dir.str());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("by clean"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("by pytorch-fid"), std::string::npos) << r.err;
+
+  // fid-features --resize clean records it.
+  features("c", "c_clean", " --resize clean");
+  std::ifstream record_file(dir / "c_clean_stats.json");
+  EXPECT_EQ(nlohmann::json::parse(record_file).at("resize"), "clean");
 }
 
 }  // namespace
