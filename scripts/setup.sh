@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-REQS=(numpy scipy torchdiffeq pytorch-fid safetensors tensorboard pot torchcfm==1.0.7)
+REQS=(numpy scipy torchdiffeq pytorch-fid==0.3.0 clean-fid==0.1.35 safetensors tensorboard pot torchcfm==1.0.7)
 if [ -z "${Torch_DIR:-}" ]; then REQS=("torch==${TORCH_VERSION}" "${REQS[@]}"); fi
 if ! "$VPY" - "${REQS[@]}" <<'PY' 2>/dev/null
 import sys
@@ -68,7 +68,9 @@ then
   PIN=(); [ -z "${Torch_DIR:-}" ] && PIN=("torch==${TORCH_VERSION}")
   # safetensors and tensorboard read back what fm export and fm train's event files write (tests/test_interop.cpp);
   # POT is what torchcfm's own __init__ imports, so that `from torchcfm... import` works as a user writes it.
-  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid safetensors tensorboard pot "${PIN[@]}"
+  # clean-fid is the reference of fm's --resize clean (tests/test_fid.cpp; it brings Pillow, requests and tqdm); both
+  # FID references are pinned to the versions the tests were checked against.
+  "$VPY" -m pip install -q numpy scipy torchdiffeq pytorch-fid==0.3.0 clean-fid==0.1.35 safetensors tensorboard pot "${PIN[@]}"
   "$VPY" -m pip install -q --no-deps torchcfm==1.0.7
 fi
 

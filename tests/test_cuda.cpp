@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "fid/fid_stats.h"
 #include "fid/inception.h"
+#include "fid/precision_recall.h"
 #include "io/npy.h"
 #include "likelihood/likelihood.h"
 #include "nn/unet.h"
@@ -316,6 +317,21 @@ TEST_F(CudaParity, FidInceptionFeatures) {
   ASSERT_EQ(cuda.sizes(), cpu.sizes());
   EXPECT_GT(cpu.std().item<double>(), 1e-3) << "the random network is degenerate";
   for (int64_t i = 0; i < cpu.size(0); ++i) EXPECT_LT(max_rel(cuda[i], cpu[i]), 1e-4) << "image " << i;
+}
+
+// fid/pil_resize.h's clean resize (float64 products on the GPU too) and precision and recall give the CPU's figures.
+TEST_F(CudaParity, FidCleanResizeAndPrecisionRecall) {
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(12);
+  auto images = torch::randint(0, 256, {4, 3, 32, 32}, g, torch::TensorOptions().dtype(torch::kUInt8));
+  auto cpu = fid_input(images, FidResize::clean, torch::kCPU);
+  auto cuda = fid_input(images, FidResize::clean, gpu()).cpu();
+  EXPECT_LE((cpu - cuda).abs().max().item<double>(), 1e-6) << "the float32 rounding of the same float64 sums";
+  auto real = torch::randn({300, 64}, g, torch::TensorOptions().dtype(torch::kFloat64));
+  auto fake = torch::randn({200, 64}, g, torch::TensorOptions().dtype(torch::kFloat64)) * 1.1 + 0.2;
+  auto on_cpu = precision_recall(real, fake, 3, 50);
+  auto on_cuda = precision_recall(real.to(gpu()), fake.to(gpu()), 3, 50);
+  EXPECT_EQ(on_cpu.precision, on_cuda.precision);
+  EXPECT_EQ(on_cpu.recall, on_cuda.recall);
 }
 
 TEST_F(CudaParity, VersionNamesEachGpu) {

@@ -3,6 +3,7 @@
 // of the importance-weighted bound with Hutchinson's estimator against the exact divergence.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -193,7 +194,18 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
   EXPECT_EQ(j["fixed"][0]["solver"], "euler");
   EXPECT_EQ(j["fixed"][0]["mean_nfe"].get<double>(), 3.0);
   EXPECT_NEAR(j["fixed"][0]["fid"].get<double>(), fid_euler, 1e-6 * std::max(1.0, fid_euler));
-  EXPECT_TRUE(j["skipped"].empty()) << j["skipped"];
+  ASSERT_EQ(j["skipped"].size(), 1u) << j["skipped"];
+  EXPECT_EQ(j["skipped"][0].get<std::string>().rfind("precision and recall: no --fid-ref-features", 0), 0u);
+  // The reference is named with what it is of, and each FID with its seed and statistics beside its samples.
+  EXPECT_EQ(j["fid_ref"]["images"], "shapes:64");
+  EXPECT_EQ(j["fid_ref"]["n"], 12);
+  EXPECT_EQ(j["fid_ref"]["resize"], "pytorch-fid");
+  EXPECT_EQ(j["fid_ref"]["resolution"], nlohmann::json({8, 8}));
+  EXPECT_EQ(j["dopri5"]["runs"][0]["seed"], 7);
+  EXPECT_EQ(j["dopri5"]["runs"][0]["stats"], dir / "eval_samples/dopri5/seed_7/fid_stats.npz");
+  EXPECT_TRUE(j["dopri5"]["fid_std"].is_null()) << "one seed has no spread";
+  EXPECT_NE(re.out.find("- FID reference: " + dir / "ref.npz" + ", shapes:64 (no split, 12 images, resize "
+                        "pytorch-fid, 8x8)"), std::string::npos) << re.out;
   // The Markdown row on stdout: header, separator, the row with NLL, FID and NFE as the JSON has them.
   char row[256];
   std::snprintf(row, sizeof row, "| ckpt_000000020.pt (step 20) | %.2f | %.2f | %.0f | %.2f |",
@@ -266,6 +278,90 @@ TEST(Evaluate, ResumeKeepsFinishedRowsAndOverwriteStartsAfresh) {
   r = run(args + " --overwrite", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(read_json(dir / "eval.json")["nll"]["mean"], first["nll"]["mean"]);
+}
+
+// --seeds K: K sample sets per setting from seeds seed, seed + 1, ..., each in its own subfolder with its statistics
+// beside it; the row has FID mean, standard deviation and minimum over them, and precision and recall against the
+// reference's features, each the figure fm fid gives for that set. A resume keeps finished seeds. A reference of
+// another resolution is refused before any sampling.
+TEST(Evaluate, SeedsGiveMeanSpreadAndMinimumWithPrecisionRecall) {
+  TempDir dir;
+  auto ckpt = tiny_shapes_checkpoint(dir, 8, 20);
+  auto weights = random_inception_weights(dir);
+  const std::string fm_bin = fm::test::fm_binary();
+  auto rf = run(fm_bin + " fid-features --checkpoint " + ckpt + " --weights " + weights + " --limit 12 --batch 12 " +
+                    "--device cpu --out " + (dir / "ref.npz") + " --save-features " + (dir / "ref_feats.npy"), dir);
+  ASSERT_EQ(rf.code, 0) << rf.err;
+  const std::string args = fm_bin + " evaluate --checkpoint " + ckpt + " --fid-ref " + (dir / "ref.npz") +
+                           " --fid-weights " + weights + " --fid-ref-features " + (dir / "ref_feats.npy") +
+                           " --no-nll --num-samples 6 --batch 6 --fid-batch 6 --seeds 2 --seed 7 --atol 1e-3 "
+                           "--rtol 1e-3 --device cpu --samples-dir " + (dir / "samples") + " --out " +
+                           (dir / "eval.json");
+  auto re = run(args, dir);
+  ASSERT_EQ(re.code, 0) << re.err;
+  auto j = read_json(dir / "eval.json");
+  const auto& row = j["dopri5"];
+  ASSERT_EQ(row["runs"].size(), 2u) << row;
+  EXPECT_EQ(j["skipped"], nlohmann::json({"NLL: --no-nll"}));
+  std::vector<double> fids;
+  for (int i = 0; i < 2; ++i) {
+    const auto& run_i = row["runs"][i];
+    const std::string seed_dir = dir / ("samples/dopri5/seed_" + std::to_string(7 + i));
+    EXPECT_EQ(run_i["seed"], 7 + i);
+    EXPECT_EQ(run_i["samples"], seed_dir + "/samples.npz");
+    EXPECT_EQ(run_i["stats"], seed_dir + "/fid_stats.npz");
+    auto record = read_json(seed_dir + "/fid_stats.json");
+    EXPECT_EQ(record["images"], "npz:" + seed_dir + "/samples.npz");
+    EXPECT_EQ(record["n"], 6);
+    fids.push_back(run_i["fid"].get<double>());
+  }
+  {
+    // fm fid on the first seed's samples against the reference's features: the same FID, precision and recall.
+    const auto& first = row["runs"][0];
+    auto rf2 = run(fm_bin + " fid " + first["samples"].get<std::string>() + " " + (dir / "ref_feats.npy") +
+                       " --weights " + weights + " --batch 6 --device cpu --json", dir);
+    ASSERT_EQ(rf2.code, 0) << rf2.err;
+    auto fj = nlohmann::json::parse(rf2.out);
+    EXPECT_NEAR(first["fid"].get<double>(), fj["fid"].get<double>(), 1e-6 * fj["fid"].get<double>());
+    EXPECT_EQ(first["precision"].get<double>(), fj["precision"].get<double>());
+    EXPECT_EQ(first["recall"].get<double>(), fj["recall"].get<double>());
+  }
+  EXPECT_NE(fids[0], fids[1]) << "distinct seeds give distinct sample sets";
+  EXPECT_DOUBLE_EQ(row["fid"].get<double>(), (fids[0] + fids[1]) / 2);
+  EXPECT_NEAR(row["fid_std"].get<double>(), std::abs(fids[0] - fids[1]) / std::sqrt(2.0), 1e-12);
+  EXPECT_EQ(row["fid_min"].get<double>(), std::min(fids[0], fids[1]));
+  EXPECT_DOUBLE_EQ(row["precision"].get<double>(),
+                   (row["runs"][0]["precision"].get<double>() + row["runs"][1]["precision"].get<double>()) / 2);
+  char cell[96];
+  std::snprintf(cell, sizeof cell, "| %.2f +- %.2f, min %.2f | %.0f | %.3f | %.3f |", row["fid"].get<double>(),
+                row["fid_std"].get<double>(), row["fid_min"].get<double>(), row["mean_nfe"].get<double>(),
+                row["precision"].get<double>(), row["recall"].get<double>());
+  EXPECT_NE(re.out.find(cell), std::string::npos) << re.out;
+  EXPECT_NE(re.out.find("| FID (2 seeds: mean +- sd, min) | NFE | Precision | Recall |"), std::string::npos) << re.out;
+  EXPECT_NE(re.out.find("seeds 7, 8"), std::string::npos) << re.out;
+
+  // As if stopped after the first seed, whose FID is marked: the resume keeps it and computes only the second.
+  auto partial = j;
+  partial["dopri5"]["runs"].erase(1);
+  partial["dopri5"]["runs"][0]["fid"] = 100.0;
+  std::ofstream(dir / "eval.json") << partial.dump(2);
+  re = run(args + " --resume", dir);
+  ASSERT_EQ(re.code, 0) << re.err;
+  auto resumed = read_json(dir / "eval.json");
+  EXPECT_EQ(resumed["dopri5"]["runs"][0]["fid"], 100.0);
+  EXPECT_DOUBLE_EQ(resumed["dopri5"]["runs"][1]["fid"].get<double>(), fids[1]);
+  EXPECT_DOUBLE_EQ(resumed["dopri5"]["fid"].get<double>(), (100.0 + fids[1]) / 2);
+
+  // A 32x32 reference for 8x8 samples: refused naming both, before any sampling.
+  auto r32 = run(fm_bin + " fid-features --images shapes:4 --weights " + weights + " --batch 4 --device cpu --out " +
+                     (dir / "ref32.npz"), dir);
+  ASSERT_EQ(r32.code, 0) << r32.err;
+  auto rm = run(fm_bin + " evaluate --checkpoint " + ckpt + " --fid-ref " + (dir / "ref32.npz") + " --fid-weights " +
+                    weights + " --no-nll --num-samples 6 --device cpu --samples-dir " + (dir / "samples32"), dir);
+  EXPECT_EQ(rm.code, 2) << rm.err;
+  EXPECT_NE(rm.err.find("8x8"), std::string::npos) << rm.err;
+  EXPECT_NE(rm.err.find("32x32"), std::string::npos) << rm.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "samples32/dopri5")) << "refused before sampling";
 }
 
 namespace {

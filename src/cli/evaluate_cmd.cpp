@@ -22,8 +22,21 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--fid-weights", o->fid_weights,
                   "FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the .npz from "
                   "scripts/export_fid_inception.py");
+  cmd->add_option("--fid-ref-features", o->fid_ref_features,
+                  "the reference's features (.npy from fm fid-features --save-features): precision and recall (k = 3) "
+                  "beside each FID");
+  add_choice(cmd, "--resize", o->resize,
+             "how samples reach the network's 299x299 (as the reference's statistics were made): pytorch-fid's "
+             "bilinear, or clean-fid's PIL bicubic");
+  cmd->add_flag("--allow-resolution-mismatch", o->allow_resolution_mismatch,
+                "FID against a reference of another resolution than the samples (refused otherwise)");
   cmd->add_option("--num-samples", o->num_samples, "samples per FID (0 = no sampling)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--seeds", o->seeds,
+                  "sample sets per setting, from seeds --seed, --seed + 1, ...: FID mean, standard deviation and "
+                  "minimum (EDM reports the minimum of 3)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--batch", o->batch, "samples per ODE solve")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--fid-batch", o->fid_batch, "images per Inception pass")->check(CLI::PositiveNumber)->capture_default_str();
@@ -48,14 +61,16 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--dequant-samples", o->dequant_samples, "K dequantisation draws per image (importance-weighted)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--samples-dir", o->samples_dir, "samples of each setting go to a subfolder here (samples.npz)")
+  cmd->add_option("--samples-dir", o->samples_dir,
+                  "samples of each setting and seed go to SETTING/seed_S here (samples.npz, and fid_stats.npz with "
+                  "its provenance)")
       ->capture_default_str();
   auto* resume = cmd->add_flag("--resume", o->resume,
                                "continue an earlier evaluation with the same settings: its figures and finished "
                                "samples are kept, interrupted samples continue from their shards");
   cmd->add_flag("--overwrite", o->overwrite, "replace the results and samples of an earlier evaluation")
       ->excludes(resume);
-  cmd->add_option("--seed", o->seed, "seed of the sample noise, dequantisation and probes")
+  cmd->add_option("--seed", o->seed, "seed of the sample noise (the first of --seeds), dequantisation and probes")
       ->check(seed_value())
       ->capture_default_str();
   add_choice(cmd, "--weights", o->weights, "which weights of the checkpoint");

@@ -33,6 +33,9 @@ enum class Divergence { hutchinson, exact };
 enum class Probe { rademacher, gaussian };
 // Which weights of a checkpoint a command runs: the EMA average or the raw optimised ones.
 enum class Weights { ema, raw };
+// How FID brings images to the Inception network's 299x299 (fid/inception.h): pytorch-fid's bilinear resize, or
+// clean-fid's "clean" mode (PIL's bicubic on float images).
+enum class FidResize { pytorch_fid, clean };
 
 // The table of names of a choice: ChoiceNames<E>::table lists every value of E once, in the order --help shows them.
 template <class E>
@@ -67,6 +70,7 @@ FM_CHOICE_NAMES(TimeGrid, {TimeGrid::uniform, "uniform"}, {TimeGrid::edm, "edm"}
 FM_CHOICE_NAMES(Divergence, {Divergence::hutchinson, "hutchinson"}, {Divergence::exact, "exact"})
 FM_CHOICE_NAMES(Probe, {Probe::rademacher, "rademacher"}, {Probe::gaussian, "gaussian"})
 FM_CHOICE_NAMES(Weights, {Weights::ema, "ema"}, {Weights::raw, "raw"})
+FM_CHOICE_NAMES(FidResize, {FidResize::pytorch_fid, "pytorch-fid"}, {FidResize::clean, "clean"})
 
 #undef FM_CHOICE_NAMES
 

@@ -11,6 +11,11 @@
 
 namespace fm {
 
+std::string resolution_name(const std::vector<int64_t>& resolution) {
+  if (resolution.size() != 2) return "unknown";
+  return std::to_string(resolution[0]) + "x" + std::to_string(resolution[1]);
+}
+
 void FeatureMoments::add(const torch::Tensor& features) {
   TORCH_CHECK(features.dim() == 2, "FeatureMoments: expected [B, D] features, got ", features.sizes());
   if (features.size(0) == 0) return;
@@ -81,7 +86,7 @@ FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& image
     if (b.empty()) return {{"features", torch::empty({0, FidInceptionImpl::kFeatures}, feature_options)}};
     auto x = images.slice(0, b.first, b.first + b.count);
     if (x.size(1) == 1) x = x.expand({-1, 3, -1, -1});
-    return {{"features", net->forward(x)}};
+    return {{"features", net->forward(x, opt.resize)}};
   };
   FeatureMoments moments;
   std::vector<torch::Tensor> kept;
@@ -108,6 +113,7 @@ FeatureResult compute_fid_features(FidInception& net, const torch::Tensor& image
   FeatureResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.stats = moments.finish();
+  r.stats.resolution = {images.size(2), images.size(3)};
   if (opt.keep_features)
     r.features = kept.empty() ? torch::empty({0, FidInceptionImpl::kFeatures}) : torch::cat(kept, 0);
   return r;
@@ -139,6 +145,7 @@ void write_fid_stats(const std::string& path, const FidStats& s) {
   std::vector<std::pair<std::string, torch::Tensor>> arrays = {{"mu", s.mu.to(torch::kFloat64).cpu()},
                                                                {"sigma", s.sigma.to(torch::kFloat64).cpu()}};
   if (s.n >= 0) arrays.emplace_back("n", torch::tensor(s.n, torch::kInt64));
+  if (!s.resolution.empty()) arrays.emplace_back("resolution", torch::tensor(s.resolution, torch::kInt64));
   write_npz(path, arrays);
 }
 
@@ -148,8 +155,10 @@ FidStats read_fid_stats(const std::string& path) {
   for (const char* k : {"mu", "sigma"})
     if (!have.count(k))
       throw file_error(path, std::string("no '") + k + "' array: not FID statistics (expected keys mu and sigma)");
-  auto arrays = read_npz(path, have.count("n") ? std::vector<std::string>{"mu", "sigma", "n"}
-                                               : std::vector<std::string>{"mu", "sigma"});
+  std::vector<std::string> wanted = {"mu", "sigma"};
+  for (const char* k : {"n", "resolution"})
+    if (have.count(k)) wanted.emplace_back(k);
+  auto arrays = read_npz(path, wanted);
   FidStats s;
   s.mu = arrays.at("mu");
   s.sigma = arrays.at("sigma");
@@ -163,6 +172,14 @@ FidStats read_fid_stats(const std::string& path) {
       throw file_error(path, "'n' must be one integer >= 2 (the number of images), got " +
                                  std::string(c10::toString(n.scalar_type())) + " " + c10::str(n.sizes()));
     s.n = n.item<int64_t>();
+  }
+  if (have.count("resolution")) {
+    const auto& r = arrays.at("resolution");
+    if (r.dim() != 1 || r.numel() != 2 || (r.scalar_type() != torch::kInt64 && r.scalar_type() != torch::kInt32) ||
+        r.min().item<int64_t>() < 1)
+      throw file_error(path, "'resolution' must be two integers >= 1 (the images' height and width), got " +
+                                 std::string(c10::toString(r.scalar_type())) + " " + c10::str(r.sizes()));
+    s.resolution = {r[0].item<int64_t>(), r[1].item<int64_t>()};
   }
   return s;
 }

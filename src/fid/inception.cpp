@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "fid/pil_resize.h"
 #include "interop/torch_file.h"
 #include "io/npy.h"
 #include "util/error.h"
@@ -152,16 +153,27 @@ torch::Tensor FidInceptionImpl::features(const torch::Tensor& x) {
   return h.mean({2, 3});  // adaptive average pool to 1x1
 }
 
-torch::Tensor FidInceptionImpl::forward(const torch::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.size(1) == 3, "FID Inception: expected images [N, 3, H, W], got ",
-              images.sizes());
-  auto device = Conv2d_1a_3x3->conv->weight.device();
-  auto x = images.to(device).to(torch::kFloat32) / 255.0;
-  x = F::interpolate(x, F::InterpolateFuncOptions()
-                            .size(std::vector<int64_t>{kInputSize, kInputSize})
-                            .mode(torch::kBilinear)
-                            .align_corners(false));
-  x = 2.0 * x - 1.0;
+torch::Tensor fid_input(const torch::Tensor& images, FidResize resize, const torch::Device& device) {
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == 3 && images.scalar_type() == torch::kUInt8,
+              "FID Inception: expected uint8 images [N, 3, H, W], got ", images.scalar_type(), " ", images.sizes());
+  const int64_t size = FidInceptionImpl::kInputSize;
+  auto x = images.to(device).to(torch::kFloat32);
+  switch (resize) {
+    case FidResize::pytorch_fid:
+      x = F::interpolate(x / 255.0, F::InterpolateFuncOptions()
+                                        .size(std::vector<int64_t>{size, size})
+                                        .mode(torch::kBilinear)
+                                        .align_corners(false));
+      return 2.0 * x - 1.0;
+    case FidResize::clean:
+      return (pil_bicubic_resize(x, size, size).clamp_(0.0, 255.0) - 128.0) / 128.0;
+  }
+  TORCH_CHECK(false, "fid_input: unknown resize");
+  return x;
+}
+
+torch::Tensor FidInceptionImpl::forward(const torch::Tensor& images, FidResize resize) {
+  auto x = fid_input(images, resize, Conv2d_1a_3x3->conv->weight.device());
   // oneDNN runs channels-last convolutions without reordering every activation to its blocked layout and back:
   // 1.6x faster on CPU (pytorch-fid gets this by accident when its input tensor is channels-last). cuDNN in strict
   // float32 gains nothing from it, so CUDA keeps NCHW.

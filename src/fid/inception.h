@@ -10,7 +10,17 @@
 
 #include <torch/torch.h>
 
+#include "config/choices.h"
+
 namespace fm {
+
+// The network's input from uint8 images [N, 3, H, W] (any device): float32 [N, 3, 299, 299] on `device`.
+//  pytorch-fid: x / 255, bilinear resize (align_corners false, no antialiasing), 2x - 1, as pytorch-fid's
+//    InceptionV3(resize_input=True, normalize_input=True).
+//  clean: clean-fid's "clean" mode: the uint8 values as float32, PIL's bicubic resize of each channel
+//    (fid/pil_resize.h), clipped to [0, 255], then (x - 128) / 128, as clean-fid's wrapper of the Inception network
+//    scales its input.
+torch::Tensor fid_input(const torch::Tensor& images, FidResize resize, const torch::Device& device);
 
 // conv (no bias) -> BatchNorm (eps 0.001, eval) -> ReLU.
 struct InceptionConvImpl : torch::nn::Module {
@@ -75,9 +85,9 @@ struct FidInceptionImpl : torch::nn::Module {
 
   FidInceptionImpl();
   // Images uint8 [N, 3, H, W] (any H, W; any device: moved to the network's) -> pool3 features float32 [N, 2048] on
-  // the network's device. As pytorch-fid: x / 255, bilinear resize to 299x299 (align_corners false), 2x - 1.
+  // the network's device, the images brought to 299x299 by `resize` (fid_input).
   // Call under torch::NoGradGuard with the module in eval mode.
-  torch::Tensor forward(const torch::Tensor& images);
+  torch::Tensor forward(const torch::Tensor& images, FidResize resize = FidResize::pytorch_fid);
   // The same from a float batch already resized and scaled to [-1, 1].
   torch::Tensor features(const torch::Tensor& x);
 

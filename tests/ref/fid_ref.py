@@ -7,6 +7,12 @@
   fid_ref.py frechet OUT          random statistics of size 2048 (OUT/case_*.npz) and pytorch-fid's
                                   calculate_frechet_distance between pairs of them (OUT/frechet.json)
   fid_ref.py stats-write OUT      statistics files written by numpy the ways pytorch-fid and numpy users do
+  fid_ref.py clean OUT SEED       the weights and images of `inception`, their features by clean-fid's "clean" mode: its
+                                  own file reading and PIL resize (cleanfid.fid.get_files_features) and its Inception
+                                  wrapper's input scaling (cleanfid.inception_torchscript.InceptionV3W), the network
+                                  being pytorch-fid's with these weights (OUT/clean_features.npy)
+  fid_ref.py pil-resize OUT       float images of several sizes resized by PIL itself (mode "F", BICUBIC) up and down
+                                  (OUT/pil_resize.npz: in_K and out_K)
   fid_ref.py stats-echo IN OUT    loads IN (written by fm) with numpy, checks dtypes, writes it back compressed
 """
 import json
@@ -19,25 +25,15 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def inception(out, seed):
-    import torch
+def test_images(out, seed):
+    """The weights file exactly as a user makes it (the export script's --random-init path), and 9 test images of
+    32x32 (not 299: the resize is exercised) as OUT/images.npz and PNG files: 6 from one distribution (smooth colour
+    fields plus noise), 3 from another (dark, high-frequency stripes)."""
     from PIL import Image
-    import pytorch_fid.inception as pfi
-    from pytorch_fid.fid_score import get_activations
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import export_fid_inception as ex
-
-    torch.set_num_threads(1)
-    # The weights file exactly as a user makes it (the script's --random-init path), and pytorch-fid's own
-    # InceptionV3 wrapper loading the same state_dict through fid_inception_v3's load_state_dict (strict).
     ex.main(["--out", os.path.join(out, "weights.npz"), "--random-init", str(seed)])
-    state = ex.build_fid_inception(random_seed=seed).state_dict()
-    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
-        net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True,
-                              normalize_input=True).eval()
 
-    # 32x32 images (not 299: the resize is exercised): 6 from one distribution (smooth colour fields plus noise),
-    # 3 from another (dark, high-frequency stripes).
     rng = np.random.default_rng(seed)
     h = w = 32
     imgs = []
@@ -50,15 +46,81 @@ def inception(out, seed):
         imgs.append(np.clip(stripes + rng.uniform(0, 30, size=(h, w, 3)), 0, 255))
     arr = np.stack(imgs).round().astype(np.uint8)
     np.savez(os.path.join(out, "images.npz"), arr_0=arr)
-
     files = []
     for i, a in enumerate(arr):
         files.append(os.path.join(out, f"img{i}.png"))
         Image.fromarray(a).save(files[-1])
+    return files
+
+
+def inception(out, seed):
+    import torch
+    from pytorch_fid.fid_score import get_activations
+
+    torch.set_num_threads(1)
+    files = test_images(out, seed)
+    # pytorch-fid's own InceptionV3 wrapper loading the same state_dict through fid_inception_v3's load_state_dict.
+    net = random_pytorch_fid_net(seed, resize_input=True, normalize_input=True)
     act = get_activations(files, net, batch_size=len(files), dims=2048, device="cpu", num_workers=0)
     np.save(os.path.join(out, "features.npy"), act.astype(np.float64))
     np.savez_compressed(os.path.join(out, "stats_ref.npz"), mu=np.mean(act[:6], axis=0),
                         sigma=np.cov(act[:6], rowvar=False))
+
+
+def random_pytorch_fid_net(seed, resize_input, normalize_input):
+    """pytorch-fid's InceptionV3 wrapper (pool3) on the random weights scripts/export_fid_inception.py makes."""
+    import pytorch_fid.inception as pfi
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import export_fid_inception as ex
+    state = ex.build_fid_inception(random_seed=seed).state_dict()
+    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+        return pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=resize_input,
+                               normalize_input=normalize_input).eval()
+
+
+def clean(out, seed):
+    import torch
+    from cleanfid.fid import get_files_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    torch.set_num_threads(1)
+    files = test_images(out, seed)
+    net = random_pytorch_fid_net(seed, resize_input=False, normalize_input=False)
+
+    class Layers(torch.nn.Module):
+        """Stands in for the TorchScript graph's layers: pool3 of the network, on input already scaled."""
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)[0]
+
+    # clean-fid's own wrapper, with its TorchScript download replaced by the random network.
+    model = InceptionV3W.__new__(InceptionV3W)
+    torch.nn.Module.__init__(model)
+    model.layers = Layers(net)
+    model.resize_inside = False
+    feats = get_files_features(files, model=model, num_workers=0, batch_size=4, device=torch.device("cpu"),
+                               mode="clean", verbose=False)
+    np.save(os.path.join(out, "clean_features.npy"), feats.astype(np.float64))
+
+
+def pil_resize(out):
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    # (in H, in W, out H, out W): upsampling as FID does at 32x32, downsampling (the filter widens), both at once,
+    # odd sizes, and an axis that does not change.
+    cases = [(32, 32, 299, 299), (7, 13, 299, 299), (512, 384, 299, 299), (40, 24, 17, 50), (16, 20, 16, 45)]
+    arrays = {}
+    for i, (h, w, oh, ow) in enumerate(cases):
+        x = rng.integers(0, 256, size=(h, w)).astype(np.float32)
+        if i == 3:  # "F" images are not clipped: values outside [0, 255] pass through
+            x = (x - 100.0) * 3.7
+        y = np.asarray(Image.fromarray(x, mode="F").resize((ow, oh), resample=Image.BICUBIC))
+        assert y.dtype == np.float32 and y.shape == (oh, ow), (y.dtype, y.shape)
+        arrays[f"in_{i}"], arrays[f"out_{i}"] = x, y
+    np.savez(os.path.join(out, "pil_resize.npz"), **arrays)
 
 
 def frechet(out):
@@ -98,6 +160,9 @@ def stats_write(out):
     np.savez(os.path.join(out, "bad_nonfinite.npz"), mu=mu, sigma=np.where(np.eye(16) > 0, np.nan, sigma))
     np.savez(os.path.join(out, "bad_asymmetric.npz"), mu=mu, sigma=sigma + np.triu(np.ones((16, 16)), 1))
     np.savez(os.path.join(out, "bad_n.npz"), mu=mu, sigma=sigma, n=np.float64(40))
+    np.savez(os.path.join(out, "with_resolution.npz"), mu=mu, sigma=sigma, resolution=np.array([16, 24]))
+    np.savez(os.path.join(out, "bad_resolution.npz"), mu=mu, sigma=sigma, resolution=np.array([16.0, 24.0]))
+    np.savez(os.path.join(out, "bad_resolution_zero.npz"), mu=mu, sigma=sigma, resolution=np.array([0, 24]))
     with open(os.path.join(out, "pytorch_fid_style.npz"), "rb") as f:
         data = f.read()
     with open(os.path.join(out, "bad_truncated.npz"), "wb") as f:
@@ -108,17 +173,23 @@ def stats_echo(path, out):
     with np.load(path) as f:
         mu, sigma = f["mu"], f["sigma"]
         n = f["n"] if "n" in f.files else None
+        res = f["resolution"] if "resolution" in f.files else None
     assert mu.dtype == np.float64 and sigma.dtype == np.float64, (mu.dtype, sigma.dtype)
     assert mu.ndim == 1 and sigma.shape == (mu.shape[0], mu.shape[0]), (mu.shape, sigma.shape)
     assert n is None or (n.dtype == np.int64 and n.shape == ()), n
+    assert res is None or (res.dtype == np.int64 and res.shape == (2,)), res
     np.savez_compressed(out, mu=mu, sigma=sigma)
-    print(json.dumps({"n": None if n is None else int(n)}))
+    print(json.dumps({"n": None if n is None else int(n), "resolution": None if res is None else res.tolist()}))
 
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "inception":
         inception(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "clean":
+        clean(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "pil-resize":
+        pil_resize(sys.argv[2])
     elif cmd == "frechet":
         frechet(sys.argv[2])
     elif cmd == "stats-write":
