@@ -78,6 +78,12 @@ std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateO
     fixed.steps = steps;
     plan.emplace_back(std::string(name_of(o.fixed_solver)) + "_" + std::to_string(steps), fixed);
   }
+  if (with_fid && o.sde_steps > 0) {
+    SolveSettings sde;  // the diffusion and last step of the checkpoint's sample section
+    sde.solver = Solver::euler_maruyama;
+    sde.steps = o.sde_steps;
+    plan.emplace_back(std::string(name_of(sde.solver)) + "_" + std::to_string(o.sde_steps), sde);
+  }
   return plan;
 }
 
@@ -122,6 +128,7 @@ nlohmann::json evaluation_settings(const EvaluateOptions& o) {
   s["batch"] = o.batch;
   s["fid_batch"] = o.fid_batch;
   s["fixed_solver"] = name_of(o.fixed_solver);
+  if (o.sde_steps > 0) s["sde_steps"] = o.sde_steps;
   if (!o.fid_ref.empty()) record_file(s, "fid_ref", o.fid_ref);
   if (!o.fid_weights.empty()) record_file(s, "fid_weights", o.fid_weights);
   return s;

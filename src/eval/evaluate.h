@@ -32,6 +32,7 @@ struct EvaluateOptions {
   double atol = 1e-5, rtol = 1e-5;  // dopri5, for both the likelihood and the samples
   std::vector<int64_t> fixed_steps;  // extra FIDs at these step counts of `fixed_solver`
   Solver fixed_solver = Solver::euler;
+  int64_t sde_steps = 0;             // > 0: also FID of euler_maruyama (SDE) samples at this many steps (sample/sde.h)
   std::string samples_dir = "evaluate_samples";  // samples of each setting in a subfolder (samples.npz, as fm sample)
   // An earlier evaluation into --out and --samples-dir is continued with `resume` (its rows and finished samples kept,
   // interrupted samples continued from their shards; its settings must be these) or replaced with `overwrite`; with
