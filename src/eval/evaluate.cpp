@@ -208,6 +208,8 @@ nlohmann::json sample_row(const EvaluateOptions& o, const std::string& name, con
     r["steps"] = solve.steps;
     r["time_grid"] = name_of(solve.time_grid);
   }
+  for (const char* key : {"diffusion", "diffusion_norm", "sde_last_step"})  // the SDE row's, from the checkpoint
+    if (s.record.contains(key)) r[key] = s.record[key];
   if (fid) {
     r["fid"] = fid_of_samples(s.npz, fid->net, fid->ref, o.fid_batch);
     r["fid_ref"] = o.fid_ref;
@@ -264,7 +266,8 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   }
   const auto plan = sampling_plan(o, fid != nullptr);
   for (const auto& [name, solve] : plan) check_sample_out(sample_options(o, name, solve));
-  if (!fid && !o.fixed_steps.empty() && o.num_samples > 0) skip("fixed-step FIDs", "no FID to compute");
+  if (!fid && (!o.fixed_steps.empty() || o.sde_steps > 0) && o.num_samples > 0)
+    skip("fixed-step FIDs", "no FID to compute");
 
   // The figures, each written to --out as soon as it is known; a resume keeps the rows it already has.
   auto save = [&] {

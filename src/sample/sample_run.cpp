@@ -27,6 +27,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+std::string sample_option_of(const std::string& key) { return key == "n" ? "--num-samples" : generation_option_of(key); }
+
 // samples.npz (arr_0, and arr_1 the labels as the ADM evaluator reads them) and samples.png.
 void write_samples(const SampleSummary& sum, const torch::Tensor& all, const torch::Tensor& labels, bool toy,
                    int64_t grid_n, int64_t cycled_classes) {
@@ -86,7 +88,7 @@ std::optional<SampleSummary> finished_run(const SampleSummary& paths, const nloh
   } catch (const nlohmann::json::exception&) {
     throw file_error(paths.json, "not valid JSON; start afresh with --overwrite");
   }
-  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, generation_option_of, paths.json);
+  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, sample_option_of, paths.json);
   SampleSummary s = paths;
   s.n = record.at("n").get<int64_t>();
   s.mean_nfe = record.at("mean_nfe").get<double>();
@@ -128,7 +130,7 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
       spdlog::info("{} holds the finished samples of these settings; nothing to do", o.out_dir);
       return *done;
     }
-  shards.prepare(o.resume, settings, {"checkpoint", "class_name"}, generation_option_of, w);
+  shards.prepare(o.resume, settings, {"checkpoint", "class_name"}, sample_option_of, w);
   gen.load_network();
 
   // Each batch's samples (uint8 NHWC images or float 2-D points), its NFE and, when asked, its straightness summed
