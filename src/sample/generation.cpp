@@ -140,7 +140,16 @@ GenerationRun::GenerationRun(const GenerationOptions& o, const torch::Device& de
     spdlog::info("class {}{}", classes_->index,
                  classes_->index < static_cast<int64_t>(names.size()) ? " (" + names[classes_->index] + ")" : std::string());
   solve_ = resolve_solve(ck_->config(), o.solve);
-  if (solve_.solver == Solver::euler_maruyama) sde_grid(solve_);  // refuses too few steps before any work
+  if (solve_.solver == Solver::euler_maruyama) {
+    sde_grid(solve_);  // refuses too few steps before any work
+    // The score from the velocity is Tweedie's formula, which holds only where the training noise x0 was independent
+    // of x1: a coupled model (a rectified flow's pairs, minibatch OT) gets a wrong score and off samples.
+    const Coupling coupling = ck_->config().path.coupling;
+    if (coupling != Coupling::independent)
+      spdlog::warn("--solver euler_maruyama: {} was trained with path.coupling = {}, whose noise is not independent of "
+                   "the data; the score the SDE takes from its velocity assumes it is, so its samples will be off "
+                   "(sample it with an ODE solver)", o.checkpoint, name_of(coupling));
+  }
   log_solve(solve_);
 }
 
