@@ -36,6 +36,7 @@ HOOKS=(
   "equivalence|scripts/equivalence_check.sh"
   "bench|scripts/bench.sh|200"
   "nccl|scripts/nccl_check.sh"
+  "few_step|scripts/few_step_check.sh|150"
 )
 HOOK_TIMEOUT=${FM_GPU_CHECK_HOOK_TIMEOUT:-120}
 
@@ -43,7 +44,7 @@ if [ "$DRY" = 1 ]; then
   DEVICE=cpu
   BUILD=build-gpu
   PY=${FM_PYTHON:-$ROOT/.venv/bin/python}
-  [ "$TESTS" = __default__ ] && TESTS='TestDevice|CudaParity|TrainEquivalence|Cli\.|UNet(Shape|Init|Layout)|Solver\.|Path\.|Sample\.|Likelihood(Gaussian|ZeroField)|Data(LoadDataset|BatchSampler)|Train\.(Ema|Resume|TinyUNet)|FidCli'
+  [ "$TESTS" = __default__ ] && TESTS='TestDevice|CudaParity|TrainEquivalence|Cli\.|UNet(Shape|Init|Layout)|Solver\.|Path\.|Sample\.|Reflow\.|Likelihood(Gaussian|ZeroField)|Data(LoadDataset|BatchSampler)|Train\.(Ema|Resume|TinyUNet)|FidCli'
   DEMO_STEPS=100
   TEST_LIMIT=900
   DEMO_LIMIT=600

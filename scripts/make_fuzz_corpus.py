@@ -94,6 +94,17 @@ def imagenet32(out):
     write(d, "empty", npz_bytes(data=np.zeros((0, 3072), np.uint8), labels=np.zeros(0, np.int64)))
 
 
+def pairs(out):
+    d = out / "fuzz_pairs"
+    x0 = rng.standard_normal((3, 2)).astype(np.float32)
+    write(d, "points", npz_bytes(x0=x0, x1=x0 + 1))
+    write(d, "images_labels", npz_bytes(True, x0=rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+                                        x1=rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+                                        labels=np.array([0, 9])))
+    write(d, "float64_mismatch", npz_bytes(x0=np.zeros((2, 2)), x1=np.zeros((3, 2))))
+    write(d, "nan", npz_bytes(x0=x0, x1=np.full((3, 2), np.nan, np.float32)))
+
+
 def image(out):
     d = out / "fuzz_image"
     from PIL import Image  # Pillow comes with torchvision (pytorch-fid) in the venv
@@ -283,7 +294,7 @@ def main():
     ap.add_argument("--fm", help="fm binary used to write a checkpoint seed")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
-    for make in (npy, npz, config, cifar10, imagenet32, image, fid_stats, safetensors, torch_file):
+    for make in (npy, npz, config, cifar10, imagenet32, pairs, image, fid_stats, safetensors, torch_file):
         make(out)
     checkpoint(out, a.fm)
     for sub in sorted(out.iterdir()):

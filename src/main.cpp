@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   fm::add_export_command(app);
   fm::add_import_command(app);
   fm::add_bench_command(app);
+  fm::add_reflow_command(app);
 
   // Every message goes through printable(): it may quote bytes of a hostile input file.
   try {

@@ -84,7 +84,7 @@ TEST(Config, SuggestionsCountASwapOfNeighboursAsOneEdit) {
 TEST(Config, ChoicesAndDeviceAreCheckedWhenRead) {
   TempDir d;
   auto msg = error_of([&] { fm::load_config(write(d, R"({"path": {"coupling": "sinkhorm"}})"), {}); });
-  EXPECT_NE(msg.find("path.coupling: must be one of independent, ot, sinkhorn, sb (got \"sinkhorm\"; did you mean "
+  EXPECT_NE(msg.find("path.coupling: must be one of independent, ot, sinkhorn, sb, pairs (got \"sinkhorm\"; did you mean "
                      "\"sinkhorn\"?)"),
             std::string::npos)
       << msg;

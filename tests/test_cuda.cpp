@@ -2,6 +2,7 @@
 // drawn on the CPU and copied, so the two runs see identical numbers; where a run draws on the device (training), the
 // comparison is statistical. fp32 comparisons turn TF32 off (it keeps 10 mantissa bits, about 1e-3 relative, which
 // would hide real errors). Without a GPU every test here skips, saying so.
+#include <cmath>
 #include <fstream>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -20,6 +21,7 @@
 #include "path/prob_path.h"
 #include "sample/generate.h"
 #include "sample/graphed_velocity.h"
+#include "sample/reflow_run.h"
 #include "solver/ode.h"
 #include "test_util.h"
 #include "train/trainer.h"
@@ -242,6 +244,32 @@ TEST_F(CudaParity, SamplingFromTheSameNoise) {
   EXPECT_NEAR(static_cast<double>(b.nfe), static_cast<double>(a.nfe), 6.0) << "at most one step apart";
 }
 
+TEST_F(CudaParity, SdeSamplingAndTheGuidanceIntervalFromTheSameNoise) {
+  // euler_maruyama with every step's noise drawn on the CPU and copied: the drift (velocity plus w times the score from
+  // the path's conversion) and the noise-free last step run the same arithmetic on both devices. Guidance on an
+  // interval switches between the guided and the plain conditional velocity at the same times on both.
+  auto [t, x0, y] = inputs(4, 6);
+  auto cpu = unet_on(torch::kCPU), cuda = unet_on(gpu());
+  SolveSettings sde{Solver::euler_maruyama, 6};
+  sde.path = make_path(PathConfig{});
+  std::vector<torch::Tensor> noise;
+  auto g = at::make_generator<at::CPUGeneratorImpl>(9);
+  for (int k = 0; k < 6; ++k) noise.push_back(torch::randn(x0.sizes(), g));
+  auto on = [&](const torch::Device& d) { return [&, d](int64_t k) { return noise.at(k).to(d); }; };
+  auto a = generate(*cpu, x0, y, sde, {}, nullptr, on(torch::kCPU));
+  auto b = generate(*cuda, x0.to(gpu()), y.to(gpu()), sde, {}, nullptr, on(gpu()));
+  ASSERT_TRUE(b.x.is_cuda());
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+  EXPECT_EQ(b.nfe, 6);
+  EXPECT_EQ(a.nfe, 6);
+  SolveSettings heun{Solver::heun, 8};
+  const Guidance interval(1.5, 0.3, 0.7);
+  a = generate(*cpu, x0, y, heun, interval), b = generate(*cuda, x0.to(gpu()), y.to(gpu()), heun, interval);
+  EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+  auto everywhere = generate(*cpu, x0, y, heun, 1.5);
+  EXPECT_GT(max_rel(everywhere.x, a.x), 1e-3) << "the interval must change the samples";
+}
+
 TEST_F(CudaParity, GraphedSamplingMatchesEager) {
   // sample.cuda_graph replays the network captured after two eager evaluations: the same kernels on the same inputs,
   // so each solver's samples and NFE agree with the eager solve to rounding. A replay that read a stale time or state,
@@ -265,6 +293,54 @@ TEST_F(CudaParity, GraphedSamplingMatchesEager) {
   auto a = generate(*cuda, xg, yg, heun, 1.5), b = generate(*cuda, xg, yg, graphed_heun, 1.5);
   EXPECT_TRUE(b.graphed);
   EXPECT_LT(max_rel(b.x, a.x), 1e-4);
+}
+
+TEST_F(CudaParity, ReflowPairsAndThePairsCouplingOnTheGpu) {
+  // fm reflow draws each pair's noise on the CPU (per item) for either device, so the x0 are the same bytes and the x1
+  // agree to rounding; the SDE noise of each step is drawn the same way. Then a short run of the pairs coupling on the
+  // GPU (U-shaped times, pseudo-Huber, initialised from the flow that made the pairs) learns without a non-finite step.
+  TempDir d;
+  Config c;
+  c.device = "cpu";
+  c.model.mlp.hidden = 16;
+  c.model.mlp.depth = 2;
+  c.train.steps = 5;
+  c.train.batch_size = 32;
+  c.train.tensorboard = false;
+  c.sample.n = 50;
+  c.sample.steps = 2;
+  const auto base = fm::train(c, {d / "base", ""}).checkpoint;
+  ReflowOptions o;
+  o.checkpoint = base;
+  o.n = 40;
+  o.batch = 16;
+  o.seed = 3;
+  o.solve.solver = Solver::euler_maruyama;
+  o.solve.steps = 4;
+  o.out_dir = d / "cpu";
+  o.device = "cpu";
+  run_reflow(o);
+  o.out_dir = d / "gpu";
+  o.device = gpu().str();
+  run_reflow(o);
+  auto a = read_npz(d / "cpu/pairs.npz"), b = read_npz(d / "gpu/pairs.npz");
+  EXPECT_TRUE(torch::equal(a.at("x0"), b.at("x0")));
+  EXPECT_LT(max_rel(b.at("x1"), a.at("x1")), 1e-4);
+  c.device = gpu().str();
+  c.data.format = DataFormat::pairs;
+  c.data.path = d / "gpu";
+  c.path.coupling = Coupling::pairs;
+  c.time.sampler = TimeSampler::u_shaped;
+  c.loss.type = LossType::pseudo_huber;
+  c.train.init_from = base;
+  c.train.steps = 20;
+  c.train.log_every = 1;
+  fm::train(c, {d / "rectified", ""});
+  std::ifstream m(d / "rectified/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(m, line); ++lines)
+    EXPECT_TRUE(std::isfinite(nlohmann::json::parse(line)["loss"].get<double>())) << line;
+  EXPECT_EQ(lines, 20);
 }
 
 TEST_F(CudaParity, BitsPerDimOfTheSameImages) {

@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -11,6 +12,7 @@
 #include "checkpoint/checkpoint_dir.h"
 #include "dist/launch_env.h"
 #include "dist/world.h"
+#include "io/npy.h"
 #include "nn/velocity_field.h"
 #include "train/forward_rng.h"
 #include "torchrun_util.h"
@@ -448,6 +450,46 @@ TEST(DistTrain, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
     EXPECT_NEAR(c2, c1, 1e-5 * std::abs(c1) + 1e-4) << "step " << s + 1;
   }
   expect_close_weights(ckpt(d / "one", 2), ckpt(d / "two", 2));
+  expect_close_weights(ckpt(d / "one", 4), ckpt(d / "two", 4));
+}
+
+// The pairs coupling shards each global batch of pairs over the ranks as it does data and fresh noise: two ranks train
+// as one process, step for step.
+TEST(DistTrain, PairsCouplingOnTwoRanksTrainsAsOneProcess) {
+  TempDir d;
+  torch::manual_seed(5);
+  auto x0 = torch::randn({64, 2});
+  std::filesystem::create_directories(d / "pairs");
+  fm::write_npz(d / "pairs/pairs.npz", {{"x0", x0}, {"x1", 0.5 * x0.flip(1) + 1.0}});
+  nlohmann::json c = {
+      {"seed", 3},
+      {"device", "cpu"},
+      {"data", {{"format", "pairs"}, {"path", d / "pairs"}}},
+      {"model", {{"type", "mlp"}, {"mlp", {{"hidden", 32}, {"depth", 2}}}}},
+      {"path", {{"type", "cond_ot"}, {"coupling", "pairs"}}},
+      {"time", {{"sampler", "u_shaped"}}},
+      {"loss", {{"type", "pseudo_huber"}}},
+      {"train",
+       {{"steps", 4}, {"batch_size", 8}, {"lr", 2e-3}, {"log_every", 1}, {"ckpt_every", 2}, {"keep_last", 10},
+        {"tensorboard", false}}},
+      {"sample", {{"steps", 2}, {"n", 16}}},
+      {"dist", {{"timeout_s", 5}}}};
+  const std::string cfg = d / "pairs.json";
+  std::ofstream(cfg) << c.dump(2);
+  auto one = run(fm_binary() + " train --config " + cfg + " --out " + d / "one");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two = torchrun(2, fm_binary() + " train --config " + cfg + " --out " + d / "two");
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(two.output.find("weights differ"), std::string::npos) << two.output;
+  auto m1 = metrics_of(d / "one"), m2 = metrics_of(d / "two");
+  ASSERT_EQ(m1.size(), 4u);
+  ASSERT_EQ(m2.size(), 4u);
+  for (size_t s = 0; s < 4; ++s) {
+    EXPECT_EQ(m2[s]["world_size"], 2);
+    EXPECT_NEAR(m2[s]["loss"].get<double>(), m1[s]["loss"].get<double>(), 1e-5 * m1[s]["loss"].get<double>());
+    EXPECT_NEAR(m2[s]["grad_norm"].get<double>(), m1[s]["grad_norm"].get<double>(),
+                1e-4 * m1[s]["grad_norm"].get<double>());
+  }
   expect_close_weights(ckpt(d / "one", 4), ckpt(d / "two", 4));
 }
 

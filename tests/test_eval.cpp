@@ -173,11 +173,15 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
     EXPECT_EQ(r.code, 0) << r.err;
     return nlohmann::json::parse(r.out)["fid"].get<double>();
   };
+  auto rs3 = run(fm_bin + " sample --checkpoint " + ckpt + " --num-samples 6 --batch 3 --solver euler_maruyama "
+                     "--steps 4 --device cpu --seed 7 --out " + (dir / "sep_sde"), dir);
+  ASSERT_EQ(rs3.code, 0) << rs3.err;
   double fid_dopri5 = fid_of(dir / "sep_dopri5/samples.npz"), fid_euler = fid_of(dir / "sep_euler/samples.npz");
+  double fid_sde = fid_of(dir / "sep_sde/samples.npz");
 
   auto re = run(fm_bin + " evaluate --checkpoint " + ckpt + " --fid-ref " + (dir / "ref.npz") + " --fid-weights " +
-                    weights + " --num-samples 6 --batch 3 --fid-batch 6 --nll-limit 6 --nll-batch 6 --fixed-steps 3" +
-                    tol + " --samples-dir " + (dir / "eval_samples") + " --out " + (dir / "eval.json"), dir);
+                    weights + " --num-samples 6 --batch 3 --fid-batch 6 --nll-limit 6 --nll-batch 6 --fixed-steps 3 " +
+                    "--sde-steps 4" + tol + " --samples-dir " + (dir / "eval_samples") + " --out " + (dir / "eval.json"), dir);
   ASSERT_EQ(re.code, 0) << re.err;
   auto j = read_json(dir / "eval.json");
   auto nll = read_json(dir / "nll.json");
@@ -190,10 +194,16 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
   EXPECT_GT(fid_dopri5, 0);
   EXPECT_GT(j["dopri5"]["mean_nfe"].get<double>(), 6);  // dopri5: at least one step of 6 evaluations
   EXPECT_EQ(j["dopri5"]["n"], 6);
-  ASSERT_EQ(j["fixed"].size(), 1u);
+  ASSERT_EQ(j["fixed"].size(), 2u);
   EXPECT_EQ(j["fixed"][0]["solver"], "euler");
   EXPECT_EQ(j["fixed"][0]["mean_nfe"].get<double>(), 3.0);
   EXPECT_NEAR(j["fixed"][0]["fid"].get<double>(), fid_euler, 1e-6 * std::max(1.0, fid_euler));
+  // The SDE row beside the ODE rows: fm sample's euler_maruyama samples with the checkpoint's diffusion.
+  EXPECT_EQ(j["fixed"][1]["solver"], "euler_maruyama");
+  EXPECT_EQ(j["fixed"][1]["mean_nfe"].get<double>(), 4.0);
+  EXPECT_EQ(j["fixed"][1]["diffusion"], "sigma");
+  EXPECT_NEAR(j["fixed"][1]["fid"].get<double>(), fid_sde, 1e-6 * std::max(1.0, fid_sde));
+  EXPECT_NE(fid_sde, fid_euler);
   ASSERT_EQ(j["skipped"].size(), 1u) << j["skipped"];
   EXPECT_EQ(j["skipped"][0].get<std::string>().rfind("precision and recall: no --fid-ref-features", 0), 0u);
   // The reference is named with what it is of, and each FID with its seed and statistics beside its samples.
@@ -208,10 +218,13 @@ TEST(Evaluate, MatchesEvalNllAndSampleThenFidAndSaysWhatItSkipped) {
                         "pytorch-fid, 8x8)"), std::string::npos) << re.out;
   // The Markdown row on stdout: header, separator, the row with NLL, FID and NFE as the JSON has them.
   char row[256];
-  std::snprintf(row, sizeof row, "| ckpt_000000020.pt (step 20) | %.2f | %.2f | %.0f | %.2f |",
+  std::snprintf(row, sizeof row, "| ckpt_000000020.pt (step 20) | %.2f | %.2f | %.0f | %.2f | %.2f |",
                 j["nll"]["mean"].get<double>(), j["dopri5"]["fid"].get<double>(),
-                j["dopri5"]["mean_nfe"].get<double>(), j["fixed"][0]["fid"].get<double>());
-  EXPECT_EQ(re.out.rfind("| Checkpoint | NLL (bits/dim) | FID | NFE | FID euler 3 |\n|---|", 0), 0u) << re.out;
+                j["dopri5"]["mean_nfe"].get<double>(), j["fixed"][0]["fid"].get<double>(),
+                j["fixed"][1]["fid"].get<double>());
+  EXPECT_EQ(re.out.rfind("| Checkpoint | NLL (bits/dim) | FID | NFE | FID euler 3 | FID euler_maruyama 4 |\n|---|", 0),
+            0u)
+      << re.out;
   EXPECT_NE(re.out.find(row), std::string::npos) << re.out;
   EXPECT_NE(re.out.find("Hutchinson (rademacher probe), K = 1"), std::string::npos) << re.out;
   EXPECT_EQ(j["markdown"], re.out);

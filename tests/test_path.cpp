@@ -397,3 +397,120 @@ TEST(Path, BridgeNoiseDerivative) {
   EXPECT_TRUE(torch::allclose(fd, n.d_std, 1e-6, 1e-6));
   EXPECT_TRUE(torch::allclose(n.std, 0.7 * torch::sqrt(t * (1 - t))));
 }
+
+// --- few-step training: the U-shaped time distribution, the pseudo-Huber loss, the score of a velocity --------------
+
+// Lee et al.'s U-shaped times, sampled in float32 as training draws them, against their closed-form CDF: the
+// Kolmogorov-Smirnov statistic of 200k draws stays below the 0.1% critical value 1.95 / sqrt(n); uniform times (what
+// time.sampler = uniform gives) miss it by far. a = 0 is the uniform distribution.
+TEST(Path, UShapedTimesFollowTheirDensity) {
+  torch::manual_seed(5);
+  const int64_t n = 200000;
+  auto ks = [&](const torch::Tensor& t, double a) {
+    auto sorted = std::get<0>(t.to(torch::kFloat64).sort());
+    auto acc = sorted.accessor<double, 1>();
+    double d = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double f = fm::u_shaped_cdf(a, acc[i]);
+      d = std::max({d, std::fabs(f - static_cast<double>(i) / n), std::fabs(f - static_cast<double>(i + 1) / n)});
+    }
+    return d;
+  };
+  fm::TimeConfig cfg;
+  cfg.sampler = fm::TimeSampler::u_shaped;
+  for (double a : {4.0, 1.0}) {
+    cfg.u_shaped_a = a;
+    auto t = fm::sample_times(cfg, n, f32);
+    EXPECT_GE(t.min().item<double>(), 0.0);
+    EXPECT_LE(t.max().item<double>(), 1.0);
+    EXPECT_LT(ks(t, a), 1.95 / std::sqrt(static_cast<double>(n))) << "a = " << a;
+  }
+  EXPECT_GT(ks(torch::rand({n}, f64), 4.0), 0.05) << "the test tells uniform times from U-shaped ones";
+  cfg.u_shaped_a = 0.0;
+  EXPECT_LT(ks(fm::sample_times(cfg, n, f32), 0.0), 1.95 / std::sqrt(static_cast<double>(n)));
+  // The density is the CDF's derivative, integrates to 1, is symmetric and weighs the ends e^(a/2) / 1 against the
+  // middle's (cosh(a/2) / 1 at a = 4: 3.76).
+  for (double t : {0.0, 0.1, 0.37, 0.5, 0.9}) {
+    const double h = 1e-6, fd = (fm::u_shaped_cdf(4, t + h) - fm::u_shaped_cdf(4, t - h)) / (2 * h);
+    if (t > 0) EXPECT_NEAR(fd, fm::u_shaped_pdf(4, t), 1e-6) << t;
+    EXPECT_NEAR(fm::u_shaped_pdf(4, t), fm::u_shaped_pdf(4, 1 - t), 1e-12);
+  }
+  EXPECT_NEAR(fm::u_shaped_pdf(4, 0.0) / fm::u_shaped_pdf(4, 0.5), std::cosh(2.0), 1e-12);
+  EXPECT_EQ(fm::u_shaped_cdf(4, 0.5), 0.5);
+}
+
+// The pseudo-Huber loss against its closed form written out per sample: sqrt(|r|^2 + c^2) - c over the d elements of
+// each sample, divided by d, averaged over the batch, with c = 0.00054 sqrt(d) unless loss.huber_c gives it; near
+// zero it is |r|^2 / (2 c d), far away |r| / d. mse stays the mean of the squares.
+TEST(Path, PseudoHuberLossMatchesItsClosedForm) {
+  torch::manual_seed(6);
+  auto pred = torch::randn({5, 3, 4, 4}, f64), target = torch::randn({5, 3, 4, 4}, f64);
+  const int64_t d = 48;
+  auto expected = [&](double c, const torch::Tensor& p, const torch::Tensor& q) {
+    double sum = 0;
+    for (int64_t b = 0; b < 5; ++b) {
+      const double sq = (p[b] - q[b]).square().sum().item<double>();
+      sum += (std::sqrt(sq + c * c) - c) / d;
+    }
+    return sum / 5;
+  };
+  fm::LossConfig huber;
+  huber.type = fm::LossType::pseudo_huber;
+  EXPECT_DOUBLE_EQ(fm::huber_c(huber, d), 0.00054 * std::sqrt(48.0));
+  EXPECT_NEAR(fm::regression_loss(huber, pred, target).item<double>(), expected(0.00054 * std::sqrt(48.0), pred, target),
+              1e-12);
+  huber.huber_c = 1.7;
+  EXPECT_NEAR(fm::regression_loss(huber, pred, target).item<double>(), expected(1.7, pred, target), 1e-12);
+  // The two regimes.
+  auto small = target + 1e-4 * pred;
+  const double sq = (small - target).square().sum().item<double>() / 5;  // mean |r|^2 per sample
+  EXPECT_NEAR(fm::regression_loss(huber, small, target).item<double>(), sq / (2 * 1.7 * d), 1e-6 * sq / (2 * 1.7 * d));
+  auto far = target + 1e4 * pred;
+  const double norm = (far - target).reshape({5, -1}).norm(2, 1).mean().item<double>();
+  EXPECT_NEAR(fm::regression_loss(huber, far, target).item<double>(), (norm - 1.7) / d, 1e-6 * norm / d);
+  fm::LossConfig mse;
+  EXPECT_NEAR(fm::regression_loss(mse, pred, target).item<double>(), (pred - target).square().mean().item<double>(),
+              1e-15);
+  // target_loss regresses the target's own prediction with it: for velocity, against u_t.
+  fm::CondOTPath path;
+  auto x0 = torch::randn({5, 3, 4, 4}, f64), x1 = torch::randn({5, 3, 4, 4}, f64), t = torch::rand({5}, f64);
+  auto ps = path.sample(x0, x1, t);
+  EXPECT_NEAR(fm::target_loss(fm::Target::velocity, path, pred, x0, x1, t, ps, huber).item<double>(),
+              expected(1.7, pred, ps.u_t), 1e-12);
+}
+
+// x1 ~ N(m, s^2 I): x_t ~ N(alpha m, (alpha^2 s^2 + sigma^2) I), whose score is -(x - alpha m) / var, and whose
+// marginal velocity is alpha' E[x1 | x] + sigma' E[x0 | x]. The score from that velocity must be the Gaussian's on
+// every path, at the noise end too.
+TEST(Path, ScoreFromTheVelocityIsTheMarginalsScore) {
+  const double m = 0.7, s = 0.4;
+  torch::manual_seed(7);
+  for (const auto& [name, path] : all_paths()) {
+    for (double t : {0.0, 0.05, 0.3, 0.5, 0.8, 0.97}) {
+      if (t < path->t_min() || t > path->t_max()) continue;
+      auto tt = torch::full({64}, t, f64);
+      auto tc = tt.unsqueeze(1);
+      auto a = path->alpha(tc), sg = path->sigma(tc), da = path->d_alpha(tc), ds = path->d_sigma(tc);
+      auto var = a * a * s * s + sg * sg;
+      auto x = a * m + torch::sqrt(var) * torch::randn({64, 2}, f64);
+      auto v = da * (m + a * s * s * (x - a * m) / var) + ds * sg * (x - a * m) / var;
+      auto score = fm::velocity_to_score(*path, v, x, tt);
+      auto exact = -(x - a * m) / var;
+      EXPECT_LT((score - exact).abs().max().item<double>(), 1e-9 * (1 + exact.abs().max().item<double>()))
+          << name << " t=" << t;
+    }
+  }
+}
+
+// The guidance interval's noise levels in fm's time: sigma_t / alpha_t = ratio at t = 1 / (1 + ratio) on CondOT, and
+// at the returned t on every path.
+TEST(Path, TimeAtANoiseRatioInvertsSigmaOverAlpha) {
+  fm::CondOTPath ot;
+  for (double r : {0.28, 1.0, 5.42, 80.0}) EXPECT_NEAR(fm::time_at_noise_ratio(ot, r), 1.0 / (1.0 + r), 1e-12) << r;
+  for (const auto& [name, path] : all_paths())
+    for (double r : {0.3, 2.0}) {
+      const double t = fm::time_at_noise_ratio(*path, r);
+      auto tt = torch::tensor(t, f64);
+      EXPECT_NEAR((path->sigma(tt) / path->alpha(tt)).item<double>(), r, 1e-9) << name;
+    }
+}

@@ -15,6 +15,7 @@
 #include "checkpoint/checkpoint.h"
 #include "nn/velocity_field.h"
 #include "checkpoint_weights.h"
+#include "io/npy.h"
 #include "test_util.h"
 #include "checkpoint/checkpointer.h"
 #include "train/nonfinite_guard.h"
@@ -127,6 +128,29 @@ TEST(Preemption, SignalsCheckpointExitResumableAndResumeExactly) {
     EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
     expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
   }
+}
+
+// The pairs coupling (fm reflow's pairs as data, U-shaped times, the pseudo-Huber loss): the pairs are drawn in the
+// sampler's epoch permutation, whose place a SIGTERM checkpoint keeps, so the resumed run ends on the same weights.
+TEST(Preemption, PairsCouplingResumesExactlyAfterSigterm) {
+  TempDir d;
+  torch::manual_seed(5);
+  auto x0 = torch::randn({1000, 2});
+  std::filesystem::create_directories(d / "pairs");
+  fm::write_npz(d / "pairs/pairs.npz", {{"x0", x0}, {"x1", 0.5 * x0.flip(1) + 1.0}});
+  const std::string pairs = "data.format=pairs data.path=" + (d / "pairs") +
+                            " path.coupling=pairs time.sampler=u_shaped loss.type=pseudo_huber";
+  ASSERT_EQ(run(train_cmd(d / "straight", pairs)).code, 0);
+  const std::string out = d / "run";
+  const int lines = random_lines();
+  EXPECT_EQ(interrupt_at(train_cmd(out, pairs), out, lines, "TERM"), 75) << "SIGTERM after " << lines << " lines";
+  auto ck = fm::latest_checkpoint(out + "/checkpoints");
+  ASSERT_TRUE(ck.has_value());
+  EXPECT_LT(fm::CheckpointReader(*ck, torch::kCPU).step(), kSteps);
+  auto r = run(train_cmd(out, pairs + " --resume auto"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+  expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
 }
 
 TEST(Preemption, KillNineInALoopThenResumeIsExact) {

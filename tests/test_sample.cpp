@@ -14,6 +14,10 @@
 #include "sample/figures.h"
 #include "sample/graphed_velocity.h"
 #include "sample/sample_run.h"
+#include "sample/sde.h"
+#include "sample/sliced_wasserstein.h"
+#include "sample/toy_metrics.h"
+#include "data/toy2d.h"
 #include "io/run_lock.h"
 #include "sample/straightness.h"
 #include "test_util.h"
@@ -449,4 +453,162 @@ TEST(Sample, StraightnessMeterIntegratesTheDeviationFromTheChord) {
   auto s = bent.finish(x0 + d);
   EXPECT_TRUE(torch::allclose(s, w.to(torch::kFloat64).pow(2).sum(1) / 2, 1e-5, 1e-6)) << s;
   EXPECT_LT(straight.finish(x0 + d).abs().max().item<double>(), 1e-9);
+}
+
+// --- SDE sampling, the guidance interval, the toy metrics -----------------------------------------------------------
+
+// SiT's SDE sampler on a velocity field with a closed form (ClassGaussians: data N(mu, s^2 I), the OT path): the score
+// comes from the velocity through the path, and Euler-Maruyama must end on the data's marginal N(mu, s^2): the mean
+// and variance of 20000 samples within 4 standard errors plus the O(h) bias of 250 steps. Without the w * score drift
+// the added noise would leave the variance far above s^2. The final noise-free step (SiT's "Mean") follows the SDE's
+// drift, which denoises where w vanishes at t = 1 (sigma, decreasing); a constant w would contract the samples in it
+// (variance 0.17 for 0.25 here), so that form runs to t = 1 without it.
+TEST(Sample, SdeSamplerEndsOnTheGaussianTargetsMarginal) {
+  auto f64 = fm::test::opts(torch::kFloat64);
+  const double s = 0.5;
+  auto means = torch::tensor({1.0, -2.0, 0.0, 0.0}, f64).view({2, 2});
+  ClassGaussians model(means, s);
+  const int64_t n = 20000;
+  auto labels = torch::zeros({n}, fm::test::opts(torch::kLong));
+  fm::SolveSettings sde;
+  sde.solver = fm::Solver::euler_maruyama;
+  sde.steps = 250;
+  sde.path = std::make_shared<fm::CondOTPath>(0.0);
+  for (auto form : {fm::Diffusion::sigma, fm::Diffusion::decreasing, fm::Diffusion::constant}) {
+    sde.diffusion = form;
+    sde.sde_last_step = form == fm::Diffusion::constant ? 0.0 : 0.04;
+    torch::manual_seed(9);
+    auto x0 = torch::randn({n, 2}, f64);
+    model.seen.clear();
+    auto r = fm::generate(model, x0, labels, sde);
+    EXPECT_EQ(r.nfe, 250) << "249 stochastic steps and the final one, or 250 stochastic steps";
+    auto mean = r.x.mean(0), var = r.x.var(0);
+    std::printf("%s: mean %.4f %.4f, variance %.4f %.4f\n", fm::name_of(form), mean[0].item<double>(),
+                mean[1].item<double>(), var[0].item<double>(), var[1].item<double>());
+    for (int c = 0; c < 2; ++c) {
+      EXPECT_NEAR(mean[c].item<double>(), means[0][c].item<double>(), 4 * s / std::sqrt(n) + 0.01)
+          << fm::name_of(form) << " coordinate " << c;
+      EXPECT_NEAR(var[c].item<double>(), s * s, 4 * s * s * std::sqrt(2.0 / n) + 0.01)
+          << fm::name_of(form) << " coordinate " << c;
+    }
+    // The samples are not the ODE's: the SDE moved each away from where its noise would flow.
+    EXPECT_GT((r.x - (means[0] + s * x0)).abs().mean().item<double>(), 0.05) << fm::name_of(form);
+  }
+  // A path is needed for the score; a single network evaluation cannot hold a stochastic step and the final one.
+  sde.path.reset();
+  EXPECT_THROW(fm::generate(model, torch::zeros({2, 2}, f64), labels.narrow(0, 0, 2), sde), std::logic_error);
+  sde.path = std::make_shared<fm::CondOTPath>(0.0);
+  sde.sde_last_step = 0.04;
+  sde.steps = 1;
+  EXPECT_THROW(fm::generate(model, torch::zeros({2, 2}, f64), labels.narrow(0, 0, 2), sde), fm::InputError);
+}
+
+// Guidance on an interval of times: ClassGaussians' field keeps the form v = m + k(t) (x - t m) with m the guided mean
+// on the interval and the class mean off it, and for a fixed m the flow carries x - t m by r(t) / r(t_a),
+// r(t) = sqrt((1-t)^2 + t^2 s^2). Piecewise, from x0: the closed form of the guided sample. Kynkaanniemi et al.'s
+// interval of EDM noise levels (0.28, 5.42] (their ImageNet-512 setting) is t in [1/6.42, 1/1.28) in fm's time.
+TEST(Sample, GuidanceIntervalMatchesTheClosedFormOfGaussianClasses) {
+  auto f64 = fm::test::opts(torch::kFloat64);
+  auto means = torch::tensor({1.0, -2.0, 0.5, 3.0, -1.0, -0.5, 0.0, 0.0}, f64).view({4, 2});
+  const double s = 0.5, w = 2.0;
+  ClassGaussians model(means, s);
+  torch::manual_seed(0);
+  auto x0 = torch::randn({6, 2}, f64);
+  auto labels = torch::tensor({0, 1, 2, 0, 1, 2}, fm::test::opts(torch::kLong));
+  fm::CondOTPath ot;
+  const double lo = fm::time_at_noise_ratio(ot, 5.42), hi = fm::time_at_noise_ratio(ot, 0.28);
+  EXPECT_NEAR(lo, 1 / 6.42, 1e-12);
+  EXPECT_NEAR(hi, 1 / 1.28, 1e-12);
+  fm::SolveSettings dopri{fm::Solver::dopri5, 0, 1e-10, 1e-10};
+  auto x1 = fm::generate(model, x0, labels, dopri, fm::Guidance(w, lo, hi)).x;
+  auto r = [&](double t) { return std::sqrt((1 - t) * (1 - t) + t * t * s * s); };
+  auto mu = means.index_select(0, labels), guided = (1 + w) * mu - w * means[3];
+  auto x_lo = lo * mu + r(lo) * x0;
+  auto x_hi = hi * guided + (x_lo - lo * guided) * (r(hi) / r(lo));
+  auto expect = mu + (x_hi - hi * mu) * (s / r(hi));
+  EXPECT_LT((x1 - expect).abs().max().item<double>(), 1e-6);
+  // Guidance everywhere is another sample: the interval is what makes the difference.
+  auto everywhere = fm::generate(model, x0, labels, dopri, fm::Guidance(w)).x;
+  EXPECT_GT((everywhere - expect).abs().max().item<double>(), 0.5);
+  // Off the interval the network runs once on the classes; on it, on the classes and the null label stacked.
+  size_t single = 0, stacked = 0;
+  for (const auto& l : model.seen) (l.size(0) == 6 ? single : stacked) += 1;
+  EXPECT_GT(single, 0u);
+  EXPECT_GT(stacked, 0u);
+}
+
+// The sliced Wasserstein distance against closed forms: a translation by c moves every projection by theta . c, so
+// SW_2^2 is the mean of (theta . c)^2; between {0, 1} and {0, 0.5, 1} the quantile functions differ by 0.5 on
+// (1/3, 2/3], W_2^2 = 1/12; a cloud is at distance 0 from itself.
+TEST(Sample, SlicedWassersteinDistanceMatchesClosedForms) {
+  auto f64 = fm::test::opts(torch::kFloat64);
+  torch::manual_seed(1);
+  auto x = torch::randn({500, 2}, f64);
+  auto c = torch::tensor({0.7, -1.2}, f64);
+  auto dirs = fm::random_directions(2, 64, 3);
+  EXPECT_LT((dirs.norm(2, 1) - 1).abs().max().item<double>(), 1e-12);
+  const double expect = std::sqrt(dirs.matmul(c).square().mean().item<double>());
+  EXPECT_NEAR(fm::sliced_wasserstein(x, x + c, dirs), expect, 1e-12);
+  EXPECT_NEAR(fm::sliced_wasserstein(x, x.flip(0), dirs), 0.0, 1e-12) << "the order of the points does not matter";
+  EXPECT_NEAR(fm::wasserstein_1d(torch::tensor({0.0, 1.0}, f64), torch::tensor({0.0, 0.5, 1.0}, f64)),
+              std::sqrt(1.0 / 12), 1e-12);
+  EXPECT_NEAR(fm::wasserstein_1d(torch::tensor({1.0, 0.0}, f64), torch::tensor({3.0, 2.0}, f64)), 2.0, 1e-12);
+  // Unequal sizes along one direction: the 1-D distance of the projections.
+  auto y = torch::randn({333, 2}, f64);
+  auto e1 = torch::tensor({{1.0, 0.0}}, f64);
+  EXPECT_NEAR(fm::sliced_wasserstein(x, y, e1), fm::wasserstein_1d(x.select(1, 0), y.select(1, 0)), 1e-12);
+}
+
+// The toy metrics of the checkerboard's own points: all on the board and close in distribution; a standard normal
+// (a model that learned nothing) is mostly off the board and far away.
+TEST(Sample, ToyMetricsTellTheCheckerboardFromNoise) {
+  torch::manual_seed(2);
+  auto data = fm::sample_toy(fm::ToyData::checkerboard, 5000);
+  auto own = fm::toy_metrics(data, fm::ToyData::checkerboard, 5000, 0);
+  EXPECT_EQ(own["on_checkerboard"].get<double>(), 1.0);
+  EXPECT_LT(own["sliced_wasserstein"].get<double>(), 0.1);
+  auto noise = fm::toy_metrics(torch::randn({5000, 2}), fm::ToyData::checkerboard, 5000, 0);
+  EXPECT_LT(noise["on_checkerboard"].get<double>(), 0.6);
+  EXPECT_GT(noise["sliced_wasserstein"].get<double>(), 5 * own["sliced_wasserstein"].get<double>());
+  // The reference points come from the seed alone and leave the default generator where it was.
+  torch::manual_seed(3);
+  auto before = torch::rand({1});
+  torch::manual_seed(3);
+  EXPECT_EQ(fm::toy_metrics(data, fm::ToyData::checkerboard, 5000, 0), own);
+  EXPECT_TRUE(torch::equal(torch::rand({1}), before));
+}
+
+// SDE samples draw their noise per item and step: a run in batches of 64 gives the samples of batches of 100; a toy
+// run records how close its samples are to its data.
+TEST(Sample, SdeSamplesDoNotDependOnTheBatchAndToyRunsRecordTheirMetrics) {
+  TempDir d;
+  auto ckpt = tiny_toy_checkpoint(d);
+  auto o = options(ckpt, d / "a", 100);
+  o.solve.solver = fm::Solver::euler_maruyama;
+  o.solve.steps = 6;
+  o.solve.diffusion = fm::Diffusion::constant;
+  auto s = fm::run_sampling(o);
+  EXPECT_EQ(s.mean_nfe, 6.0);
+  auto record = read_json(d / "a/samples.json");
+  EXPECT_EQ(record["diffusion"], "constant");
+  EXPECT_EQ(record["sde_last_step"], 0.04);
+  EXPECT_EQ(record["toy_metrics"]["reference"], "toy:checkerboard");
+  EXPECT_GT(record["toy_metrics"]["sliced_wasserstein"].get<double>(), 0.0);
+  EXPECT_TRUE(record["toy_metrics"].contains("on_checkerboard"));
+  auto b = o;
+  b.out_dir = d / "b";
+  b.batch = 64;
+  fm::run_sampling(b);
+  EXPECT_TRUE(torch::allclose(samples(d / "a"), samples(d / "b"), 1e-5, 1e-5));
+  // Another diffusion is another run: a resume with it is refused naming the option.
+  auto c = o;
+  c.out_dir = d / "a";
+  c.resume = true;
+  c.solve.diffusion = fm::Diffusion::sigma;
+  EXPECT_NE(input_error([&] { fm::run_sampling(c); }).find("--diffusion"), std::string::npos);
+  // The guidance interval is checked before any work.
+  auto bad = options(ckpt, d / "bad", 100);
+  bad.cfg_lo = 0.8;
+  bad.cfg_hi = 0.2;
+  EXPECT_NE(input_error([&] { fm::run_sampling(bad); }).find("--cfg-interval"), std::string::npos);
 }

@@ -61,18 +61,24 @@ nlohmann::json common(BenchWhat what, const torch::Device& device) {
 }
 
 // Training data of the config's kind: uniform uint8 images of `shape` held on the device (with labels for a
-// class-conditional model), or the config's 2-D toy distribution.
+// class-conditional model), Gaussian pairs for path.coupling = pairs, or the config's 2-D toy distribution.
 Dataset synthetic_data(const Config& cfg, const std::vector<int64_t>& shape, int64_t bsz, const torch::Device& device) {
-  if (shape.size() == 1) return load_dataset(cfg.data, device);
+  const bool pairs = cfg.path.coupling == Coupling::pairs;
+  if (shape.size() == 1 && !pairs) return load_dataset(cfg.data, device);
   Dataset data;
   data.name = "synthetic";
   data.device = device;
-  data.images = torch::randint(0, 256, batched(std::max<int64_t>(1024, 4 * bsz), shape),
-                               torch::TensorOptions().dtype(torch::kUInt8).device(device));
+  const auto items = batched(std::max<int64_t>(1024, 4 * bsz), shape);
+  if (pairs) {
+    data.pair_x0 = torch::randn(items, torch::TensorOptions().device(device));
+    data.pair_x1 = torch::randn(items, torch::TensorOptions().device(device));
+  } else {
+    data.images = torch::randint(0, 256, items, torch::TensorOptions().dtype(torch::kUInt8).device(device));
+  }
   const int64_t classes = conditioning_of(cfg.model).num_classes;
   if (classes > 0) {
     data.num_classes = classes;
-    data.labels = torch::randint(0, classes, {data.images.size(0)},
+    data.labels = torch::randint(0, classes, {data.size()},
                                  torch::TensorOptions().dtype(torch::kLong).device(device));
   }
   return data;

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <functional>
 
 #include "config/choices.h"
 #include "config/config.h"
@@ -19,6 +20,7 @@ void add_ema_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_reflow_command(CLI::App& app);
 void print_version();
 
 // How long the ranks of sample, eval-nll and fid-features (which read no config) wait for each other: the default of
@@ -70,6 +72,11 @@ CLI::Option* add_choice(CLI::App* cmd, const std::string& flags, std::vector<E>&
   }
   return opt;
 }
+
+struct GenerationOptions;
+// The options fm sample and fm reflow share (sample/generation.h), into `o`; returns what the command's callback calls
+// first, which moves the solver options given (and only those) into o.solve.
+std::function<void()> add_generation_options(CLI::App* cmd, GenerationOptions& o);
 
 // Parses the command line; an unknown subcommand names itself and the known ones.
 void parse_command_line(CLI::App& app, int argc, char** argv);

@@ -43,6 +43,11 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--fixed-steps", o->fixed_steps, "also FID at these step counts of --fixed-solver (e.g. 10,20,100)")
       ->delimiter(',');
   add_choice(cmd, "--fixed-solver", o->fixed_solver, "the fixed-step solver of --fixed-steps");
+  cmd->add_option("--sde-steps", o->sde_steps,
+                  "also FID of SDE samples (euler_maruyama, SiT's sampler, with the checkpoint's sample.diffusion) at "
+                  "this many network evaluations, e.g. 250 (0 = none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--atol", o->atol, "dopri5 absolute tolerance (likelihood and samples)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -14,7 +14,7 @@
 
 namespace fm {
 
-enum class DataFormat { toy, cifar10, imagenet32, folder, npz, shapes };
+enum class DataFormat { toy, cifar10, imagenet32, folder, npz, shapes, pairs };
 enum class Split { train, test };
 enum class ToyData { eight_gaussians, moons, checkerboard, spirals };
 enum class ModelType { mlp, unet };
@@ -23,10 +23,14 @@ enum class Target { velocity, noise, data, score };
 // The probability path's schedule alpha_t, sigma_t (path/prob_path.h).
 enum class PathType { cond_ot, vp, cosine, polynomial, linear_vp, torchcfm_vp };
 // How a batch's noise is paired with its data (path/coupling.h).
-enum class Coupling { independent, ot, sinkhorn, sb };
-enum class TimeSampler { uniform, logit_normal };
+enum class Coupling { independent, ot, sinkhorn, sb, pairs };
+enum class TimeSampler { uniform, logit_normal, u_shaped };
+// The training loss of the regression (path/target.h).
+enum class LossType { mse, pseudo_huber };
 enum class LrDecay { constant, linear, cosine, poly };
-enum class Solver { euler, midpoint, heun, rk4, dopri5 };
+enum class Solver { euler, midpoint, heun, rk4, dopri5, euler_maruyama };
+// The diffusion coefficient schedule w(t) of SDE sampling (sample/sde.h).
+enum class Diffusion { sigma, constant, linear, decreasing, increasing_decreasing };
 enum class TimeGrid { uniform, edm };
 // eval-nll's divergence of the velocity and Hutchinson's probe.
 enum class Divergence { hutchinson, exact };
@@ -49,7 +53,7 @@ struct ChoiceNames;
 
 FM_CHOICE_NAMES(DataFormat, {DataFormat::toy, "toy"}, {DataFormat::cifar10, "cifar10"},
                 {DataFormat::imagenet32, "imagenet32"}, {DataFormat::folder, "folder"}, {DataFormat::npz, "npz"},
-                {DataFormat::shapes, "shapes"})
+                {DataFormat::shapes, "shapes"}, {DataFormat::pairs, "pairs"})
 FM_CHOICE_NAMES(Split, {Split::train, "train"}, {Split::test, "test"})
 FM_CHOICE_NAMES(ToyData, {ToyData::eight_gaussians, "eight_gaussians"}, {ToyData::moons, "moons"},
                 {ToyData::checkerboard, "checkerboard"}, {ToyData::spirals, "spirals"})
@@ -60,12 +64,16 @@ FM_CHOICE_NAMES(PathType, {PathType::cond_ot, "cond_ot"}, {PathType::vp, "vp"}, 
                 {PathType::polynomial, "polynomial"}, {PathType::linear_vp, "linear_vp"},
                 {PathType::torchcfm_vp, "torchcfm_vp"})
 FM_CHOICE_NAMES(Coupling, {Coupling::independent, "independent"}, {Coupling::ot, "ot"},
-                {Coupling::sinkhorn, "sinkhorn"}, {Coupling::sb, "sb"})
-FM_CHOICE_NAMES(TimeSampler, {TimeSampler::uniform, "uniform"}, {TimeSampler::logit_normal, "logit_normal"})
+                {Coupling::sinkhorn, "sinkhorn"}, {Coupling::sb, "sb"}, {Coupling::pairs, "pairs"})
+FM_CHOICE_NAMES(TimeSampler, {TimeSampler::uniform, "uniform"}, {TimeSampler::logit_normal, "logit_normal"},
+                {TimeSampler::u_shaped, "u_shaped"})
+FM_CHOICE_NAMES(LossType, {LossType::mse, "mse"}, {LossType::pseudo_huber, "pseudo_huber"})
 FM_CHOICE_NAMES(LrDecay, {LrDecay::constant, "constant"}, {LrDecay::linear, "linear"}, {LrDecay::cosine, "cosine"},
                 {LrDecay::poly, "poly"})
 FM_CHOICE_NAMES(Solver, {Solver::euler, "euler"}, {Solver::midpoint, "midpoint"}, {Solver::heun, "heun"},
-                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"})
+                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"}, {Solver::euler_maruyama, "euler_maruyama"})
+FM_CHOICE_NAMES(Diffusion, {Diffusion::sigma, "sigma"}, {Diffusion::constant, "constant"}, {Diffusion::linear, "linear"},
+                {Diffusion::decreasing, "decreasing"}, {Diffusion::increasing_decreasing, "increasing_decreasing"})
 FM_CHOICE_NAMES(TimeGrid, {TimeGrid::uniform, "uniform"}, {TimeGrid::edm, "edm"})
 FM_CHOICE_NAMES(Divergence, {Divergence::hutchinson, "hutchinson"}, {Divergence::exact, "exact"})
 FM_CHOICE_NAMES(Probe, {Probe::rademacher, "rademacher"}, {Probe::gaussian, "gaussian"})

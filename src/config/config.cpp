@@ -151,6 +151,12 @@ void visit(V& v, TimeConfig& c) {
   v("sampler", c.sampler);
   v("loc", c.loc);
   v("scale", c.scale, greater_than(0.0));
+  v("u_shaped_a", c.u_shaped_a, in_range(0.0, 50.0));
+}
+template <class V>
+void visit(V& v, LossConfig& c) {
+  v("type", c.type);
+  v("huber_c", c.huber_c, at_least(0.0));
 }
 template <class V>
 void visit(V& v, TrainConfig& c) {
@@ -180,6 +186,7 @@ void visit(V& v, TrainConfig& c) {
   v.record("earlier_steps", c.earlier_steps, each(greater_than<int64_t>(0)));
   v("max_nonfinite_steps", c.max_nonfinite_steps, greater_than<int64_t>(0));
   v("tensorboard", c.tensorboard);
+  v("init_from", c.init_from);
 }
 template <class V>
 void visit(V& v, SampleConfig& c) {
@@ -190,6 +197,9 @@ void visit(V& v, SampleConfig& c) {
   v("time_grid", c.time_grid);
   v("n", c.n, between(1, int64_t(1) << 30));
   v("cuda_graph", c.cuda_graph);
+  v("diffusion", c.diffusion);
+  v("diffusion_norm", c.diffusion_norm, at_least(0.0));
+  v("sde_last_step", c.sde_last_step, in_range(0.0, 1.0, true));
 }
 template <class V>
 void visit(V& v, DistConfig& c) {
@@ -207,6 +217,7 @@ void visit(V& v, Config& c) {
   v.section("model", c.model);
   v.section("path", c.path);
   v.section("time", c.time);
+  v.section("loss", c.loss);
   v.section("train", c.train);
   v.section("sample", c.sample);
   v.section("dist", c.dist);

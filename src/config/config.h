@@ -71,6 +71,13 @@ struct TimeConfig {
   TimeSampler sampler = TimeSampler::uniform;
   double loc = 0.0;
   double scale = 1.0;
+  double u_shaped_a = 4.0;  // u_shaped: p(t) proportional to cosh(a (t - 1/2)) on [0, 1] (Lee et al. 2024: a = 4)
+};
+
+// The regression loss between the network's output and its target (path/target.h).
+struct LossConfig {
+  LossType type = LossType::mse;
+  double huber_c = 0.0;  // pseudo_huber: c of sqrt(|r|^2 + c^2) - c; 0: 0.00054 sqrt(d), d the data dimension
 };
 
 struct TrainConfig {
@@ -104,6 +111,7 @@ struct TrainConfig {
   std::vector<int64_t> earlier_steps;
   int64_t max_nonfinite_steps = 100;  // this many skipped (non-finite) steps in a row stop the run
   bool tensorboard = true;   // TensorBoard event file in the run directory: metrics as scalars, sample grids as images
+  std::string init_from;     // a checkpoint whose model and EMA weights a fresh run starts from (not its optimizer or step)
 };
 
 struct SampleConfig {
@@ -114,6 +122,10 @@ struct SampleConfig {
   TimeGrid time_grid = TimeGrid::uniform;  // fixed-step solvers
   int64_t n = 4000;                   // samples drawn for the run's own figures
   bool cuda_graph = false;  // CUDA only: replay the network as a captured CUDA graph (sample/graphed_velocity.h)
+  // euler_maruyama (sample/sde.h): the diffusion coefficient w(t), its scale, and the size of the final noise-free step.
+  Diffusion diffusion = Diffusion::sigma;
+  double diffusion_norm = 1.0;
+  double sde_last_step = 0.04;
 };
 
 // Multi-process jobs (torchrun, srun; see dist/world.h).
@@ -131,6 +143,7 @@ struct Config {
   ModelConfig model;
   PathConfig path;
   TimeConfig time;
+  LossConfig loss;
   TrainConfig train;
   SampleConfig sample;
   DistConfig dist;

@@ -9,7 +9,7 @@ torch::Tensor images_to_unit_range(const torch::Tensor& u8) { return u8.to(torch
 
 BatchSampler::BatchSampler(const Dataset& data, bool hflip) : data_(data), hflip_(hflip) {
   // With nothing to permute, next() would start a fresh epoch forever without filling a batch.
-  if (!data.is_toy() && (!data.images.defined() || data.size() == 0))
+  if (!data.is_toy() && ((!data.images.defined() && !data.is_pairs()) || data.size() == 0))
     throw InputError((data.name.empty() ? "data" : data.name) + ": the data set holds no images");
 }
 
@@ -32,6 +32,11 @@ Batch BatchSampler::next(int64_t batch_size) {
     need -= take;
   }
   auto idx = parts.size() == 1 ? parts[0] : torch::cat(parts);
+  if (data_.is_pairs()) {
+    Batch b{data_.pair_x1.index_select(0, idx), {}, data_.pair_x0.index_select(0, idx)};
+    if (data_.labels.defined()) b.labels = data_.labels.index_select(0, idx);
+    return b;
+  }
   auto x = images_to_unit_range(data_.images.index_select(0, idx));
   if (hflip_) {
     auto flip = torch::rand({batch_size}, torch::TensorOptions().device(dev)) < 0.5;

@@ -1,7 +1,9 @@
 #pragma once
 // Draws training batches from a Dataset on its device: a fresh random permutation each epoch, optional horizontal
-// flips, pixels scaled to [-1, 1]. Toys draw fresh samples every batch. All randomness comes from the device's
-// default generator, so the sampler's own state (permutation and position) plus the generator state resume exactly.
+// flips, pixels scaled to [-1, 1]. Toys draw fresh samples every batch. Pairs come as they are (x1 and its x0) and
+// are never flipped: a flip of x1 alone would pair it with noise it did not come from. All randomness comes from the
+// device's default generator, so the sampler's own state (permutation and position) plus the generator state resume
+// exactly.
 #include <torch/torch.h>
 
 #include "data/dataset.h"
@@ -9,8 +11,9 @@
 namespace fm {
 
 struct Batch {
-  torch::Tensor x;       // float32 [B, ...] in [-1, 1] (images) or toy coordinates
+  torch::Tensor x;       // float32 [B, ...] in [-1, 1] (images) or toy coordinates: the data end x1 of the path
   torch::Tensor labels;  // int64 [B] or undefined
+  torch::Tensor x0;      // pairs data (path.coupling = pairs): the noise each x is paired with; otherwise undefined
 };
 
 // uint8 images [B, C, H, W] to float in [-1, 1].

@@ -7,6 +7,7 @@
 #include "data/image_folder.h"
 #include "data/imagenet32.h"
 #include "data/npz_images.h"
+#include "data/pairs.h"
 #include "data/shapes.h"
 #include "data/toy2d.h"
 #include "util/error.h"
@@ -15,6 +16,7 @@ namespace fm {
 
 std::vector<int64_t> Dataset::sample_shape() const {
   if (is_toy()) return {2};
+  if (is_pairs()) return pair_x1.sizes().slice(1).vec();
   return {images.size(1), images.size(2), images.size(3)};
 }
 
@@ -25,7 +27,7 @@ DataConfig parse_data_spec(const std::string& spec) {
   auto colon = spec.find(':');
   if (colon == std::string::npos)
     throw InputError("data spec '" + spec + "': expected FORMAT:PATH (toy:NAME, cifar10:DIR, imagenet32:DIR, "
-                     "folder:DIR, npz:FILE, shapes:N)");
+                     "folder:DIR, npz:FILE, shapes:N, pairs:DIR)");
   const std::string format = spec.substr(0, colon);
   auto f = choice_from<DataFormat>(format);
   if (!f)
@@ -81,6 +83,11 @@ Dataset read_images(const DataConfig& cfg) {
       if (res < 8) throw InputError("data.resolution: shapes need images of side >= 8, got " + std::to_string(res));
       return shapes_dataset(make_shapes(shapes_count(cfg), res, /*seed=*/0));
     }
+    case DataFormat::pairs:
+      if (cfg.resolution > 0)
+        throw InputError("data.resolution: pairs are used at the shape fm reflow wrote them (" + std::to_string(cfg.resolution) +
+                         " asks for resizing)");
+      return read_pairs(cfg.path);
     case DataFormat::toy:
       break;
   }
@@ -101,16 +108,17 @@ Dataset load_dataset(const DataConfig& cfg, const torch::Device& device) {
   // Every reader builds its tensors on the CPU; they move to the device once, after the limit is applied.
   Dataset cpu = read_images(cfg);
   if (cfg.format != DataFormat::folder) {  // the folder reader takes its subset before decoding
-    cpu.subset = describe_subset(cpu.images.size(0), cfg.limit);
-    if (cfg.limit > 0 && cfg.limit < cpu.images.size(0)) {
+    cpu.subset = describe_subset(cpu.size(), cfg.limit);
+    if (cfg.limit > 0 && cfg.limit < cpu.size()) {
       // index_select copies, so the rest of the set is freed rather than kept alive by a view.
-      auto idx = torch::tensor(evenly_spread(cpu.images.size(0), cfg.limit), torch::kLong);
-      cpu.images = cpu.images.index_select(0, idx);
-      if (cpu.labels.defined()) cpu.labels = cpu.labels.index_select(0, idx);
+      auto idx = torch::tensor(evenly_spread(cpu.size(), cfg.limit), torch::kLong);
+      for (auto* t : {&cpu.images, &cpu.pair_x0, &cpu.pair_x1, &cpu.labels})
+        if (t->defined()) *t = t->index_select(0, idx);
     }
   }
-  ds.images = cpu.images.to(device);
-  if (cpu.labels.defined()) ds.labels = cpu.labels.to(device);
+  for (auto [to, from] : {std::pair{&ds.images, &cpu.images}, std::pair{&ds.pair_x0, &cpu.pair_x0},
+                          std::pair{&ds.pair_x1, &cpu.pair_x1}, std::pair{&ds.labels, &cpu.labels}})
+    if (from->defined()) *to = from->to(device);
   ds.num_classes = cpu.num_classes;
   ds.class_names = cpu.class_names;
   ds.subset = cpu.subset;
@@ -130,6 +138,7 @@ std::vector<int64_t> sample_shape_of(const DataConfig& cfg) {
     }
     case DataFormat::folder:
     case DataFormat::npz:
+    case DataFormat::pairs:
       break;
   }
   return load_dataset(cfg, torch::kCPU).sample_shape();

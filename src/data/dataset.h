@@ -16,6 +16,8 @@ struct Dataset {
   std::string name;       // the spec it came from, for messages ("cifar10:/data/cifar-10-batches-bin")
   std::optional<ToyData> toy;  // set: the 2-D distribution sampled afresh for every batch
   torch::Tensor images;   // uint8 [N, C, H, W]
+  // pairs:DIR (data/pairs.h) instead of images: the noise x0 and the sample x1 of each pair, float32 [N, ...].
+  torch::Tensor pair_x0, pair_x1;
   torch::Tensor labels;   // int64 [N], or undefined when the data has no classes
   int64_t num_classes = 0;
   std::vector<std::string> class_names;  // by class index, as torchvision's class_to_idx orders them; may be empty
@@ -23,12 +25,13 @@ struct Dataset {
   torch::Device device{torch::kCPU};
 
   bool is_toy() const { return toy.has_value(); }
-  int64_t size() const { return is_toy() ? 0 : images.size(0); }
-  // The shape of one sample: {2} for toys, {C, H, W} for images.
+  bool is_pairs() const { return pair_x1.defined(); }
+  int64_t size() const { return is_toy() ? 0 : is_pairs() ? pair_x1.size(0) : images.size(0); }
+  // The shape of one sample: {2} for toys, {C, H, W} for images, x1's for pairs.
   std::vector<int64_t> sample_shape() const;
 };
 
-// A data spec "format:arg" (toy:NAME, cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE, shapes:N) as a DataConfig
+// A data spec "format:arg" (toy:NAME, cifar10:DIR, imagenet32:DIR, folder:DIR, npz:FILE, shapes:N, pairs:DIR) as a DataConfig
 // with the other fields at their defaults; throws InputError naming the spec when the format is unknown.
 DataConfig parse_data_spec(const std::string& spec);
 // The spec of a data config: "format:path".

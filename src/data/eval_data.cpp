@@ -33,6 +33,10 @@ EvalData resolve_eval_data(const std::string& spec, const DataConfig& trained_on
       d.config.center_crop = trained_on.center_crop;
   }
   d.config.hflip = false;
+  if (d.config.format == DataFormat::pairs)
+    throw InputError((d.from_checkpoint ? "the checkpoint's data " : "--data ") + data_spec(d.config) +
+                     ": fm reflow's pairs are samples of a flow, not data to evaluate on; pass --data with the set "
+                     "that flow was trained on");
   const bool images = sample_shape.size() == 3;
   if (!d.from_checkpoint && images && resizes(d.config.format) && d.config.resolution == 0 &&
       sample_shape[1] == sample_shape[2])

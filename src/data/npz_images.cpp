@@ -27,29 +27,34 @@ Dataset read_npz_images(const std::string& file) {
   Dataset ds;
   ds.images = x.permute({0, 3, 1, 2}).contiguous();
   if (has_labels) {
-    auto lab = arrays.at("labels");
-    if (!c10::isIntegralType(lab.scalar_type(), /*includeBool=*/false))
-      throw file_error(file, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
-                                 ", expected integers");
-    if (lab.dim() != 1 || lab.size(0) != x.size(0))
-      throw file_error(file, "array 'labels' has shape " + shape_string(lab) + " but 'arr_0' holds " +
-                                 std::to_string(x.size(0)) + " images");
-    lab = lab.to(torch::kLong);
-    if (lab.min().item<int64_t>() < 0) {
-      int64_t i = (lab < 0).nonzero()[0].item<int64_t>();
-      throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " +
-                                 std::to_string(lab[i].item<int64_t>()) + ", expected >= 0");
-    }
-    // Labels index embedding tables; a stray huge one must not size one (or overflow max + 1).
-    if (lab.max().item<int64_t>() >= kMaxLabel) {
-      int64_t i = (lab >= kMaxLabel).nonzero()[0].item<int64_t>();
-      throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " +
-                                 std::to_string(lab[i].item<int64_t>()) + ", expected < " + std::to_string(kMaxLabel));
-    }
-    ds.labels = lab;
-    ds.num_classes = lab.max().item<int64_t>() + 1;
+    ds.labels = checked_labels(file, arrays.at("labels"), "arr_0", x.size(0), "images");
+    ds.num_classes = ds.labels.max().item<int64_t>() + 1;
   }
   return ds;
+}
+
+torch::Tensor checked_labels(const std::string& file, const torch::Tensor& labels, const std::string& items_array,
+                             int64_t n, const std::string& noun) {
+  auto lab = labels;
+  if (!c10::isIntegralType(lab.scalar_type(), /*includeBool=*/false))
+    throw file_error(file, "array 'labels' has dtype " + std::string(c10::toString(lab.scalar_type())) +
+                               ", expected integers");
+  if (lab.dim() != 1 || lab.size(0) != n)
+    throw file_error(file, "array 'labels' has shape " + shape_string(lab) + " but '" + items_array + "' holds " +
+                               std::to_string(n) + " " + noun);
+  lab = lab.to(torch::kLong);
+  if (lab.min().item<int64_t>() < 0) {
+    int64_t i = (lab < 0).nonzero()[0].item<int64_t>();
+    throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " + std::to_string(lab[i].item<int64_t>()) +
+                               ", expected >= 0");
+  }
+  // Labels index embedding tables; a stray huge one must not size one (or overflow max + 1).
+  if (lab.max().item<int64_t>() >= kMaxLabel) {
+    int64_t i = (lab >= kMaxLabel).nonzero()[0].item<int64_t>();
+    throw file_error(file, "array 'labels' entry " + std::to_string(i) + " is " + std::to_string(lab[i].item<int64_t>()) +
+                               ", expected < " + std::to_string(kMaxLabel));
+  }
+  return lab;
 }
 
 }  // namespace fm

@@ -11,4 +11,9 @@ namespace fm {
 // num_classes = max label + 1. Throws InputError naming the file and array for a wrong dtype, rank or label.
 Dataset read_npz_images(const std::string& file);
 
+// The array 'labels' of `file`, checked against the n items (`noun`: "images", "pairs") of its array `items_array`:
+// integers [n] in [0, 2^20), as int64. Throws InputError naming the file, the array and the first bad entry.
+torch::Tensor checked_labels(const std::string& file, const torch::Tensor& labels, const std::string& items_array,
+                             int64_t n, const std::string& noun);
+
 }  // namespace fm

@@ -76,6 +76,12 @@ std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateO
     fixed.steps = steps;
     plan.emplace_back(std::string(name_of(o.fixed_solver)) + "_" + std::to_string(steps), fixed);
   }
+  if (with_fid && o.sde_steps > 0) {
+    SolveSettings sde;  // the diffusion and last step of the checkpoint's sample section
+    sde.solver = Solver::euler_maruyama;
+    sde.steps = o.sde_steps;
+    plan.emplace_back(std::string(name_of(sde.solver)) + "_" + std::to_string(o.sde_steps), sde);
+  }
   return plan;
 }
 
@@ -130,6 +136,7 @@ nlohmann::json evaluation_settings(const EvaluateOptions& o) {
   s["batch"] = o.batch;
   s["fid_batch"] = o.fid_batch;
   s["fixed_solver"] = name_of(o.fixed_solver);
+  if (o.sde_steps > 0) s["sde_steps"] = o.sde_steps;
   if (!o.fid_ref.empty()) record_file(s, "fid_ref", o.fid_ref);
   if (!o.fid_weights.empty()) record_file(s, "fid_weights", o.fid_weights);
   if (!o.fid_ref_features.empty()) record_file(s, "fid_ref_features", o.fid_ref_features);
@@ -216,12 +223,17 @@ FidInputs read_fid_inputs(const EvaluateOptions& o, const torch::Device& device)
   return f;
 }
 
+// What an SDE sample set records of its sampler (the checkpoint's sample section), kept in its run and row.
+constexpr const char* kSdeKeys[] = {"diffusion", "diffusion_norm", "sde_last_step"};
+
 // One seed's samples of a setting, through fm sample's own code (its samples.npz stays for other tools), with the FID
 // of their statistics (kept beside them as fid_stats.npz) and, with the reference's features, precision and recall.
 nlohmann::json seed_run(const EvaluateOptions& o, const std::string& name, const SolveSettings& solve, uint64_t seed,
                         FidInputs* fid) {
   auto s = run_sampling(sample_options(o, name, solve, seed));
   nlohmann::json run = {{"seed", seed}, {"samples", s.npz}, {"mean_nfe", s.mean_nfe}, {"max_nfe", s.max_nfe}};
+  for (const char* key : kSdeKeys)
+    if (s.record.contains(key)) run[key] = s.record[key];
   if (!fid) return run;
   FidImageOptions io;
   io.batch = o.fid_batch;
@@ -312,6 +324,8 @@ nlohmann::json sample_row(const EvaluateOptions& o, const std::string& name, con
     for (const auto& run : earlier.value("runs", nlohmann::json::array()))
       if (run.value("seed", uint64_t{0}) == seed && (!fid || run.contains("fid"))) kept = run;
     r["runs"].push_back(kept.is_null() ? seed_run(o, name, solve, seed, fid) : kept);
+    for (const char* key : kSdeKeys)  // the SDE row's, as each seed's samples record them
+      if (r["runs"].back().contains(key)) r[key] = r["runs"].back()[key];
     summarise_runs(r);
     save(r);
   }
@@ -379,7 +393,8 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   const auto plan = sampling_plan(o, fid != nullptr);
   for (const auto& [name, solve] : plan)
     for (auto seed : sample_seeds(o)) check_sample_out(sample_options(o, name, solve, seed));
-  if (!fid && !o.fixed_steps.empty() && o.num_samples > 0) skip("fixed-step FIDs", "no FID to compute");
+  if (!fid && (!o.fixed_steps.empty() || o.sde_steps > 0) && o.num_samples > 0)
+    skip("fixed-step FIDs", "no FID to compute");
 
   // The figures, each written to --out as soon as it is known; a resume keeps the rows it already has.
   auto save = [&] {

@@ -41,6 +41,7 @@ struct EvaluateOptions {
   double atol = 1e-5, rtol = 1e-5;  // dopri5, for both the likelihood and the samples
   std::vector<int64_t> fixed_steps;  // extra FIDs at these step counts of `fixed_solver`
   Solver fixed_solver = Solver::euler;
+  int64_t sde_steps = 0;             // > 0: also FID of euler_maruyama (SDE) samples at this many steps (sample/sde.h)
   // Samples of each setting and seed in a subfolder NAME/seed_S (samples.npz as fm sample writes it, and fid_stats.npz
   // with its provenance fid_stats.json).
   std::string samples_dir = "evaluate_samples";

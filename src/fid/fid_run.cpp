@@ -29,7 +29,9 @@ Dataset load_images(const DataConfig& spec, const FidImageOptions& o) {
   cfg.split = o.split;
   cfg.limit = o.limit;
   auto ds = load_dataset(cfg, torch::kCPU);
-  if (ds.is_toy()) throw InputError("'" + ds.name + "': FID needs images, not a 2-D toy distribution");
+  if (ds.is_toy() || ds.is_pairs())
+    throw InputError("'" + ds.name + "': FID needs images, not " +
+                     (ds.is_toy() ? "a 2-D toy distribution" : "fm reflow's pairs (their x1 are float samples)"));
   spdlog::info("{}: {} images {}x{}x{}{}", ds.name, ds.size(), ds.images.size(1), ds.images.size(2),
                ds.images.size(3), ds.subset.empty() ? "" : " (--limit takes " + ds.subset + ")");
   return ds;

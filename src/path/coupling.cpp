@@ -24,6 +24,7 @@ torch::Tensor cost_of(const torch::Tensor& x0, const torch::Tensor& x1) {
 Pairing couple(const PathConfig& cfg, const torch::Tensor& x0, const torch::Tensor& x1, const torch::Tensor& labels) {
   switch (cfg.coupling) {
     case Coupling::independent:
+    case Coupling::pairs:
       return {x0, x1, labels};
     case Coupling::ot: {
       // assignment(cost)[i] is the data index for noise i; invert it so that data keeps its order (and its labels).

@@ -6,6 +6,9 @@
 //   sinkhorn     n pairs (i, j) drawn with replacement from the entropic plan with regularisation ot_reg
 //   sb           Schrodinger-bridge CFM: pairs from the entropic plan with reg 2 sb_sigma^2, and Brownian-bridge noise
 //                sb_sigma sqrt(t (1 - t)) eps added to x_t, whose time derivative joins the target (bridge_noise)
+//   pairs        the pairs as the data set holds them (pairs:DIR, written by fm reflow): x0 is the noise a flow started
+//                from and x1 where it ended, so training on them learns the rectified flow of that flow's coupling
+//                (Liu et al. 2022, "Flow Straight and Fast": Reflow)
 // Class labels travel with their images (x1).
 #include <torch/torch.h>
 
@@ -17,6 +20,7 @@ struct Pairing {
   torch::Tensor x0, x1, labels;  // labels undefined when the data has none
 };
 
+// x0: the batch's noise, drawn independently of x1, or with coupling pairs the noise the data set pairs with x1.
 Pairing couple(const PathConfig& cfg, const torch::Tensor& x0, const torch::Tensor& x1, const torch::Tensor& labels);
 
 // The Brownian-bridge term of SB-CFM at times t [B] broadcast like x: x_t gains std * eps and u_t gains d_std * eps,

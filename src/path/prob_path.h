@@ -111,7 +111,23 @@ class LinearVPPath : public ProbPath {
 
 std::unique_ptr<ProbPath> make_path(const PathConfig& cfg);
 
-// Training times t in [0, 1): uniform, or logit-normal t = sigmoid(loc + scale n), n ~ N(0, 1).
+// Training times t in [0, 1]: uniform; logit-normal t = sigmoid(loc + scale n), n ~ N(0, 1); or U-shaped.
 torch::Tensor sample_times(const TimeConfig& cfg, int64_t n, const torch::TensorOptions& opts);
+
+// The time t at which the path's noise-to-signal ratio sigma_t / alpha_t equals `ratio` (EDM's noise level sigma of
+// the same marginal up to scale): 1 / (1 + ratio) on CondOT with sigma_min = 0. The ratio falls from infinity at the
+// noise end to sigma_1 / alpha_1 at the data end on every path here; found by bisection on [t_min, t_max] and clamped
+// there.
+double time_at_noise_ratio(const ProbPath& path, double ratio);
+
+// The U-shaped time distribution of Lee et al. 2024 ("Improving the Training of Rectified Flows", and
+// their code's t_dist.py): p(t) = a (e^(a t) + e^(a (1 - t))) / (2 (e^a - 1)) on [0, 1], proportional to
+// exp(a u) + exp(-a u) with u = t - 1/2: weight on both ends, where a 2-rectified flow's loss is largest. Sampled
+// exactly: T by the inverse CDF of the truncated exponential e^(a T) on [0, 1], T = log(1 + U (e^a - 1)) / a, then
+// t = T or 1 - T with probability 1/2 each. a = 0 is the uniform distribution. The density is symmetric, so it is the
+// same in fm's time (noise at 0, data at 1) and in theirs (data at 0).
+torch::Tensor sample_u_shaped(double a, int64_t n, const torch::TensorOptions& opts);
+double u_shaped_pdf(double a, double t);
+double u_shaped_cdf(double a, double t);
 
 }  // namespace fm

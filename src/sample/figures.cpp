@@ -7,15 +7,14 @@
 
 namespace fm {
 
-torch::Tensor write_toy_figures(VelocityField& model, ToyData toy, const SolveSettings& s, int64_t n,
+torch::Tensor write_toy_figures(VelocityField& model, const torch::Tensor& data, const SolveSettings& s, int64_t n,
                                 const std::string& dir, const torch::Device& device) {
   auto opts = torch::TensorOptions().device(device);
-  auto data = sample_toy(toy, n, opts);
   auto x0 = torch::randn({n, 2}, opts);
   const int64_t shown = std::min<int64_t>(n, 200);
   std::vector<torch::Tensor> traj{x0.narrow(0, 0, shown).cpu()};
   auto r = generate(model, x0, {}, s, 0.0, [&](double, const torch::Tensor& x) { traj.push_back(x.narrow(0, 0, shown).cpu()); });
-  write_png(dir + "/samples.png", scatter_panels({data, r.x}, kToyPlotLimit));
+  write_png(dir + "/samples.png", scatter_panels({data.to(r.x.device()), r.x}, kToyPlotLimit));
   write_png(dir + "/trajectories.png", trajectory_plot(torch::stack(traj), kToyPlotLimit));
   return r.x;
 }

@@ -9,9 +9,9 @@
 
 namespace fm {
 
-// samples.png (data beside samples) and trajectories.png for a 2-D toy model, into `dir`.
+// samples.png (the data points [m, 2] beside n samples) and trajectories.png for a 2-D model, into `dir`.
 // Returns the samples.
-torch::Tensor write_toy_figures(VelocityField& model, ToyData toy, const SolveSettings& s, int64_t n,
+torch::Tensor write_toy_figures(VelocityField& model, const torch::Tensor& data, const SolveSettings& s, int64_t n,
                                 const std::string& dir, const torch::Device& device);
 
 // Columns of a grid of n images: square-ish (ceil(sqrt(n)), 8 for 64), or when the images cycle through K classes

@@ -1,15 +1,27 @@
 #include "sample/generate.h"
 
 #include "sample/graphed_velocity.h"
+#include "sample/sde.h"
 
 namespace fm {
 
 SolveSettings solve_settings(const SampleConfig& c) {
-  return {c.solver, c.steps, c.atol, c.rtol, c.time_grid, c.cuda_graph};
+  SolveSettings s{c.solver, c.steps, c.atol, c.rtol, c.time_grid, c.cuda_graph};
+  s.diffusion = c.diffusion;
+  s.diffusion_norm = c.diffusion_norm;
+  s.sde_last_step = c.sde_last_step;
+  return s;
+}
+
+SolveSettings solve_settings(const Config& c) {
+  SolveSettings s = solve_settings(c.sample);
+  s.path = make_path(c.path);
+  return s;
 }
 
 std::vector<double> sampling_grid(const SolveSettings& s) {
   if (s.solver == Solver::dopri5) return {0.0, 1.0};
+  if (s.solver == Solver::euler_maruyama) return sde_grid(s);
   switch (s.time_grid) {
     case TimeGrid::uniform:
       return uniform_grid(0.0, 1.0, s.steps);
@@ -20,28 +32,38 @@ std::vector<double> sampling_grid(const SolveSettings& s) {
 }
 
 OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::Tensor& labels, const SolveSettings& s,
-                   double cfg_scale, const StepCallback& on_step) {
+                   const Guidance& guidance, const StepCallback& on_step, const StepNoise& sde_noise) {
   torch::NoGradGuard ng;
   bool was_training = model.is_training();
   model.eval();
   const int64_t b = x0.size(0);
   torch::Tensor null_labels;
-  if (labels.defined() && cfg_scale != 0.0) null_labels = torch::full_like(labels, model.num_classes());
-  GraphedVelocity velocity(
+  if (labels.defined() && guidance.scale != 0.0) null_labels = torch::full_like(labels, model.num_classes());
+  // The conditional (or unconditional) velocity, and where guidance applies, the guided one: one batched call for the
+  // conditional and unconditional velocities. Each is its own graph, as the two calls differ in shape.
+  GraphedVelocity plain([&](const torch::Tensor& tt, const torch::Tensor& x) { return model(tt, x, labels); },
+                        s.cuda_graph, x0.device());
+  GraphedVelocity guided(
       [&](const torch::Tensor& tt, const torch::Tensor& x) {
-        if (!null_labels.defined()) return model(tt, x, labels);
-        // One batched call for the conditional and unconditional velocities.
         auto v = model(torch::cat({tt, tt}), torch::cat({x, x}), torch::cat({labels, null_labels}));
         auto vc = v.narrow(0, 0, b), vu = v.narrow(0, b, b);
-        return (1.0 + cfg_scale) * vc - cfg_scale * vu;
+        return (1.0 + guidance.scale) * vc - guidance.scale * vu;
       },
-      s.cuda_graph, x0.device());
-  OdeFunc f = [&](double t, const torch::Tensor& x) { return velocity(t, x); };
-  Dopri5Options opt;
-  opt.atol = s.atol;
-  opt.rtol = s.rtol;
-  auto r = solve_ode(f, x0, sampling_grid(s), s.solver, opt, on_step);
-  r.graphed = velocity.graphed();
+      s.cuda_graph && null_labels.defined(), x0.device());
+  OdeFunc f = [&](double t, const torch::Tensor& x) {
+    return null_labels.defined() && guidance.active_at(t) ? guided(t, x) : plain(t, x);
+  };
+  OdeResult r;
+  if (s.solver == Solver::euler_maruyama) {
+    r = solve_sde(f, x0, s, sde_noise ? sde_noise : StepNoise([&](int64_t) { return torch::randn_like(x0); }),
+                  on_step);
+  } else {
+    Dopri5Options opt;
+    opt.atol = s.atol;
+    opt.rtol = s.rtol;
+    r = solve_ode(f, x0, sampling_grid(s), s.solver, opt, on_step);
+  }
+  r.graphed = plain.graphed() || guided.graphed();
   model.train(was_training);
   return r;
 }

@@ -57,9 +57,10 @@ torch::Tensor fixed_step(Solver method, const OdeFunc& f, double t, double h, co
       return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4);
     }
     case Solver::dopri5:
+    case Solver::euler_maruyama:  // an SDE solver (solver/sde.h), with a noise source the ODE solvers do not take
       break;
   }
-  throw std::logic_error(std::string("solve_fixed: ") + name_of(method) + " is not a fixed-step method");
+  throw std::logic_error(std::string("solve_fixed: ") + name_of(method) + " is not a fixed-step ODE method");
 }
 
 }  // namespace

@@ -46,6 +46,8 @@ OdeResult solve_dopri5(const OdeFunc& f, const torch::Tensor& x0, double t0, dou
 OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
                     const Dopri5Options& opt = {}, const StepCallback& on_step = nullptr);
 
+// Whether `method` steps over a grid of sample.steps (every solver but dopri5; euler_maruyama is the SDE solver of
+// solver/sde.h, which solve_ode does not run).
 bool is_fixed_step(Solver method);
 
 // K steps of equal size from t0 to t1.

@@ -18,8 +18,8 @@ torch::Tensor at_least_float32(const torch::Tensor& out) {
 }  // namespace
 
 CfmObjective::CfmObjective(const PathConfig& path_cfg, const TimeConfig& time, Target target, const ProbPath& path,
-                           const Conditioning& cond)
-    : path_cfg_(path_cfg), time_(time), target_(target), path_(path), cond_(cond) {
+                           const Conditioning& cond, const LossConfig& loss)
+    : path_cfg_(path_cfg), time_(time), loss_(loss), target_(target), path_(path), cond_(cond) {
   std::tie(t_lo_, t_hi_) = target_time_range(target_, path);
   if (path_cfg.coupling == Coupling::sb) {
     // SB's bridge noise is not part of alpha_t x1 + sigma_t x0, so only the velocity target accounts for it.
@@ -39,7 +39,12 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, Row
   auto mine = [&](const torch::Tensor& v) {
     return v.defined() && shard.count > 1 ? v.narrow(0, shard.index * rows, rows) : v;
   };
-  auto x0 = torch::randn_like(batch.x);
+  // Pairs data brings its noise, and only the pairs coupling uses it: either one alone is a mistake of the config.
+  if ((path_cfg_.coupling == Coupling::pairs) != batch.x0.defined())
+    throw InputError(batch.x0.defined() ? "path.coupling: the data are fm reflow's pairs; train them with "
+                                          "path.coupling = pairs"
+                                        : "path.coupling: pairs trains on a pairs:DIR data set (fm reflow's output)");
+  auto x0 = batch.x0.defined() ? batch.x0 : torch::randn_like(batch.x);
   auto t = sample_times(time_, n, batch.x.options()).clamp(t_lo_, t_hi_);
   Pairing p = couple(path_cfg_, x0, batch.x, batch.labels);
   auto ps = path_.sample(p.x0, p.x1, t);
@@ -60,10 +65,11 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, Row
     auto x_in = ps.x_t + noise.std * eps;
     auto target = ps.u_t + noise.d_std * eps;
     auto out = at_least_float32(predict(mine(t), mine(x_in), mine(labels)));
-    return torch::mse_loss(out, mine(target));
+    return regression_loss(loss_, out, mine(target));
   }
   auto out = at_least_float32(predict(mine(t), mine(ps.x_t), mine(labels)));
-  return target_loss(target_, path_, out, mine(p.x0), mine(p.x1), mine(t), PathSample{mine(ps.x_t), mine(ps.u_t)});
+  return target_loss(target_, path_, out, mine(p.x0), mine(p.x1), mine(t), PathSample{mine(ps.x_t), mine(ps.u_t)},
+                     loss_);
 }
 
 }  // namespace fm

@@ -59,13 +59,17 @@ json objective_keys(const Config& c) {
   }
   switch (c.path.coupling) {
     case Coupling::independent:
-    case Coupling::ot: break;
+    case Coupling::ot:
+    case Coupling::pairs: break;
     case Coupling::sinkhorn: take({"ot_reg", "sinkhorn_iters"}); break;
     case Coupling::sb: take({"sb_sigma", "sinkhorn_iters"}); break;
   }
   json time = {{"sampler", j["time"]["sampler"]}};
   if (c.time.sampler == TimeSampler::logit_normal) time["loc"] = j["time"]["loc"], time["scale"] = j["time"]["scale"];
-  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}};
+  if (c.time.sampler == TimeSampler::u_shaped) time["u_shaped_a"] = j["time"]["u_shaped_a"];
+  json loss = {{"type", j["loss"]["type"]}};
+  if (c.loss.type == LossType::pseudo_huber) loss["huber_c"] = j["loss"]["huber_c"];
+  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}, {"loss", loss}};
 }
 
 }  // namespace
@@ -84,6 +88,27 @@ void check_data_fits_model(const Config& cfg, const Dataset& data) {
   if (classes < nc)
     spdlog::warn("model.unet.num_classes is {} but {} has {} classes: labels {}..{} are never trained", nc, data.name,
                  classes, classes, nc - 1);
+}
+
+void check_pairs_coupling(const Config& cfg, const Dataset& data) {
+  if (data.is_pairs() && cfg.path.coupling != Coupling::pairs)
+    throw InputError(std::string("path.coupling: ") + data.name + " holds fm reflow's pairs, which train with "
+                     "path.coupling = pairs (got \"" + name_of(cfg.path.coupling) + "\")");
+  if (!data.is_pairs() && cfg.path.coupling == Coupling::pairs)
+    throw InputError("path.coupling: pairs trains on fm reflow's pairs (data.path = pairs:DIR), not on " + data.name);
+}
+
+void check_init_from(const CheckpointReader& ck, const Config& cfg, const std::vector<int64_t>& sample_shape) {
+  std::vector<std::string> diff;
+  differences(model_keys(ck.config().model), model_keys(cfg.model), "", diff);
+  if (ck.config().model.target != cfg.model.target)
+    diff.push_back(std::string("model.target: \"") + name_of(ck.config().model.target) + "\" in the checkpoint, \"" +
+                   name_of(cfg.model.target) + "\" here");
+  if (!diff.empty())
+    throw InputError("train.init_from: " + ck.path() + " holds another model than this run's: " + joined(diff));
+  if (ck.sample_shape() != sample_shape)
+    throw InputError("train.init_from: " + ck.path() + " holds a model of samples " + json(ck.sample_shape()).dump() +
+                     ", this run's data has " + json(sample_shape).dump());
 }
 
 void check_resume_config(const CheckpointReader& ck, const Config& cfg) {

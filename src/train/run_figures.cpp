@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "data/toy2d.h"
 #include "sample/figures.h"
 
 namespace fm {
@@ -15,7 +16,7 @@ RunFigures::RunFigures(const Config& cfg, const Dataset& data, VelocityField& em
     : cfg_(cfg), data_(data), model_(ema_model), dir_(run_dir), device_(device) {}
 
 bool RunFigures::grid_due(int64_t step) const {
-  return !data_.is_toy() && cfg_.train.sample_every > 0 && step % cfg_.train.sample_every == 0 &&
+  return data_.sample_shape().size() != 1 && cfg_.train.sample_every > 0 && step % cfg_.train.sample_every == 0 &&
          step != cfg_.train.steps;
 }
 
@@ -27,7 +28,7 @@ void RunFigures::write_grid(const std::string& path) {
   torch::Tensor labels;
   if (model_.num_classes() > 0)
     labels = torch::arange(64, torch::TensorOptions().dtype(torch::kLong).device(device_)) % model_.num_classes();
-  write_image_grid(path, generate(model_, x0, labels, solve_settings(cfg_.sample)).x, model_.num_classes());
+  write_image_grid(path, generate(model_, x0, labels, solve_settings(cfg_)).x, model_.num_classes());
 }
 
 std::string RunFigures::grid(int64_t step) {
@@ -39,9 +40,12 @@ std::string RunFigures::grid(int64_t step) {
 
 std::string RunFigures::final_figures() {
   const std::string samples = dir_ + "/samples.png";
-  if (data_.is_toy()) {
+  if (data_.sample_shape().size() == 1) {  // 2-D points: a toy, or the pairs of a toy's flow (their samples x1)
     torch::manual_seed(static_cast<uint64_t>(cfg_.seed) + 1);
-    write_toy_figures(model_, *data_.toy, solve_settings(cfg_.sample), cfg_.sample.n, dir_, device_);
+    const int64_t n = cfg_.sample.n;
+    auto points = data_.is_toy() ? sample_toy(*data_.toy, n, torch::TensorOptions().device(device_))
+                                 : data_.pair_x1.narrow(0, 0, std::min(n, data_.size()));
+    write_toy_figures(model_, points, solve_settings(cfg_), n, dir_, device_);
     spdlog::info("wrote {0}/samples.png and {0}/trajectories.png", dir_);
   } else {
     write_grid(samples);

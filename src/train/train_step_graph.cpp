@@ -55,6 +55,7 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, int64_t step, double
   if (s.graph) {
     s.input.x.copy_(batch.x, /*non_blocking=*/true);
     if (s.input.labels.defined()) s.input.labels.copy_(batch.labels, true);
+    if (s.input.x0.defined()) s.input.x0.copy_(batch.x0, true);
     step_.parts().optimizer.set_lr(lr);
     s.graph->replay();
     return s.out;
@@ -64,6 +65,7 @@ StepResult GraphedTrainStep::operator()(const Batch& batch, int64_t step, double
     // tensors that outlive it. The captured work is only recorded, so the step itself is the first replay.
     s.input.x = batch.x.clone();
     if (batch.labels.defined()) s.input.labels = batch.labels.clone();
+    if (batch.x0.defined()) s.input.x0 = batch.x0.clone();
     step_.parts().optimizer.set_lr(lr);
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
     const std::string failure = capture(

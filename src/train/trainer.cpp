@@ -49,10 +49,23 @@ Config run_config(const Config& given, const CheckpointReader* ck) {
 Dataset load_training_data(const Config& cfg, const torch::Device& device) {
   Dataset data = load_dataset(cfg.data, device);
   if (!data.is_toy())
-    spdlog::info("data {}: {} images, {}{}", data.name, data.size(), describe_classes(data),
+    spdlog::info("data {}: {} {}, {}{}", data.name, data.size(), data.is_pairs() ? "pairs" : "images",
+                 describe_classes(data),
                  data.subset.empty() ? "" : "; data.limit takes " + data.subset);
   check_data_fits_model(cfg, data);
+  check_pairs_coupling(cfg, data);
   return data;
+}
+
+// train.init_from: a fresh run starts from the model and EMA weights of another checkpoint (its optimizer, step and
+// streams stay this run's own), e.g. a 2-rectified flow from the flow whose pairs it trains on.
+void init_weights_from(const Config& cfg, TrainingSetup& setup, const std::vector<int64_t>& shape,
+                       const torch::Device& device) {
+  CheckpointReader init(cfg.train.init_from, device);
+  check_init_from(init, cfg, shape);
+  init.load_module("model", *setup.model);
+  init.load_module("ema", *setup.ema_model);
+  spdlog::info("train.init_from: model and EMA weights of {} (step {})", init.path(), init.step());
 }
 
 // Loads the checkpoint's state into the run's parts; returns its step.
@@ -174,6 +187,7 @@ TrainResult train(const Config& config, const TrainOptions& opts) {
   TrainingSetup setup(cfg, shape, device);
   BatchSampler sampler(data, cfg.data.hflip && !data.is_toy());
   int64_t step = ck ? restore(*ck, setup, sampler, fresh_epoch, checkpointer) : 0;
+  if (!ck && !cfg.train.init_from.empty()) init_weights_from(cfg, setup, shape, device);
   ck.reset();  // the archive's tensors are no longer needed
   broadcast_weights(world, setup);
   // Rank 0 alone writes the run directory: config, metrics, TensorBoard, checkpoints, figures.
