@@ -464,14 +464,14 @@ TEST(PhemaCli, EmaWritesCheckpointsThatSampleTakesAndEvaluateSweeps) {
                               " train.steps=40 train.batch_size=64 train.ckpt_every=20 train.log_every=20"
                               " train.ema_snapshot_every=10 train.tensorboard=false sample.n=50 sample.steps=2"));
   ASSERT_EQ(train_run.code, 0) << train_run.output;
-  auto ema = run(fm_cmd("ema --run " + d / "run" + " --sigma-rel 0.06,0.08 --out " + d / "ema"), d);
+  auto ema = run(fm_cmd("ema --run-dir " + d / "run" + " --sigma-rel 0.06,0.08 --out " + d / "ema"), d);
   ASSERT_EQ(ema.code, 0) << ema.err;
   EXPECT_NE(ema.out.find("| 0.06 | "), std::string::npos) << ema.out;
   EXPECT_NE(ema.out.find("| 8 | "), std::string::npos) << ema.out;  // 4 snapshots of 2 profiles
   const std::string ckpt = d / "ema/ema_0.08_000000040.pt";
   ASSERT_TRUE(fs::exists(ckpt));
   ASSERT_TRUE(fs::exists(d / "ema/ema_0.08_000000040.json"));
-  auto again = run(fm_cmd("ema --run " + d / "run" + " --sigma-rel 0.08 --out " + d / "ema"), d);
+  auto again = run(fm_cmd("ema --run-dir " + d / "run" + " --sigma-rel 0.08 --out " + d / "ema"), d);
   EXPECT_EQ(again.code, 2);
   EXPECT_NE(again.err.find("exists already"), std::string::npos) << again.err;
   auto sample = run(fm_cmd("sample --checkpoint " + ckpt + " -n 16 --solver euler --steps 2 --out " + d / "samples" +

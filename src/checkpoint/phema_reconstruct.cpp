@@ -145,14 +145,14 @@ std::string phema_checkpoint_of_run(const std::string& run_dir, int64_t step) {
   const auto ckpts = list_checkpoints(run_dir + "/checkpoints");
   const auto snaps = list_phema_snapshots(run_dir + "/phema");
   if (snaps.empty())
-    throw InputError("--run " + run_dir + ": phema/ holds no post-hoc EMA snapshots; a run writes them with "
+    throw InputError("--run-dir " + run_dir + ": phema/ holds no post-hoc EMA snapshots; a run writes them with "
                      "train.ema_snapshot_every > 0");
   for (auto it = ckpts.rbegin(); it != ckpts.rend(); ++it) {
     if (step >= 0 && it->first != step) continue;
     if (std::any_of(snaps.begin(), snaps.end(), [&](const auto& s) { return s.first == it->first; }))
       return it->second;
   }
-  throw InputError("--run " + run_dir + ": no step " + (step >= 0 ? std::to_string(step) + " " : "") +
+  throw InputError("--run-dir " + run_dir + ": no step " + (step >= 0 ? std::to_string(step) + " " : "") +
                    "with both a checkpoint and a post-hoc EMA snapshot (checkpoints at steps " + steps_listed(ckpts) +
                    "; snapshots at steps " + steps_listed(snaps) + ")");
 }

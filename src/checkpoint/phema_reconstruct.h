@@ -32,7 +32,7 @@ struct ReconstructedEma {
 // The checkpoint file name of a reconstruction: ema_<sigma_rel (%g)>_<step, 9 digits>.pt.
 std::string reconstruction_name(double sigma_rel, int64_t step);
 
-// `fm ema --run`: the checkpoint of RUN/checkpoints at `step`, or (step < 0) at the newest step that has both a
+// `fm ema --run-dir`: the checkpoint of RUN/checkpoints at `step`, or (step < 0) at the newest step that has both a
 // checkpoint and a snapshot in RUN/phema. InputError naming what the run holds when there is none.
 std::string phema_checkpoint_of_run(const std::string& run_dir, int64_t step);
 

@@ -13,7 +13,7 @@ void add_ema_command(CLI::App& app) {
   auto o = std::make_shared<PhemaReconstruction>();
   auto run = std::make_shared<std::string>();
   auto step = std::make_shared<int64_t>(-1);
-  cmd->add_option("--run", *run, "the run directory: checkpoints/ and phema/ (its snapshots)")->required();
+  cmd->add_option("--run-dir", *run, "the run directory: checkpoints/ and phema/ (its snapshots)")->required();
   cmd->add_option("--sigma-rel", o->sigma_rels,
                   "the EMA lengths to reconstruct, relative standard deviations in (0, 0.2887], e.g. 0.05,0.07,0.10")
       ->delimiter(',')
