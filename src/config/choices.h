@@ -26,8 +26,11 @@ enum class PathType { cond_ot, vp, cosine, polynomial, linear_vp, torchcfm_vp };
 enum class Coupling { independent, ot, sinkhorn, sb };
 enum class TimeSampler { uniform, logit_normal };
 enum class LrDecay { constant, linear, cosine, poly };
-enum class Solver { euler, midpoint, heun, rk4, dopri5 };
+// meanflow: steps x_r = x_t + (r - t) u(x_t, t, r) by a network's average velocity (sample/generate.h), not an ODE's.
+enum class Solver { euler, midpoint, heun, rk4, dopri5, meanflow };
 enum class TimeGrid { uniform, edm };
+// What the network is trained on (train/objective.h): conditional flow matching, or MeanFlow's average velocity.
+enum class ObjectiveType { cfm, meanflow };
 // eval-nll's divergence of the velocity and Hutchinson's probe.
 enum class Divergence { hutchinson, exact };
 enum class Probe { rademacher, gaussian };
@@ -62,8 +65,9 @@ FM_CHOICE_NAMES(TimeSampler, {TimeSampler::uniform, "uniform"}, {TimeSampler::lo
 FM_CHOICE_NAMES(LrDecay, {LrDecay::constant, "constant"}, {LrDecay::linear, "linear"}, {LrDecay::cosine, "cosine"},
                 {LrDecay::poly, "poly"})
 FM_CHOICE_NAMES(Solver, {Solver::euler, "euler"}, {Solver::midpoint, "midpoint"}, {Solver::heun, "heun"},
-                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"})
+                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"}, {Solver::meanflow, "meanflow"})
 FM_CHOICE_NAMES(TimeGrid, {TimeGrid::uniform, "uniform"}, {TimeGrid::edm, "edm"})
+FM_CHOICE_NAMES(ObjectiveType, {ObjectiveType::cfm, "cfm"}, {ObjectiveType::meanflow, "meanflow"})
 FM_CHOICE_NAMES(Divergence, {Divergence::hutchinson, "hutchinson"}, {Divergence::exact, "exact"})
 FM_CHOICE_NAMES(Probe, {Probe::rademacher, "rademacher"}, {Probe::gaussian, "gaussian"})
 FM_CHOICE_NAMES(Weights, {Weights::ema, "ema"}, {Weights::raw, "raw"})

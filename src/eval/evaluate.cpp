@@ -62,9 +62,11 @@ void check_options(const EvaluateOptions& o) {
   if (!o.data.empty()) parse_data_spec(o.data);
 }
 
-// The sampling settings of an evaluation by name: dopri5 at the tolerances, then each fixed-step budget (only with
-// FID: a fixed budget's NFE is known in advance, so without FID its samples would say nothing more).
-std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateOptions& o, bool with_fid) {
+// The sampling settings of an evaluation by name: dopri5 at the tolerances, then each fixed-step budget, then for a
+// network of average velocities (MeanFlow) its one- and two-step samples (fixed budgets only with FID: their NFE is
+// known in advance, so without FID their samples would say nothing more).
+std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateOptions& o, bool with_fid,
+                                                                 bool mean_flow) {
   std::vector<std::pair<std::string, SolveSettings>> plan;
   if (o.num_samples == 0) return plan;
   SolveSettings adaptive;
@@ -77,6 +79,14 @@ std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateO
     fixed.solver = o.fixed_solver;
     fixed.steps = steps;
     plan.emplace_back(std::string(name_of(o.fixed_solver)) + "_" + std::to_string(steps), fixed);
+  }
+  for (int64_t steps : with_fid && mean_flow ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{}) {
+    SolveSettings few;
+    few.solver = Solver::meanflow;
+    few.steps = steps;
+    const std::string name = std::string(name_of(Solver::meanflow)) + "_" + std::to_string(steps);
+    if (std::none_of(plan.begin(), plan.end(), [&](const auto& p) { return p.first == name; }))
+      plan.emplace_back(name, few);
   }
   return plan;
 }
@@ -216,11 +226,13 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   check_options(o);
   const nlohmann::json settings = evaluation_settings(o);
   int64_t step = 0;
-  bool toy = false;
+  bool toy = false, mean_flow = false;
   {
     CheckpointReader ck(o.checkpoint, torch::kCPU);
     step = ck.step();
     toy = ck.sample_shape().size() == 1;
+    const auto& m = ck.config().model;
+    mean_flow = m.type == ModelType::unet ? m.unet.second_time : m.mlp.second_time;
   }
   const auto device = resolve_device(o.device);
   nlohmann::json j = {{"checkpoint", o.checkpoint}, {"step", step},          {"weights", name_of(o.weights)},
@@ -255,7 +267,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   } else {
     fid = std::make_unique<FidInputs>(FidInputs{read_fid_stats(o.fid_ref), load_fid_inception(o.fid_weights, device)});
   }
-  const auto plan = sampling_plan(o, fid != nullptr);
+  const auto plan = sampling_plan(o, fid != nullptr, mean_flow);
   for (const auto& [name, solve] : plan) check_sample_out(sample_options(o, name, solve));
   if (!fid && !o.fixed_steps.empty() && o.num_samples > 0) skip("fixed-step FIDs", "no FID to compute");
 

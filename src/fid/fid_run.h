@@ -5,7 +5,7 @@
 // every rank gets the statistics one process computes.
 #include <string>
 
-#include "config/choices.h"
+#include "config/config.h"
 #include "dist/world.h"
 #include "fid/fid_stats.h"
 

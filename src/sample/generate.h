@@ -23,7 +23,9 @@ SolveSettings solve_settings(const SampleConfig& c);
 std::vector<double> sampling_grid(const SolveSettings& s);
 
 // Samples from noise x0; labels (optional) condition a class-conditional model, and cfg_scale w > 0 applies
-// classifier-free guidance (1 + w) v(x|c) - w v(x|null). The model runs in eval mode without gradients.
+// classifier-free guidance (1 + w) v(x|c) - w v(x|null). The model runs in eval mode without gradients. Solver meanflow
+// steps by the network's average velocity (solver/mean_flow.h; a network with a second time, else InputError), one
+// evaluation a step over the grid of `s`, guidance mixing average velocities alike.
 OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::Tensor& labels, const SolveSettings& s,
                    double cfg_scale = 0.0, const StepCallback& on_step = nullptr);
 

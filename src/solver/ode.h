@@ -46,6 +46,7 @@ OdeResult solve_dopri5(const OdeFunc& f, const torch::Tensor& x0, double t0, dou
 OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector<double>& grid, Solver method,
                     const Dopri5Options& opt = {}, const StepCallback& on_step = nullptr);
 
+// Whether `method` steps over a fixed time grid (every solver but dopri5; meanflow's steps are solver/mean_flow.h's).
 bool is_fixed_step(Solver method);
 
 // K steps of equal size from t0 to t1.

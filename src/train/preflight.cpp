@@ -42,7 +42,8 @@ json model_keys(const ModelConfig& m) {
 }
 
 // The keys that decide what the network learns: the target, the path's schedule with the keys its type reads, the
-// coupling with its keys, and the time sampler with its parameters. (The class dropout is a model.unet key.)
+// coupling with its keys, the time sampler with its parameters, and the objective with its keys. (The class dropout
+// is a model.unet key.)
 json objective_keys(const Config& c) {
   json j = to_json(c);
   json path = {{"type", j["path"]["type"]}, {"coupling", j["path"]["coupling"]}};
@@ -65,7 +66,9 @@ json objective_keys(const Config& c) {
   }
   json time = {{"sampler", j["time"]["sampler"]}};
   if (c.time.sampler == TimeSampler::logit_normal) time["loc"] = j["time"]["loc"], time["scale"] = j["time"]["scale"];
-  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}};
+  json objective = {{"type", j["objective"]["type"]}};
+  if (c.objective.type == ObjectiveType::meanflow) objective["meanflow"] = j["objective"]["meanflow"];
+  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}, {"objective", objective}};
 }
 
 }  // namespace
