@@ -24,6 +24,7 @@
 #include "sample/reflow_run.h"
 #include "solver/ode.h"
 #include "test_util.h"
+#include "train/meanflow_objective.h"
 #include "train/trainer.h"
 
 namespace fm {
@@ -487,6 +488,57 @@ TEST_F(CudaParity, AFailedCaptureFallsBackToEagerSampling) {
   EXPECT_EQ(calls, 7) << "2 warm-up, the failed capture, then 4 eager evaluations";
   EXPECT_TRUE(torch::allclose(r.x.cpu(), (x0 * std::pow(1.0 - 1.0 / 6, 6)).cpu(), 1e-5, 1e-6));
   torch::cuda::synchronize();  // the device is usable after the failure
+}
+
+// MeanFlow's training step and sampler: the Jacobian-vector product of the target through the U-Net (forward-mode AD
+// on cuDNN's and cuBLAS's kernels), the weighted loss's gradients, and one- and two-step samples, from the same
+// inputs on both devices, in fp32.
+TEST_F(CudaParity, MeanFlowTargetGradientsAndFewStepSamples) {
+  auto cfg_unet = parity_unet();
+  cfg_unet.second_time = true;
+  auto net_on = [&](const torch::Device& d) {
+    torch::manual_seed(0);
+    auto net = make_unet_velocity(cfg_unet, {3, 16, 16});
+    torch::NoGradGuard g;
+    for (auto& p : net->parameters())
+      if (p.abs().max().item<float>() == 0.0f) p.normal_(0.0, 0.05);
+    net->to(d);
+    return net;
+  };
+  const Inputs in = inputs(4, 5);
+  const torch::Tensor &t = in.t, &x = in.x, &y = in.y;
+  const torch::Tensor r = (t + 0.5 * (1 - t) * torch::rand({4}, at::make_generator<at::CPUGeneratorImpl>(6)));
+  const torch::Tensor v = torch::randn_like(x);
+  Config c;
+  c.model.type = ModelType::unet;
+  c.model.unet = cfg_unet;
+  c.objective.type = ObjectiveType::meanflow;
+  auto path = make_path(c.path);
+  MeanFlowObjective obj(c, *path, conditioning_of(c.model));
+  auto run = [&](const torch::Device& d) {
+    auto net = net_on(d);
+    net->train();
+    PredictMean mean = [&](const torch::Tensor& tt, const torch::Tensor& rr, const torch::Tensor& xx,
+                           const torch::Tensor& ll) { return net->forward_mean(tt, rr, xx, ll); };
+    auto p = obj.predict_and_target(mean, x.to(d), t.to(d), r.to(d), v.to(d), y.to(d));
+    auto err = (p.u - p.target).pow(2).flatten(1).sum(1);
+    adaptive_weighted_mean(err, 0.75, 1e-3).backward();
+    std::vector<torch::Tensor> g;
+    for (auto& q : net->parameters()) g.push_back(q.grad().to(torch::kCPU));
+    net->eval();
+    SolveSettings s{Solver::meanflow, 2};
+    auto x2 = generate(*net, x.to(d), y.to(d), s);
+    return std::make_tuple(p.target.to(torch::kCPU), g, x2.x.to(torch::kCPU), x2.nfe);
+  };
+  auto [target_cpu, g_cpu, x_cpu, nfe_cpu] = run(torch::kCPU);
+  auto [target_gpu, g_gpu, x_gpu, nfe_gpu] = run(gpu());
+  EXPECT_LT(max_rel(target_gpu, target_cpu), 1e-4);
+  ASSERT_EQ(g_cpu.size(), g_gpu.size());
+  for (size_t i = 0; i < g_cpu.size(); ++i)
+    EXPECT_LT(((g_gpu[i] - g_cpu[i]).norm() / g_cpu[i].norm().clamp_min(1e-12)).item<double>(), 1e-3) << i;
+  EXPECT_LT(max_rel(x_gpu, x_cpu), 1e-4);
+  EXPECT_EQ(nfe_gpu, 2);
+  EXPECT_EQ(nfe_cpu, 2);
 }
 
 }  // namespace fm

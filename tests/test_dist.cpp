@@ -493,6 +493,29 @@ TEST(DistTrain, PairsCouplingOnTwoRanksTrainsAsOneProcess) {
   expect_close_weights(ckpt(d / "one", 4), ckpt(d / "two", 4));
 }
 
+// MeanFlow's objective draws its (r, t), noise and label dropout for the whole global batch and takes the
+// Jacobian-vector product on each rank's rows: two ranks train as one process.
+TEST(DistTrain, MeanFlowTwoRanksTrainAsOneProcess) {
+  TempDir d;
+  auto cfg = write_tiny_config(d, 2);
+  const std::string mf = " --set objective.type=meanflow model.unet.second_time=true sample.solver=meanflow "
+                         "sample.steps=1";
+  auto one = run(fm_binary() + " train --config " + cfg + mf + " --out " + d / "one");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two = torchrun(2, fm_binary() + " train --config " + cfg + mf + " --out " + d / "two");
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(two.output.find("weights differ"), std::string::npos) << two.output;
+  auto m1 = metrics_of(d / "one"), m2 = metrics_of(d / "two");
+  ASSERT_EQ(m1.size(), 2u);
+  ASSERT_EQ(m2.size(), 2u);
+  for (size_t s = 0; s < 2; ++s) {
+    EXPECT_NEAR(m2[s]["loss"].get<double>(), m1[s]["loss"].get<double>(), 1e-5 * m1[s]["loss"].get<double>());
+    EXPECT_NEAR(m2[s]["grad_norm"].get<double>(), m1[s]["grad_norm"].get<double>(),
+                1e-4 * m1[s]["grad_norm"].get<double>());
+  }
+  expect_close_weights(ckpt(d / "one", 2), ckpt(d / "two", 2));
+}
+
 TEST(DistTrain, ResumeWithAnotherWorldSizeContinuesTheSameRun) {
   // The training stream is drawn for the whole global batch on every rank, so it does not depend on the world size:
   // 2 ranks to step 2, then 1 process to step 3, then 2 ranks to step 4 ends where one process straight to 4 ends.

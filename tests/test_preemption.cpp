@@ -153,6 +153,22 @@ TEST(Preemption, PairsCouplingResumesExactlyAfterSigterm) {
   expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
 }
 
+// MeanFlow's step (its (r, t) draws, the Jacobian-vector product of its target) resumes as exactly as flow matching's.
+TEST(Preemption, MeanFlowSigtermThenResumeIsExact) {
+  TempDir d;
+  const std::string mf = "objective.type=meanflow model.mlp.second_time=true sample.solver=meanflow sample.steps=1";
+  ASSERT_EQ(run(train_cmd(d / "straight", mf)).code, 0);
+  const std::string out = d / "run";
+  const int lines = random_lines();
+  EXPECT_EQ(interrupt_at(train_cmd(out, mf), out, lines, "TERM"), 75) << "after " << lines << " lines";
+  auto ck = fm::latest_checkpoint(out + "/checkpoints");
+  ASSERT_TRUE(ck.has_value());
+  EXPECT_LT(fm::CheckpointReader(*ck, torch::kCPU).step(), kSteps);
+  auto r = run(train_cmd(out, mf + " --resume auto"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_weights(final_ckpt(d / "straight"), final_ckpt(out));
+}
+
 TEST(Preemption, KillNineInALoopThenResumeIsExact) {
   TempDir d;
   ASSERT_EQ(run(train_cmd(d / "straight")).code, 0);

@@ -120,7 +120,11 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const std::
   j["loss"] = loss;
   j["parameters"] = parameter_count(*model);
   if (cfg.model.type == ModelType::unet) {
-    const double flops = unet_train_step_flops(cfg.model.unet, shape, bsz);
+    const auto& mf = cfg.objective.meanflow;
+    const int guidance_forwards = mf.omega == 1.0 && mf.kappa == 0.0 ? 0 : (mf.kappa == 0.0 ? 1 : 2);
+    const double flops = cfg.objective.type == ObjectiveType::meanflow
+                             ? unet_meanflow_train_step_flops(cfg.model.unet, shape, bsz, guidance_forwards)
+                             : unet_train_step_flops(cfg.model.unet, shape, bsz);
     j["flops_per_step"] = flops;
     j["tflops_per_s"] = flops / dt / 1e12;
     if (o.peak_tflops > 0) j["mfu"] = flops / dt / (o.peak_tflops * 1e12);
@@ -144,7 +148,9 @@ nlohmann::json bench_train(const Config& cfg, const BenchOptions& o, const std::
     const double data_ms = time_ms([&] { sampler.next(bsz); });
     const double objective_ms = time_ms([&] {
       torch::NoGradGuard ng;
-      setup.objective->loss(batch, [](const auto&, const auto& x, const auto&) { return x * 0.5; });
+      setup.objective->loss_from(
+          batch, {[](const auto&, const auto& x, const auto&) { return x * 0.5; },
+                  [](const auto&, const auto&, const auto& x, const auto&) { return x * 0.5; }});
     });
     const double norm_ms = time_ms([&] {
       gn = clip_grad_norm(setup.params, cfg.train.grad_clip);

@@ -4,13 +4,20 @@
 
 namespace fm {
 
-double unet_forward_flops(const UNetConfig& cfg, const std::vector<int64_t>& shape, int64_t batch) {
+namespace {
+
+struct ForwardFlops {
+  double total = 0.0;
+  double attention_matmuls = 0.0;  // the part in q k^T and a v
+};
+
+ForwardFlops count_forward(const UNetConfig& cfg, const std::vector<int64_t>& shape, int64_t batch) {
   const double B = static_cast<double>(batch);
   const int64_t in_ch = shape.at(0);
   int64_t h = shape.at(1), w = shape.at(2);
   const int64_t emb = 4 * cfg.model_channels;
   const int64_t levels = static_cast<int64_t>(cfg.channel_mult.size());
-  double flops = 0.0;
+  double flops = 0.0, attention_matmuls = 0.0;
 
   auto linear = [&](int64_t in, int64_t out) { flops += 2.0 * B * in * out; };
   // At the output resolution (oh, ow).
@@ -31,6 +38,7 @@ double unet_forward_flops(const UNetConfig& cfg, const std::vector<int64_t>& sha
     const double T = static_cast<double>(h * w);
     conv(ch, 3 * ch, 1, h, w);
     flops += 2.0 * 2.0 * B * T * T * ch;
+    attention_matmuls += 2.0 * 2.0 * B * T * T * ch;
     conv(ch, ch, 1, h, w);
   };
   // Attention resolutions are feature-map widths, as in the network.
@@ -39,8 +47,10 @@ double unet_forward_flops(const UNetConfig& cfg, const std::vector<int64_t>& sha
     return std::find(a.begin(), a.end(), w) != a.end();
   };
 
-  linear(cfg.model_channels, emb);
-  linear(emb, emb);
+  for (int e = 0; e < (cfg.second_time ? 2 : 1); ++e) {  // t's embedding MLP, and the interval's
+    linear(cfg.model_channels, emb);
+    linear(emb, emb);
+  }
   int64_t ch = cfg.model_channels * cfg.channel_mult[0];
   const int64_t stem_ch = ch;
   conv(in_ch, ch, 3, h, w);
@@ -84,7 +94,19 @@ double unet_forward_flops(const UNetConfig& cfg, const std::vector<int64_t>& sha
     }
   }
   conv(stem_ch, in_ch, 3, h, w);
-  return flops;
+  return {flops, attention_matmuls};
+}
+
+}  // namespace
+
+double unet_forward_flops(const UNetConfig& cfg, const std::vector<int64_t>& shape, int64_t batch) {
+  return count_forward(cfg, shape, batch).total;
+}
+
+double unet_meanflow_train_step_flops(const UNetConfig& cfg, const std::vector<int64_t>& shape, int64_t batch,
+                                      int guidance_forwards) {
+  const auto f = count_forward(cfg, shape, batch);
+  return (4.0 + guidance_forwards) * f.total + f.attention_matmuls;
 }
 
 }  // namespace fm

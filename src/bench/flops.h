@@ -19,4 +19,12 @@ inline double unet_train_step_flops(const UNetConfig& cfg, const std::vector<int
   return 3.0 * unet_forward_flops(cfg, shape, batch);
 }
 
+// MeanFlow's step (train/meanflow_objective.h): the forward pass and its Jacobian-vector product in one pass (every
+// multiply-add again on the tangent, the attention's two matmuls twice by the product rule), the backward of the
+// forward (2 forward passes' worth), and `guidance_forwards` passes without gradients (the unconditional, and with
+// kappa the conditional, velocity of guidance in training): (4 + guidance_forwards) x forward + the attention
+// matmuls.
+double unet_meanflow_train_step_flops(const UNetConfig& cfg, const std::vector<int64_t>& shape, int64_t batch,
+                                      int guidance_forwards = 0);
+
 }  // namespace fm

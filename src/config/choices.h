@@ -28,10 +28,14 @@ enum class TimeSampler { uniform, logit_normal, u_shaped };
 // The training loss of the regression (path/target.h).
 enum class LossType { mse, pseudo_huber };
 enum class LrDecay { constant, linear, cosine, poly };
-enum class Solver { euler, midpoint, heun, rk4, dopri5, euler_maruyama };
+// meanflow: steps x_r = x_t + (r - t) u(x_t, t, r) by a network's average velocity (sample/generate.h), not an ODE's.
+// euler_maruyama: the SDE solver of sample/sde.h.
+enum class Solver { euler, midpoint, heun, rk4, dopri5, euler_maruyama, meanflow };
 // The diffusion coefficient schedule w(t) of SDE sampling (sample/sde.h).
 enum class Diffusion { sigma, constant, linear, decreasing, increasing_decreasing };
 enum class TimeGrid { uniform, edm };
+// What the network is trained on (train/objective.h): conditional flow matching, or MeanFlow's average velocity.
+enum class ObjectiveType { cfm, meanflow };
 // eval-nll's divergence of the velocity and Hutchinson's probe.
 enum class Divergence { hutchinson, exact };
 enum class Probe { rademacher, gaussian };
@@ -71,10 +75,12 @@ FM_CHOICE_NAMES(LossType, {LossType::mse, "mse"}, {LossType::pseudo_huber, "pseu
 FM_CHOICE_NAMES(LrDecay, {LrDecay::constant, "constant"}, {LrDecay::linear, "linear"}, {LrDecay::cosine, "cosine"},
                 {LrDecay::poly, "poly"})
 FM_CHOICE_NAMES(Solver, {Solver::euler, "euler"}, {Solver::midpoint, "midpoint"}, {Solver::heun, "heun"},
-                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"}, {Solver::euler_maruyama, "euler_maruyama"})
+                {Solver::rk4, "rk4"}, {Solver::dopri5, "dopri5"}, {Solver::euler_maruyama, "euler_maruyama"},
+                {Solver::meanflow, "meanflow"})
 FM_CHOICE_NAMES(Diffusion, {Diffusion::sigma, "sigma"}, {Diffusion::constant, "constant"}, {Diffusion::linear, "linear"},
                 {Diffusion::decreasing, "decreasing"}, {Diffusion::increasing_decreasing, "increasing_decreasing"})
 FM_CHOICE_NAMES(TimeGrid, {TimeGrid::uniform, "uniform"}, {TimeGrid::edm, "edm"})
+FM_CHOICE_NAMES(ObjectiveType, {ObjectiveType::cfm, "cfm"}, {ObjectiveType::meanflow, "meanflow"})
 FM_CHOICE_NAMES(Divergence, {Divergence::hutchinson, "hutchinson"}, {Divergence::exact, "exact"})
 FM_CHOICE_NAMES(Probe, {Probe::rademacher, "rademacher"}, {Probe::gaussian, "gaussian"})
 FM_CHOICE_NAMES(Weights, {Weights::ema, "ema"}, {Weights::raw, "raw"})

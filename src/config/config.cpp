@@ -108,6 +108,7 @@ void visit(V& v, MlpConfig& c) {
   v("depth", c.depth, between(1, 1024));
   v("time_features", c.time_features, between(2, 1 << 16));
   v("x_frequencies", c.x_frequencies, between(0, 30));
+  v("second_time", c.second_time);
 }
 template <class V>
 void visit(V& v, UNetConfig& c) {
@@ -126,6 +127,7 @@ void visit(V& v, UNetConfig& c) {
   v("conv_resample", c.conv_resample);
   v("num_classes", c.num_classes, between(0, 1 << 20));
   v("class_dropout", c.class_dropout, in_range(0.0, 1.0, true));
+  v("second_time", c.second_time);
 }
 template <class V>
 void visit(V& v, ModelConfig& c) {
@@ -157,6 +159,25 @@ template <class V>
 void visit(V& v, LossConfig& c) {
   v("type", c.type);
   v("huber_c", c.huber_c, at_least(0.0));
+}
+template <class V>
+void visit(V& v, MeanFlowConfig& c) {
+  v("t_loc", c.t_loc);
+  v("t_scale", c.t_scale, greater_than(0.0));
+  v("r_loc", c.r_loc);
+  v("r_scale", c.r_scale, greater_than(0.0));
+  v("equal_share", c.equal_share, in_range(0.0, 1.0));
+  v("norm_p", c.norm_p, at_least(0.0));
+  v("norm_c", c.norm_c, greater_than(0.0));
+  v("omega", c.omega, greater_than(0.0));
+  v("kappa", c.kappa, in_range(0.0, 1.0, true));
+  v("guidance_t_min", c.guidance_t_min, in_range(0.0, 1.0));
+  v("guidance_t_max", c.guidance_t_max, in_range(0.0, 1.0));
+}
+template <class V>
+void visit(V& v, ObjectiveConfig& c) {
+  v("type", c.type);
+  v.section("meanflow", c.meanflow);
 }
 template <class V>
 void visit(V& v, TrainConfig& c) {
@@ -218,6 +239,7 @@ void visit(V& v, Config& c) {
   v.section("path", c.path);
   v.section("time", c.time);
   v.section("loss", c.loss);
+  v.section("objective", c.objective);
   v.section("train", c.train);
   v.section("sample", c.sample);
   v.section("dist", c.dist);

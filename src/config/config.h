@@ -30,6 +30,7 @@ struct MlpConfig {
   int64_t depth = 4;  // hidden layers
   int64_t time_features = 32;
   int64_t x_frequencies = 0;  // > 0: also feed sin/cos of x at frequencies 0.5 * 2^k, k < x_frequencies
+  bool second_time = false;   // also take a second time r (the average velocity from t to r; nn/velocity_field.h)
 };
 
 struct UNetConfig {
@@ -45,6 +46,7 @@ struct UNetConfig {
   bool conv_resample = true;  // false: average-pool down, plain nearest up
   int64_t num_classes = 0;    // >0: class-conditional, with a null label for classifier-free guidance
   double class_dropout = 0.1; // probability of training with the null label
+  bool second_time = false;   // also take a second time r: an embedding of r - t added to t's (nn/velocity_field.h)
 };
 
 struct ModelConfig {
@@ -65,6 +67,24 @@ struct PathConfig {
   double ot_reg = 0.05;                 // sinkhorn: entropic regularisation, in units of the squared distance
   int64_t sinkhorn_iters = 100;         // sinkhorn, sb: Sinkhorn iterations per batch
   double sb_sigma = 1.0;                // sb: Brownian-bridge noise sigma sqrt(t(1-t)); its plan uses reg 2 sigma^2
+};
+
+// MeanFlow (Geng et al. 2025; train/meanflow_objective.h). The times here are in the paper's convention, data at 0
+// and noise at 1, so that its numbers are copied unchanged; the objective translates them once.
+struct MeanFlowConfig {
+  double t_loc = -2.0, t_scale = 2.0;  // the paper's t ~ sigmoid(loc + scale n), n ~ N(0, 1)
+  double r_loc = -2.0, r_scale = 2.0;  // the paper's r, drawn alike; then sorted so that r <= t
+  double equal_share = 0.25;           // share of rows trained with r = t (plain flow matching)
+  double norm_p = 0.75;                // adaptive weight 1 / (|delta|^2 + norm_c)^norm_p
+  double norm_c = 1e-3;
+  double omega = 1.0;                  // guidance folded into the target: omega = 1, kappa = 0 is none
+  double kappa = 0.0;
+  double guidance_t_min = 0.0, guidance_t_max = 1.0;  // the paper's t interval that gets guidance
+};
+
+struct ObjectiveConfig {
+  ObjectiveType type = ObjectiveType::cfm;
+  MeanFlowConfig meanflow;
 };
 
 struct TimeConfig {
@@ -144,6 +164,7 @@ struct Config {
   PathConfig path;
   TimeConfig time;
   LossConfig loss;
+  ObjectiveConfig objective;
   TrainConfig train;
   SampleConfig sample;
   DistConfig dist;

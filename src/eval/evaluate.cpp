@@ -60,9 +60,11 @@ void check_options(const EvaluateOptions& o) {
   if (!o.data.empty()) parse_data_spec(o.data);
 }
 
-// The sampling settings of an evaluation by name: dopri5 at the tolerances, then each fixed-step budget (only with
-// FID: a fixed budget's NFE is known in advance, so without FID its samples would say nothing more).
-std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateOptions& o, bool with_fid) {
+// The sampling settings of an evaluation by name: dopri5 at the tolerances, then each fixed-step budget, then for a
+// network of average velocities (MeanFlow) its one- and two-step samples (fixed budgets only with FID: their NFE is
+// known in advance, so without FID their samples would say nothing more).
+std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateOptions& o, bool with_fid,
+                                                                 bool mean_flow) {
   std::vector<std::pair<std::string, SolveSettings>> plan;
   if (o.num_samples == 0) return plan;
   SolveSettings adaptive;
@@ -75,6 +77,14 @@ std::vector<std::pair<std::string, SolveSettings>> sampling_plan(const EvaluateO
     fixed.solver = o.fixed_solver;
     fixed.steps = steps;
     plan.emplace_back(std::string(name_of(o.fixed_solver)) + "_" + std::to_string(steps), fixed);
+  }
+  for (int64_t steps : with_fid && mean_flow ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{}) {
+    SolveSettings few;
+    few.solver = Solver::meanflow;
+    few.steps = steps;
+    const std::string name = std::string(name_of(Solver::meanflow)) + "_" + std::to_string(steps);
+    if (std::none_of(plan.begin(), plan.end(), [&](const auto& p) { return p.first == name; }))
+      plan.emplace_back(name, few);
   }
   if (with_fid && o.sde_steps > 0) {
     SolveSettings sde;  // the diffusion and last step of the checkpoint's sample section
@@ -339,10 +349,13 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
   const nlohmann::json settings = evaluation_settings(o);
   int64_t step = 0;
   std::vector<int64_t> shape;
+  bool mean_flow = false;
   {
     CheckpointReader ck(o.checkpoint, torch::kCPU);
     step = ck.step();
     shape = ck.sample_shape();
+    const auto& m = ck.config().model;
+    mean_flow = m.type == ModelType::unet ? m.unet.second_time : m.mlp.second_time;
   }
   const bool toy = shape.size() == 1;
   const auto device = resolve_device(o.device);
@@ -390,7 +403,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
       skip("precision and recall", "no --fid-ref-features (the reference's features, from fm fid-features "
                                    "--save-features)");
   }
-  const auto plan = sampling_plan(o, fid != nullptr);
+  const auto plan = sampling_plan(o, fid != nullptr, mean_flow);
   for (const auto& [name, solve] : plan)
     for (auto seed : sample_seeds(o)) check_sample_out(sample_options(o, name, solve, seed));
   if (!fid && (!o.fixed_steps.empty() || o.sde_steps > 0) && o.num_samples > 0)

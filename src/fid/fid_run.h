@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/choices.h"
+#include "config/config.h"
 #include "data/dataset.h"
 #include "dist/world.h"
 #include "fid/fid_stats.h"

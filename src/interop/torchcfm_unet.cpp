@@ -110,6 +110,9 @@ nlohmann::json torchcfm_wrapper_kwargs(const UNetConfig& cfg, const std::vector<
   // UNetModelWrapper always builds conv resamplers (guided-diffusion's conv_resample=True).
   if (!cfg.conv_resample)
     throw InputError("model.unet.conv_resample: false has no torchcfm UNetModelWrapper equivalent");
+  if (cfg.second_time)
+    throw InputError("model.unet.second_time: true (a network of two times, as MeanFlow trains) has no torchcfm "
+                     "UNetModelWrapper equivalent");
   // Its attention_resolutions is a comma-separated string of feature-map widths, each turned into the level's
   // downsampling rate width // r; it cannot parse an empty string. A model without attention levels still has the
   // middle block's attention, as fm's does: twice the image width gives rate 0, which no level has (rates start at 1).

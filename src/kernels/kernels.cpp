@@ -14,9 +14,33 @@
 
 namespace fm::kernels {
 
+namespace {
+
+thread_local bool twice_differentiable = false;
+
+bool has_tangent(const torch::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+
+// Whether a call on these tensors must run plain differentiable ops (see TwiceDifferentiableScope).
+bool plain_ops_needed(std::initializer_list<const torch::Tensor*> tensors) {
+  if (twice_differentiable) return true;
+  for (const auto* t : tensors)
+    if (has_tangent(*t)) return true;
+  return false;
+}
+
+}  // namespace
+
+TwiceDifferentiableScope::TwiceDifferentiableScope() : saved_(twice_differentiable) { twice_differentiable = true; }
+TwiceDifferentiableScope::~TwiceDifferentiableScope() { twice_differentiable = saved_; }
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (plain_ops_needed({&q, &k, &v})) return std::get<0>(at::_scaled_dot_product_attention_math(q, k, v));
+  return at::scaled_dot_product_attention(q, k, v);
+}
+
 torch::Tensor conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 #ifdef FM_CPU_KERNELS
-  if (winograd_applies(conv, x)) return winograd_conv2d(conv, x);
+  if (!plain_ops_needed({&x, &conv.weight, &conv.bias}) && winograd_applies(conv, x)) return winograd_conv2d(conv, x);
 #endif
   return conv.forward(x);
 }
@@ -24,11 +48,15 @@ torch::Tensor conv2d(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 torch::Tensor group_norm_silu(const torch::Tensor& x, int64_t groups, const torch::Tensor& weight,
                               const torch::Tensor& bias, double eps, const torch::Tensor& shift, bool silu) {
 #ifdef FM_HAVE_AVX2_KERNELS
-  if (fused_group_norm_applies(x, groups, weight, bias, shift))
+  if (!plain_ops_needed({&x, &weight, &bias, &shift}) && fused_group_norm_applies(x, groups, weight, bias, shift))
     return fused_group_norm_silu(x, groups, weight, bias, eps, shift, silu);
 #endif
   auto h = shift.defined() ? x + shift.reshape({x.size(0), x.size(1), 1, 1}) : x;
-  auto y = torch::group_norm(h, groups, weight, bias, eps);
+  // LibTorch's forward-mode derivative of group_norm views its input as contiguous, which a channels-last tangent is
+  // not: such a call normalises a contiguous copy and returns the input's layout.
+  const bool relayout = has_tangent(h) && !h.is_contiguous();
+  auto y = torch::group_norm(relayout ? h.contiguous() : h, groups, weight, bias, eps);
+  if (relayout) y = y.contiguous(x.suggest_memory_format());
   return silu ? torch::silu(y) : y;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kernels/kernels.h"
 #include "util/error.h"
 
 namespace fm {
@@ -99,7 +100,7 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
     auto p = qkv.select(2, i);
     return p.stride(-1) == 1 ? p : p.contiguous();
   };
-  auto a = at::scaled_dot_product_attention(part(0), part(1), part(2));  // [B, heads, T, d]
+  auto a = kernels::attention(part(0), part(1), part(2));  // [B, heads, T, d]
   // Back to [B, C, H, W] with channel = head * d + i, laid out as the input is.
   auto h = a.transpose(1, 2).reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous(x.suggest_memory_format());
   return x + proj_out_(h);
@@ -169,6 +170,10 @@ UNetVelocity::UNetVelocity(const UNetConfig& cfg, const std::vector<int64_t>& sh
 
   time_fc1_ = register_module("time_fc1", torch::nn::Linear(cfg.model_channels, emb_ch));
   time_fc2_ = register_module("time_fc2", torch::nn::Linear(emb_ch, emb_ch));
+  if (cfg.second_time) {
+    interval_fc1_ = register_module("interval_fc1", torch::nn::Linear(cfg.model_channels, emb_ch));
+    interval_fc2_ = register_module("interval_fc2", torch::nn::Linear(emb_ch, emb_ch));
+  }
   if (num_classes_ > 0) {
     // Row num_classes is the null label of classifier-free guidance. As in flow_matching it is the padding row:
     // zero and untrained, so the unconditional model sees the time embedding alone.
@@ -235,16 +240,25 @@ UNetVelocity::UNetVelocity(const UNetConfig& cfg, const std::vector<int64_t>& sh
   out_conv_ = register_module("out_conv", zeroed(conv(stem_ch, in_ch, 3)));
 }
 
-torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) {
-  // t in [0, 1] (noise at 0, data at 1) goes into the embedding as it is, as flow_matching and torchcfm feed it.
-  auto temb = timestep_embedding(t.reshape({-1}).expand({x.size(0)}), model_channels_).to(time_fc1_->weight.dtype());
-  auto emb = time_fc2_(torch::silu(time_fc1_(temb)));
+torch::Tensor UNetVelocity::embedding(const torch::Tensor& t, const torch::Tensor& interval,
+                                      const torch::Tensor& labels, int64_t batch) {
+  // t in [0, 1] (noise at 0, data at 1) goes into the embedding as it is, as flow_matching and torchcfm feed it; so
+  // does the interval r - t in [0, 1].
+  auto mlp = [&](torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& s) {
+    auto e = timestep_embedding(s.reshape({-1}).expand({batch}), model_channels_).to(fc1->weight.dtype());
+    return fc2(torch::silu(fc1(e)));
+  };
+  auto emb = mlp(time_fc1_, time_fc2_, t);
+  if (interval.defined()) emb = emb + mlp(interval_fc1_, interval_fc2_, interval);
   if (num_classes_ > 0) {
     auto y = labels.defined() ? labels.to(torch::kLong)
-                              : torch::full({x.size(0)}, num_classes_, torch::dtype(torch::kLong).device(x.device()));
+                              : torch::full({batch}, num_classes_, torch::dtype(torch::kLong).device(emb.device()));
     emb = emb + label_emb_(y);
   }
+  return emb;
+}
 
+torch::Tensor UNetVelocity::body(const torch::Tensor& x, const torch::Tensor& emb) {
   std::vector<torch::Tensor> skips;
   skips.reserve(input_blocks_.size() + 1);
   auto h = input_conv_(x);
@@ -259,6 +273,17 @@ torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor&
     skips.pop_back();
   }
   return out_conv_(out_norm_(h));
+}
+
+torch::Tensor UNetVelocity::forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) {
+  if (has_second_time()) return forward_mean(t, t, x, labels);
+  return body(x, embedding(t, {}, labels, x.size(0)));
+}
+
+torch::Tensor UNetVelocity::forward_mean(const torch::Tensor& t, const torch::Tensor& r, const torch::Tensor& x,
+                                         const torch::Tensor& labels) {
+  if (!has_second_time()) return VelocityField::forward_mean(t, r, x, labels);
+  return body(x, embedding(t, r - t, labels, x.size(0)));
 }
 
 std::shared_ptr<VelocityField> make_unet_velocity(const UNetConfig& cfg, const std::vector<int64_t>& shape) {

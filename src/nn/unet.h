@@ -61,7 +61,7 @@ class ResBlockImpl : public torch::nn::Module {
 TORCH_MODULE(ResBlock);
 
 // Multi-head self-attention over the H*W positions with a residual connection and a zero-initialised output
-// projection, computed by scaled_dot_product_attention on [B, heads, tokens, head_dim].
+// projection, computed by scaled_dot_product_attention on [B, heads, tokens, head_dim] (kernels::attention).
 class AttentionBlockImpl : public torch::nn::Module {
  public:
   AttentionBlockImpl(int64_t channels, int64_t heads);
@@ -101,13 +101,26 @@ class UNetVelocity : public VelocityField {
   UNetVelocity(const UNetConfig& cfg, const std::vector<int64_t>& shape);
   // t: [B] in [0, 1] (noise at 0, data at 1); x: [B, C, H, W]; labels: [B] int64 in [0, num_classes], where
   // num_classes is the null label, or undefined (= the null label when class-conditional).
+  // With model.unet.second_time, the velocity at t (forward_mean at r = t).
   torch::Tensor forward(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) override;
+  // With model.unet.second_time: the average velocity from t to r (nn/velocity_field.h). The interval r - t gets an
+  // embedding of its own (sinusoids and a two-layer MLP like t's), added to t's, as MeanFlow's code conditions its
+  // DiT on (t, t - r) in its times.
+  torch::Tensor forward_mean(const torch::Tensor& t, const torch::Tensor& r, const torch::Tensor& x,
+                             const torch::Tensor& labels) override;
+  bool has_second_time() const override { return static_cast<bool>(interval_fc1_); }
   int64_t num_classes() const override { return num_classes_; }
 
  private:
+  // The conditioning vector: t's embedding, plus the interval's when defined, plus the class's.
+  torch::Tensor embedding(const torch::Tensor& t, const torch::Tensor& interval, const torch::Tensor& labels,
+                          int64_t batch);
+  torch::Tensor body(const torch::Tensor& x, const torch::Tensor& emb);
+
   int64_t model_channels_;
   int64_t num_classes_;
   torch::nn::Linear time_fc1_{nullptr}, time_fc2_{nullptr};
+  torch::nn::Linear interval_fc1_{nullptr}, interval_fc2_{nullptr};
   torch::nn::Embedding label_emb_{nullptr};
   Conv2d input_conv_{nullptr}, out_conv_{nullptr};
   std::vector<UNetStage> input_blocks_, output_blocks_;

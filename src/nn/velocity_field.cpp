@@ -18,6 +18,11 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, double max
   return emb;
 }
 
+torch::Tensor VelocityField::forward_mean(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                          const torch::Tensor&) {
+  throw std::logic_error("forward_mean: this network has no second time (model.mlp/unet.second_time)");
+}
+
 int64_t parameter_count(const torch::nn::Module& m) {
   int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel();

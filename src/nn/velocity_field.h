@@ -19,6 +19,14 @@ class VelocityField : public torch::nn::Module {
     return forward(t, x, labels);
   }
   virtual int64_t num_classes() const { return 0; }
+  // The average velocity from time t to time r >= t, u(x, t, r) = (1 / (r - t)) * integral_t^r v(x_s, s) ds along the
+  // flow through x at time t (MeanFlow, Geng et al. 2025, in fm's times: noise at 0, data at 1), so that
+  // x_r = x_t + (r - t) u(x_t, t, r); at r = t it is the velocity v(x, t), which forward() returns for such a network.
+  // t, r: [B]. Only a network with a second time (has_second_time(): model.mlp/unet.second_time) has it; the others
+  // throw std::logic_error.
+  virtual torch::Tensor forward_mean(const torch::Tensor& t, const torch::Tensor& r, const torch::Tensor& x,
+                                     const torch::Tensor& labels);
+  virtual bool has_second_time() const { return false; }
   // The network's own output, which the training loss compares with model.target's target; forward() is always a
   // velocity. The same for a network that predicts velocity.
   virtual torch::Tensor prediction(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels) {

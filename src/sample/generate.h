@@ -49,7 +49,9 @@ struct Guidance {
 
 // Samples from noise x0; labels (optional) condition a class-conditional model, with guidance where `guidance` says.
 // The model runs in eval mode without gradients. euler_maruyama draws the noise of step k from sde_noise(k), shaped
-// like x0 (nullptr: torch::randn from the default generator).
+// like x0 (nullptr: torch::randn from the default generator). Solver meanflow steps by the network's average velocity
+// (solver/mean_flow.h; a network with a second time, else InputError), one evaluation a step over the grid of `s`,
+// guidance mixing average velocities alike.
 OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::Tensor& labels, const SolveSettings& s,
                    const Guidance& guidance = {}, const StepCallback& on_step = nullptr,
                    const StepNoise& sde_noise = nullptr);

@@ -59,6 +59,10 @@ torch::Tensor fixed_step(Solver method, const OdeFunc& f, double t, double h, co
     case Solver::dopri5:
     case Solver::euler_maruyama:  // an SDE solver (solver/sde.h), with a noise source the ODE solvers do not take
       break;
+    case Solver::meanflow:
+      // A step of a network's average velocity (solver/mean_flow.h), which no (t, x) -> dx/dt callable gives.
+      throw InputError("solver meanflow: steps by a network's average velocity (a model trained with "
+                       "objective.type meanflow), not by an ODE's velocity");
   }
   throw std::logic_error(std::string("solve_fixed: ") + name_of(method) + " is not a fixed-step ODE method");
 }

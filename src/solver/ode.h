@@ -47,7 +47,7 @@ OdeResult solve_ode(const OdeFunc& f, const torch::Tensor& x0, const std::vector
                     const Dopri5Options& opt = {}, const StepCallback& on_step = nullptr);
 
 // Whether `method` steps over a grid of sample.steps (every solver but dopri5; euler_maruyama is the SDE solver of
-// solver/sde.h, which solve_ode does not run).
+// sample/sde.h and meanflow's steps are solver/mean_flow.h's, which solve_ode does not run).
 bool is_fixed_step(Solver method);
 
 // K steps of equal size from t0 to t1.

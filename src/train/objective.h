@@ -18,6 +18,18 @@ namespace fm {
 // The network's raw output for times t [B], points x [B, ...] and labels (undefined, or [B] int64).
 using Predict = std::function<torch::Tensor(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor& labels)>;
 
+// The network's raw average velocity from time t to time r (VelocityField::forward_mean), for a network with a second
+// time.
+using PredictMean = std::function<torch::Tensor(const torch::Tensor& t, const torch::Tensor& r, const torch::Tensor& x,
+                                                const torch::Tensor& labels)>;
+
+// What the training step lets an objective call of the network: its raw output at one time, and, for a network with
+// a second time, its average velocity between two (empty otherwise).
+struct NetworkCalls {
+  Predict predict;
+  PredictMean mean;
+};
+
 // The rows of a global batch that one rank trains on: the index-th of count equal, disjoint slices.
 struct RowShard {
   int64_t index = 0;
@@ -37,6 +49,11 @@ class Objective {
   // process would give it, and only the shard's rows go through the network: the mean of the ranks' losses (and
   // gradients) is then the one-process loss (and gradient). The batch's size must be a multiple of shard.count.
   virtual torch::Tensor loss(const Batch& batch, const Predict& predict, RowShard shard = {}) const = 0;
+  // The same loss given everything the step can call of the network. An objective of the average velocity (MeanFlow,
+  // train/meanflow_objective.h) overrides it; the others are loss(batch, net.predict, shard).
+  virtual torch::Tensor loss_from(const Batch& batch, const NetworkCalls& net, RowShard shard = {}) const {
+    return loss(batch, net.predict, shard);
+  }
   // Whether a step's loss needs host work or data-dependent sampling (a coupling that solves on the host), which a
   // CUDA graph cannot capture.
   virtual bool needs_host() const = 0;

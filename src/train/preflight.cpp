@@ -42,7 +42,8 @@ json model_keys(const ModelConfig& m) {
 }
 
 // The keys that decide what the network learns: the target, the path's schedule with the keys its type reads, the
-// coupling with its keys, and the time sampler with its parameters. (The class dropout is a model.unet key.)
+// coupling with its keys, the time sampler with its parameters, and the objective with its keys. (The class dropout
+// is a model.unet key.)
 json objective_keys(const Config& c) {
   json j = to_json(c);
   json path = {{"type", j["path"]["type"]}, {"coupling", j["path"]["coupling"]}};
@@ -69,7 +70,10 @@ json objective_keys(const Config& c) {
   if (c.time.sampler == TimeSampler::u_shaped) time["u_shaped_a"] = j["time"]["u_shaped_a"];
   json loss = {{"type", j["loss"]["type"]}};
   if (c.loss.type == LossType::pseudo_huber) loss["huber_c"] = j["loss"]["huber_c"];
-  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}, {"loss", loss}};
+  json objective = {{"type", j["objective"]["type"]}};
+  if (c.objective.type == ObjectiveType::meanflow) objective["meanflow"] = j["objective"]["meanflow"];
+  return {{"model", {{"target", j["model"]["target"]}}}, {"path", path}, {"time", time}, {"loss", loss},
+          {"objective", objective}};
 }
 
 }  // namespace

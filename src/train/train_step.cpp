@@ -62,16 +62,25 @@ TrainStep::TrainStep(TrainingSetup& parts, StepParallel parallel)
 StepResult TrainStep::operator()(const Batch& batch, int64_t step, std::optional<double> lr) {
   auto& p = parts_;
   StepResult r;
-  r.loss = p.objective->loss(
-      batch,
-      [&](const auto& t, const auto& x, const auto& labels) {
-        std::optional<ForwardRngScope> rng;
-        if (parallel_.forward_rng_seed)
-          rng.emplace(x.device(), *parallel_.forward_rng_seed, step, static_cast<int>(shard_.index));
-        AutocastScope ac(p.autocast);
-        return p.model->prediction(t, p.channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
-      },
-      shard_);
+  NetworkCalls net;
+  net.predict = [&](const auto& t, const auto& x, const auto& labels) {
+    std::optional<ForwardRngScope> rng;
+    if (parallel_.forward_rng_seed)
+      rng.emplace(x.device(), *parallel_.forward_rng_seed, step, static_cast<int>(shard_.index));
+    AutocastScope ac(p.autocast);
+    return p.model->prediction(t, p.channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
+  };
+  if (p.model->has_second_time()) {
+    // Every call of a step draws the same dropout masks (the stream of (seed, step, rank)). No bf16 autocast: the
+    // Jacobian-vector product of the MeanFlow target runs in float32, as the paper's PyTorch code runs it.
+    net.mean = [&](const auto& t, const auto& r, const auto& x, const auto& labels) {
+      std::optional<ForwardRngScope> rng;
+      if (parallel_.forward_rng_seed)
+        rng.emplace(x.device(), *parallel_.forward_rng_seed, step, static_cast<int>(shard_.index));
+      return p.model->forward_mean(t, r, p.channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x, labels);
+    };
+  }
+  r.loss = p.objective->loss_from(batch, net, shard_);
   p.optimizer.zero_grad();
   if (parallel_.reducer) parallel_.reducer->prepare();
   r.loss.backward();
