@@ -354,6 +354,9 @@ TEST(MeanFlowObjective, KeysThatCannotTrainAreInputErrorsNamingTheKey) {
   c.path.coupling = Coupling::sb;
   EXPECT_EQ(message(c).rfind("path.coupling:", 0), 0u) << message(c);
   c.path.coupling = Coupling::independent;
+  c.loss.type = LossType::pseudo_huber;
+  EXPECT_EQ(message(c).rfind("loss.type:", 0), 0u) << message(c);
+  c.loss.type = LossType::mse;
   c.objective.meanflow.omega = 2.0;
   EXPECT_EQ(message(c).rfind("objective.meanflow.omega:", 0), 0u) << message(c);  // unconditional
   c.model.unet.num_classes = 3;

@@ -10,21 +10,22 @@ namespace fm {
 namespace {
 
 // Steps of the network's average velocity (solver/mean_flow.h), eagerly (sample.cuda_graph does not apply); guidance
-// mixes the conditional and unconditional average velocities as it mixes velocities.
+// mixes the conditional and unconditional average velocities as it mixes velocities, on the steps that start inside
+// its interval.
 OdeResult generate_mean_flow(VelocityField& model, const torch::Tensor& x0, const torch::Tensor& labels,
-                             const SolveSettings& s, double cfg_scale, const StepCallback& on_step) {
+                             const SolveSettings& s, const Guidance& guidance, const StepCallback& on_step) {
   if (!model.has_second_time())
     throw InputError("solver meanflow: the network has no second time (train it with objective.type meanflow and "
                      "model.mlp/unet.second_time true); use an ODE solver");
   const int64_t b = x0.size(0);
   torch::Tensor null_labels;
-  if (labels.defined() && cfg_scale != 0.0) null_labels = torch::full_like(labels, model.num_classes());
+  if (labels.defined() && guidance.scale != 0.0) null_labels = torch::full_like(labels, model.num_classes());
   MeanVelocityFunc u = [&](double t, double r, const torch::Tensor& x) {
     auto tt = torch::full({b}, t, x.options()), rr = torch::full({b}, r, x.options());
-    if (!null_labels.defined()) return model.forward_mean(tt, rr, x, labels);
+    if (!null_labels.defined() || !guidance.active_at(t)) return model.forward_mean(tt, rr, x, labels);
     auto both = model.forward_mean(torch::cat({tt, tt}), torch::cat({rr, rr}), torch::cat({x, x}),
                                    torch::cat({labels, null_labels}));
-    return (1.0 + cfg_scale) * both.narrow(0, 0, b) - cfg_scale * both.narrow(0, b, b);
+    return (1.0 + guidance.scale) * both.narrow(0, 0, b) - guidance.scale * both.narrow(0, b, b);
   };
   return solve_mean_flow(u, x0, sampling_grid(s), on_step);
 }
@@ -63,7 +64,7 @@ OdeResult generate(VelocityField& model, const torch::Tensor& x0, const torch::T
   bool was_training = model.is_training();
   model.eval();
   if (s.solver == Solver::meanflow) {
-    auto r = generate_mean_flow(model, x0, labels, s, cfg_scale, on_step);
+    auto r = generate_mean_flow(model, x0, labels, s, guidance, on_step);
     model.train(was_training);
     return r;
   }

@@ -51,6 +51,10 @@ MeanFlowObjective::MeanFlowObjective(const Config& cfg, const ProbPath& path, co
   if (cfg.path.coupling == Coupling::sb)
     throw InputError("path.coupling: sb adds bridge noise that the MeanFlow identity does not model; use independent, "
                      "ot or sinkhorn with objective.type meanflow");
+  if (cfg.loss.type != LossType::mse)
+    throw InputError(std::string("loss.type: objective.type meanflow weighs its squared error adaptively "
+                                 "(objective.meanflow.norm_p); set loss.type=mse (got \"") +
+                     name_of(cfg.loss.type) + "\")");
   if (mf_.guidance_t_min > mf_.guidance_t_max)
     throw InputError("objective.meanflow.guidance_t_min: " + std::to_string(mf_.guidance_t_min) +
                      " is above guidance_t_max " + std::to_string(mf_.guidance_t_max));
