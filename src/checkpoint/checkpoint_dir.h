@@ -8,6 +8,18 @@
 
 namespace fm {
 
+// Files of a step, named <prefix>_<step>.pt with the step in at least nine digits: checkpoints (prefix ckpt) and
+// post-hoc EMA snapshots (phema, checkpoint/phema_snapshot.h).
+std::string step_file_name(const std::string& prefix, int64_t step);
+// The files <prefix>_<step>.pt in `dir` as (step, path), oldest first.
+std::vector<std::pair<int64_t, std::string>> list_step_files(const std::string& dir, const std::string& prefix);
+// Deletes all but the newest `keep` of them.
+void prune_step_files(const std::string& dir, const std::string& prefix, int64_t keep);
+// Moves `files` (in `dir`) into a fresh `dir`/<why>_<UTC time>/ and returns their new paths (none: empty, no
+// directory made).
+std::vector<std::string> move_aside(const std::string& dir, const std::vector<std::string>& files,
+                                    const std::string& why);
+
 // Checkpoint files in a run's checkpoint directory are named ckpt_<step>.pt.
 std::string checkpoint_name(int64_t step);
 // The checkpoints in `dir` as (step, path), oldest first.

@@ -9,6 +9,7 @@
 #include <regex>
 #include <stdexcept>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "util/error.h"
 
 namespace fm {
@@ -19,45 +20,16 @@ constexpr int64_t kSnapshotFormat = 1;
 
 std::string profile_key(size_t i) { return "profile_" + std::to_string(i); }
 
-// A fresh `dir`/<why>_<UTC time> (with a counter when that exists already).
-std::string fresh_aside_dir(const std::string& dir, const std::string& why) {
-  char stamp[32];
-  std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  ::gmtime_r(&now, &utc);
-  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
-  std::string aside = dir + "/" + why + "_" + stamp;
-  for (int i = 2; fs::exists(aside); ++i) aside = dir + "/" + why + "_" + stamp + "_" + std::to_string(i);
-  std::error_code ec;
-  fs::create_directory(aside, ec);
-  if (ec) throw std::runtime_error(aside + ": cannot create directory (" + ec.message() + ")");
-  return aside;
-}
 }  // namespace
 
-std::string phema_snapshot_name(int64_t step) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "phema_%09lld.pt", static_cast<long long>(step));
-  return buf;
-}
+std::string phema_snapshot_name(int64_t step) { return step_file_name("phema", step); }
 
 std::vector<std::pair<int64_t, std::string>> list_phema_snapshots(const std::string& dir) {
-  std::vector<std::pair<int64_t, std::string>> out;
-  if (!fs::is_directory(dir)) return out;
-  static const std::regex re(R"(phema_(\d{1,18})\.pt)");
-  for (const auto& e : fs::directory_iterator(dir)) {
-    std::smatch m;
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && std::regex_match(name, m, re)) out.emplace_back(std::stoll(m[1]), e.path().string());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
+  return list_step_files(dir, "phema");
 }
 
 void prune_phema_snapshots(const std::string& dir, int64_t keep) {
-  if (keep <= 0) return;
-  auto all = list_phema_snapshots(dir);
-  for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove(all[i].second);
+  if (keep > 0) prune_step_files(dir, "phema", keep);
 }
 
 std::vector<std::string> move_aside_phema_snapshots_after(const std::string& dir, int64_t step,
@@ -65,16 +37,7 @@ std::vector<std::string> move_aside_phema_snapshots_after(const std::string& dir
   std::vector<std::string> doomed;
   for (const auto& [s, p] : list_phema_snapshots(dir))
     if (s > step) doomed.push_back(p);
-  if (doomed.empty()) return {};
-  const std::string aside = fresh_aside_dir(dir, why);
-  std::vector<std::string> moved;
-  for (const auto& p : doomed) {
-    const std::string to = aside + "/" + fs::path(p).filename().string();
-    if (std::rename(p.c_str(), to.c_str()) != 0)
-      throw std::runtime_error(p + ": cannot move aside to " + aside + " (" + std::strerror(errno) + ")");
-    moved.push_back(to);
-  }
-  return moved;
+  return move_aside(dir, doomed, why);
 }
 
 void write_profiles(torch::serialize::OutputArchive& ar, const std::vector<double>& sigma_rels,

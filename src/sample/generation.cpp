@@ -1,8 +1,11 @@
 #include "sample/generation.h"
 
+#include <fstream>
+
 #include <spdlog/spdlog.h>
 
 #include "checkpoint/network.h"
+#include "dist/shard_dir.h"
 #include "io/provenance.h"
 #include "sample/sde.h"
 #include "util/error.h"
@@ -54,6 +57,18 @@ std::string generation_option_of(const std::string& key) {
   if (key == "diffusion_norm") return "--diffusion-norm";
   if (key == "sde_last_step") return "--sde-last-step";
   return "--" + key;
+}
+
+nlohmann::json read_finished_record(const std::string& json_path, const nlohmann::json& settings,
+                                    const std::function<std::string(const std::string&)>& option_of) {
+  nlohmann::json record;
+  try {
+    std::ifstream(json_path) >> record;
+  } catch (const nlohmann::json::exception&) {
+    throw file_error(json_path, "not valid JSON; start afresh with --overwrite");
+  }
+  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, option_of, json_path);
+  return record;
 }
 
 // Which labels a run samples with: none (the null label), every class in turn, or one class.

@@ -3,6 +3,7 @@
 // for the item (so outputs do not depend on the batch size or the number of ranks), the solver settings of the
 // checkpoint with the command line's on top, the class choice and guidance checked, and the record of the settings
 // that determine the outputs (stored beside the shards, so that a resume with other settings is refused).
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,6 +51,11 @@ struct GenerationOptions {
 
 // The option a stored setting of a generation run comes from, for the message that refuses a resume.
 std::string generation_option_of(const std::string& key);
+
+// The record (samples.json, pairs.json) of a finished generation run at `json_path`, checked to hold `settings`
+// (InputError naming the option, through option_of, of the first that differs; or that the file is not JSON).
+nlohmann::json read_finished_record(const std::string& json_path, const nlohmann::json& settings,
+                                    const std::function<std::string(const std::string&)>& option_of);
 
 // Noise for items [first, first + count): item i gets the same noise for a seed whatever the batch size or the number
 // of ranks (util/per_item_draw.h). Stream 0 is the starting noise x0; euler_maruyama's step k draws stream 1 + k.

@@ -44,13 +44,7 @@ std::optional<ReflowSummary> finished_pairs(const ReflowSummary& paths, const nl
                      (npz ? "pairs.npz without pairs.json" : "pairs.json without pairs.npz") +
                      ", not a finished fm reflow whose settings can be checked; pass --overwrite to replace it or "
                      "choose another --out");
-  nlohmann::json record;
-  try {
-    std::ifstream(paths.json) >> record;
-  } catch (const nlohmann::json::exception&) {
-    throw file_error(paths.json, "not valid JSON; start afresh with --overwrite");
-  }
-  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, reflow_option_of, paths.json);
+  const auto record = read_finished_record(paths.json, settings, reflow_option_of);
   ReflowSummary s = paths;
   s.n = record.at("n").get<int64_t>();
   s.mean_nfe = record.at("mean_nfe").get<double>();

@@ -82,13 +82,7 @@ std::optional<SampleSummary> finished_run(const SampleSummary& paths, const nloh
                                                                       : "samples.png without samples.npz") +
                      ", not a finished fm sample run whose settings can be checked; pass --overwrite to replace it or "
                      "choose another --out");
-  nlohmann::json record;
-  try {
-    std::ifstream(paths.json) >> record;
-  } catch (const nlohmann::json::exception&) {
-    throw file_error(paths.json, "not valid JSON; start afresh with --overwrite");
-  }
-  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, sample_option_of, paths.json);
+  const auto record = read_finished_record(paths.json, settings, sample_option_of);
   SampleSummary s = paths;
   s.n = record.at("n").get<int64_t>();
   s.mean_nfe = record.at("mean_nfe").get<double>();
