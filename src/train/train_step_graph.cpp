@@ -28,6 +28,11 @@ GraphedTrainStep::GraphedTrainStep(TrainStep& step, const torch::Device& device,
   spdlog::warn("train.cuda_graph: this fm was built without CUDA graph support; the step runs eagerly");
   return;
 #endif
+  if (step.parts().model->has_second_time()) {
+    spdlog::warn("train.cuda_graph: the MeanFlow step (a forward-mode Jacobian-vector product through the network) is "
+                 "not captured; the step runs eagerly");
+    return;
+  }
   if (step.parts().objective->needs_host()) {
     spdlog::warn("train.cuda_graph: the objective pairs the batch with host work or data-dependent sampling "
                  "(path.coupling), which a CUDA graph cannot capture; the step runs eagerly");
