@@ -214,7 +214,7 @@ TEST(Preemption, DivergingRunSkipsStepsThenStopsWithoutABadCheckpoint) {
   TempDir d;
   const std::string out = d / "run";
   // lr = 1e6 reached by a slow warmup (lr = step + 1) with weight decay: the weights shrink-and-flip by 1 - lr * wd,
-  // which passes -1 after step 200 and overflows float32 a few dozen steps later (measured: skips from step 273).
+  // which passes -1 after step 200 and overflows float32 a few dozen steps later.
   auto r = run(train_cmd(out, "train.lr=1e6 train.warmup_steps=1000000 train.weight_decay=0.01 "
                               "train.max_nonfinite_steps=5"));
   EXPECT_EQ(r.code, 1) << r.output;
