@@ -33,12 +33,8 @@ CfmObjective::CfmObjective(const PathConfig& path_cfg, const TimeConfig& time, T
 
 torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, RowShard shard) const {
   const int64_t n = batch.x.size(0);
-  TORCH_CHECK(shard.count >= 1 && n % shard.count == 0 && shard.index >= 0 && shard.index < shard.count,
-              "batch of ", n, " rows cannot be split in ", shard.count);
-  const int64_t rows = n / shard.count;
-  auto mine = [&](const torch::Tensor& v) {
-    return v.defined() && shard.count > 1 ? v.narrow(0, shard.index * rows, rows) : v;
-  };
+  shard.check(n);
+  auto mine = [&](const torch::Tensor& v) { return shard.of(v); };
   // Pairs data brings its noise, and only the pairs coupling uses it: either one alone is a mistake of the config.
   if ((path_cfg_.coupling == Coupling::pairs) != batch.x0.defined())
     throw InputError(batch.x0.defined() ? "path.coupling: the data are fm reflow's pairs; train them with "

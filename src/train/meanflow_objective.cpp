@@ -102,12 +102,8 @@ torch::Tensor MeanFlowObjective::guided_velocity(const PredictMean& mean, const 
 torch::Tensor MeanFlowObjective::loss_from(const Batch& batch, const NetworkCalls& net, RowShard shard) const {
   TORCH_CHECK(net.mean, "MeanFlowObjective: the network has no average velocity (a second time)");
   const int64_t n = batch.x.size(0);
-  TORCH_CHECK(shard.count >= 1 && n % shard.count == 0 && shard.index >= 0 && shard.index < shard.count,
-              "batch of ", n, " rows cannot be split in ", shard.count);
-  const int64_t rows = n / shard.count;
-  auto mine = [&](const torch::Tensor& v) {
-    return v.defined() && shard.count > 1 ? v.narrow(0, shard.index * rows, rows) : v;
-  };
+  shard.check(n);
+  auto mine = [&](const torch::Tensor& v) { return shard.of(v); };
   // Every draw is made for the global batch, in a fixed order: noise, times, coupling, label dropout.
   auto x0 = torch::randn_like(batch.x);
   auto times = sample_mean_flow_times(mf_, n, batch.x.options());

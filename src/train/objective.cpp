@@ -5,6 +5,17 @@
 
 namespace fm {
 
+void RowShard::check(int64_t n) const {
+  TORCH_CHECK(count >= 1 && n % count == 0 && index >= 0 && index < count, "batch of ", n,
+              " rows cannot be split in ", count);
+}
+
+torch::Tensor RowShard::of(const torch::Tensor& v) const {
+  if (!v.defined() || count == 1) return v;
+  const int64_t rows = v.size(0) / count;
+  return v.narrow(0, index * rows, rows);
+}
+
 std::unique_ptr<Objective> make_objective(const Config& cfg, const ProbPath& path, const Conditioning& cond) {
   switch (cfg.objective.type) {
     case ObjectiveType::cfm:

@@ -34,6 +34,10 @@ struct NetworkCalls {
 struct RowShard {
   int64_t index = 0;
   int64_t count = 1;
+  // Throws unless a batch of n rows splits into count equal slices of which index is one.
+  void check(int64_t n) const;
+  // This shard's slice of a tensor whose first dimension is the global batch; an undefined tensor stays undefined.
+  torch::Tensor of(const torch::Tensor& v) const;
 };
 
 // Receives the random draws an objective made for one step, by name (each objective's header lists its names), whole
