@@ -33,7 +33,13 @@ OdeResult generate_mean_flow(VelocityField& model, const torch::Tensor& x0, cons
 }  // namespace
 
 SolveSettings solve_settings(const SampleConfig& c) {
-  SolveSettings s{c.solver, c.steps, c.atol, c.rtol, c.time_grid, c.cuda_graph};
+  SolveSettings s;
+  s.solver = c.solver;
+  s.steps = c.steps;
+  s.atol = c.atol;
+  s.rtol = c.rtol;
+  s.time_grid = c.time_grid;
+  s.cuda_graph = c.cuda_graph;
   s.diffusion = c.diffusion;
   s.diffusion_norm = c.diffusion_norm;
   s.sde_last_step = c.sde_last_step;

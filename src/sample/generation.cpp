@@ -1,11 +1,13 @@
 #include "sample/generation.h"
 
+#include <filesystem>
 #include <fstream>
 
 #include <spdlog/spdlog.h>
 
 #include "checkpoint/network.h"
 #include "dist/shard_dir.h"
+#include "io/file_util.h"
 #include "io/provenance.h"
 #include "sample/sde.h"
 #include "util/error.h"
@@ -69,6 +71,26 @@ nlohmann::json read_finished_record(const std::string& json_path, const nlohmann
   }
   dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, option_of, json_path);
   return record;
+}
+
+void NfeTally::add(const torch::Tensor& per_batch) {
+  for (int64_t i = 0; i < per_batch.size(0); ++i) {
+    const auto v = static_cast<double>(per_batch[i].item<int64_t>());
+    sum += v;
+    max = std::max(max, v);
+    ++batches;
+  }
+}
+
+void check_generation_out(const GenerationOptions& o, const std::vector<std::string>& outputs,
+                          const std::string& earlier, const std::string& resume_keeps) {
+  if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  prepare_output_dir(o.out_dir, "--out");
+  dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
+  for (const auto& name : outputs)
+    if (std::filesystem::exists(o.out_dir + "/" + name) && !o.overwrite && !o.resume)
+      throw InputError("--out " + o.out_dir + ": holds the " + name + " of " + earlier + "; pass --resume to keep " +
+                       resume_keeps + ", --overwrite to replace it, or choose another --out");
 }
 
 // Which labels a run samples with: none (the null label), every class in turn, or one class.

@@ -57,6 +57,20 @@ std::string generation_option_of(const std::string& key);
 nlohmann::json read_finished_record(const std::string& json_path, const nlohmann::json& settings,
                                     const std::function<std::string(const std::string&)>& option_of);
 
+// The network evaluations of a run's batches, as every rank's batches reach the sink in batch order: their mean over
+// batches and their maximum.
+struct NfeTally {
+  double sum = 0, max = 0;
+  int64_t batches = 0;
+  void add(const torch::Tensor& per_batch);  // int64, one entry per batch
+  double mean() const { return sum / static_cast<double>(std::max<int64_t>(1, batches)); }
+};
+
+// Checks a generation run's --out before its checkpoint is read: creatable, its shards usable with --resume or
+// --overwrite, and none of `outputs` left there by an earlier run (`earlier` says whose) unless one of them is given.
+void check_generation_out(const GenerationOptions& o, const std::vector<std::string>& outputs,
+                          const std::string& earlier, const std::string& resume_keeps);
+
 // Noise for items [first, first + count): item i gets the same noise for a seed whatever the batch size or the number
 // of ranks (util/per_item_draw.h). Stream 0 is the starting noise x0; euler_maruyama's step k draws stream 1 + k.
 torch::Tensor sample_noise(uint64_t seed, int64_t first, int64_t count, const std::vector<int64_t>& shape,

@@ -22,13 +22,7 @@ namespace fs = std::filesystem;
 
 void check_reflow_out(const ReflowOptions& o) {
   if (o.n < 1) throw InputError("--num-pairs: must be >= 1");
-  if (o.batch < 1) throw InputError("--batch: must be >= 1");
-  prepare_output_dir(o.out_dir, "--out");
-  dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
-  for (const char* name : {"pairs.npz", "pairs.json"})
-    if (fs::exists(o.out_dir + "/" + name) && !o.overwrite && !o.resume)
-      throw InputError("--out " + o.out_dir + ": holds the " + name + " of an earlier fm reflow; pass --resume to keep "
-                       "a finished run of these settings, --overwrite to replace it, or choose another --out");
+  check_generation_out(o, {"pairs.npz", "pairs.json"}, "an earlier fm reflow", "a finished run of these settings");
 }
 
 namespace {
@@ -100,15 +94,9 @@ ReflowSummary run_reflow(const ReflowOptions& o, dist::World* world) {
     return out;
   };
   std::vector<torch::Tensor> x0s, x1s, labels;
-  double nfe_sum = 0;
-  int64_t batches = 0;
+  NfeTally nfe;
   auto sink = [&](const ItemRange&, const std::vector<torch::Tensor>& g) {
-    for (int64_t i = 0; i < g[2].size(0); ++i) {
-      const auto v = static_cast<double>(g[2][i].item<int64_t>());
-      nfe_sum += v;
-      sum.max_nfe = std::max(sum.max_nfe, v);
-      ++batches;
-    }
+    nfe.add(g[2]);
     if (!w.is_main()) return std::string();
     x0s.push_back(g[0]);
     x1s.push_back(g[1]);
@@ -126,7 +114,8 @@ ReflowSummary run_reflow(const ReflowOptions& o, dist::World* world) {
   dist::run_over_ranks(w, run, body, sink);
 
   sum.n = o.n;
-  sum.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(1, batches));
+  sum.mean_nfe = nfe.mean();
+  sum.max_nfe = nfe.max;
   if (!w.is_main()) return sum;
   std::vector<std::pair<std::string, torch::Tensor>> arrays{{"x0", torch::cat(x0s)}, {"x1", torch::cat(x1s)}};
   x0s.clear();

@@ -59,15 +59,10 @@ std::optional<ToyData> toy_reference(const SampleOptions& o, const Config& train
 
 void check_sample_out(const SampleOptions& o) {
   if (o.n < 1) throw InputError("--num-samples: must be >= 1");
-  if (o.batch < 1) throw InputError("--batch: must be >= 1");
   if (o.grid_n < 1) throw InputError("--grid-n: must be >= 1");
-  prepare_output_dir(o.out_dir, "--out");
-  dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
-  for (const char* name : {"samples.npz", "samples.png", "samples.json"})
-    if (fs::exists(o.out_dir + "/" + name) && !o.overwrite && !o.resume)
-      throw InputError("--out " + o.out_dir + ": holds the " + name + " of an earlier run (of fm sample, or of fm train "
-                       "in a run directory); pass --resume to keep a finished fm sample run of these settings, "
-                       "--overwrite to replace it, or choose another --out");
+  check_generation_out(o, {"samples.npz", "samples.png", "samples.json"},
+                       "an earlier run (of fm sample, or of fm train in a run directory)",
+                       "a finished fm sample run of these settings");
 }
 
 namespace {
@@ -150,15 +145,10 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
                                    : torch::empty({0}, torch::kFloat64)}};
   };
   std::vector<torch::Tensor> outs;
-  double nfe_sum = 0, straightness_sum = 0;
-  int64_t batches = 0;
+  NfeTally nfe;
+  double straightness_sum = 0;
   auto sink = [&](const ItemRange& done, const std::vector<torch::Tensor>& g) {
-    for (int64_t i = 0; i < g[1].size(0); ++i) {
-      const auto v = static_cast<double>(g[1][i].item<int64_t>());
-      nfe_sum += v;
-      sum.max_nfe = std::max(sum.max_nfe, v);
-      ++batches;
-    }
+    nfe.add(g[1]);
     // Per batch and added in batch order, so that the mean has the bits of one process.
     for (int64_t i = 0; i < g[2].size(0); ++i) straightness_sum += g[2][i].item<double>();
     if (!w.is_main()) return std::string();
@@ -180,7 +170,8 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   dist::run_over_ranks(w, run, body, sink);
 
   sum.n = o.n;
-  sum.mean_nfe = nfe_sum / static_cast<double>(std::max<int64_t>(1, batches));
+  sum.mean_nfe = nfe.mean();
+  sum.max_nfe = nfe.max;
   sum.straightness = straightness_sum / static_cast<double>(o.n);
   if (!w.is_main()) return sum;  // rank 0 writes the outputs
   const auto all = torch::cat(outs);
