@@ -201,6 +201,28 @@ TEST(Reflow, PairsReaderRefusesBadFilesInOneLine) {
             std::string::npos);
 }
 
+// data.resolution may restate the side of image pairs, as configs made for the images they came from do; any other
+// side (or any for 2-D pairs) would ask for resizing, which pairs do not do.
+TEST(Reflow, PairsTakeOnlyTheResolutionTheyHave) {
+  TempDir d;
+  std::filesystem::create_directories(d / "img");
+  fm::write_npz(d / "img/pairs.npz", {{"x0", torch::randn({4, 3, 8, 8})}, {"x1", torch::rand({4, 3, 8, 8}) * 2 - 1}});
+  std::filesystem::create_directories(d / "pts");
+  fm::write_npz(d / "pts/pairs.npz", {{"x0", torch::randn({4, 2})}, {"x1", torch::randn({4, 2})}});
+  auto spec = [&](const std::string& dir, int64_t resolution) {
+    auto c = fm::parse_data_spec("pairs:" + d / dir);
+    c.resolution = resolution;
+    return c;
+  };
+  EXPECT_EQ(fm::load_dataset(spec("img", 8), torch::kCPU).size(), 4);
+  EXPECT_EQ(fm::load_dataset(spec("img", 0), torch::kCPU).size(), 4);
+  for (const auto& [dir, res] : std::vector<std::pair<std::string, int64_t>>{{"img", 16}, {"pts", 8}}) {
+    const auto msg = reflow_error([&] { fm::load_dataset(spec(dir, res), torch::kCPU); });
+    EXPECT_EQ(msg.rfind("data.resolution: ", 0), 0u) << msg;
+    EXPECT_NE(msg.find(dir + "/pairs.npz"), std::string::npos) << msg;
+  }
+}
+
 namespace {
 
 // Between N(0, I) and N(m, diag(s^2)) the exact (1-rectified) flow of the independent coupling moves each coordinate

@@ -10,6 +10,7 @@
 #include "data/pairs.h"
 #include "data/shapes.h"
 #include "data/toy2d.h"
+#include "io/npy.h"
 #include "util/error.h"
 
 namespace fm {
@@ -83,11 +84,15 @@ Dataset read_images(const DataConfig& cfg) {
       if (res < 8) throw InputError("data.resolution: shapes need images of side >= 8, got " + std::to_string(res));
       return shapes_dataset(make_shapes(shapes_count(cfg), res, /*seed=*/0));
     }
-    case DataFormat::pairs:
-      if (cfg.resolution > 0)
-        throw InputError("data.resolution: pairs are used at the shape fm reflow wrote them (" + std::to_string(cfg.resolution) +
-                         " asks for resizing)");
-      return read_pairs(cfg.path);
+    case DataFormat::pairs: {
+      auto pairs = read_pairs(cfg.path);
+      const auto& x1 = pairs.pair_x1;
+      if (cfg.resolution > 0 && (x1.dim() != 4 || x1.size(2) != cfg.resolution || x1.size(3) != cfg.resolution))
+        throw InputError("data.resolution: " + std::to_string(cfg.resolution) + " asks for resizing, but pairs are used "
+                         "at the shape fm reflow wrote them (" + pairs_file(cfg.path) + ": x1 " +
+                         shape_string(x1) + "); set it to 0 or to their side");
+      return pairs;
+    }
     case DataFormat::toy:
       break;
   }
