@@ -83,8 +83,10 @@ std::string ema_sweep_markdown(const nlohmann::json& j) {
   if (rows.empty()) return "";
   const auto& first = rows[0]["evaluate"];
   const bool nats = first.contains("nll") && first["nll"]["metric"] == "nll_nats";
-  std::string head =
-      std::string("| sigma_rel | gamma | ") + (nats ? "NLL (nats)" : "NLL (bits/dim)") + " | FID | NFE |";
+  const auto seeds = first.contains("dopri5") ? first["dopri5"].value("seeds", nlohmann::json::array()).size() : 0;
+  std::string head = std::string("| sigma_rel | gamma | ") + (nats ? "NLL (nats)" : "NLL (bits/dim)") + " | " +
+                     (seeds > 1 ? "FID (" + std::to_string(seeds) + " seeds: mean +- sd, min)" : std::string("FID")) +
+                     " | NFE |";
   std::string sep = "|---:|---:|---:|---:|---:|";
   for (const auto& f : first.value("fixed", nlohmann::json::array())) {
     head += " FID " + f["solver"].get<std::string>() + " " + std::to_string(f["steps"].get<int64_t>()) + " |";
@@ -93,15 +95,12 @@ std::string ema_sweep_markdown(const nlohmann::json& j) {
   std::string md = head + "\n" + sep + "\n";
   for (const auto& row : rows) {
     const auto& e = row["evaluate"];
-    auto fid = [&](const nlohmann::json& s) {
-      return s.contains("fid") ? number_text("%.2f", s["fid"].get<double>()) : std::string("-");
-    };
     md += "| " + number_text("%g", row["sigma_rel"].get<double>()) + " | " +
           number_text("%.2f", row["gamma"].get<double>()) + " | ";
     md += (e.contains("nll") ? number_text("%.3f", e["nll"]["mean"].get<double>()) : "-") + " | ";
-    md += (e.contains("dopri5") ? fid(e["dopri5"]) : "-") + " | ";
+    md += (e.contains("dopri5") ? fid_cell(e["dopri5"]) : "-") + " | ";
     md += (e.contains("dopri5") ? number_text("%.0f", e["dopri5"]["mean_nfe"].get<double>()) : "-") + " |";
-    for (const auto& f : e.value("fixed", nlohmann::json::array())) md += " " + fid(f) + " |";
+    for (const auto& f : e.value("fixed", nlohmann::json::array())) md += " " + fid_cell(f) + " |";
     md += "\n";
   }
   md += "\n- EMA of each length reconstructed at step " + std::to_string(j["step"].get<int64_t>()) + " of " +

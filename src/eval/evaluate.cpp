@@ -442,13 +442,6 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
 
 namespace {
 
-// A setting's FID: the value of one seed, or "mean +- standard deviation, min" over several.
-std::string fid_cell(const nlohmann::json& s) {
-  if (!s.contains("fid")) return "-";
-  if (s["fid_std"].is_null()) return fmt("%.2f", s["fid"].get<double>());
-  return fmt("%.2f", s["fid"].get<double>()) + " +- " + fmt("%.2f", s["fid_std"].get<double>()) + ", min " +
-         fmt("%.2f", s["fid_min"].get<double>());
-}
 
 std::string joined(const nlohmann::json& runs, const char* key, const char* format) {
   std::string s;
@@ -486,6 +479,13 @@ std::string sample_line(const nlohmann::json& s, const std::string& label) {
 }
 
 }  // namespace
+
+std::string fid_cell(const nlohmann::json& s) {
+  if (!s.contains("fid")) return "-";
+  if (s["fid_std"].is_null()) return fmt("%.2f", s["fid"].get<double>());
+  return fmt("%.2f", s["fid"].get<double>()) + " +- " + fmt("%.2f", s["fid_std"].get<double>()) + ", min " +
+         fmt("%.2f", s["fid_min"].get<double>());
+}
 
 std::string evaluate_markdown(const nlohmann::json& j) {
   const bool has_nll = j.contains("nll"), has_samples = j.contains("dopri5");

@@ -65,5 +65,7 @@ EvaluateResult run_evaluate(const EvaluateOptions& o);
 
 // The Markdown table (header, separator, one row) and the settings lines, from run_evaluate's JSON.
 std::string evaluate_markdown(const nlohmann::json& j);
+// A setting's FID for a table: the value of one seed, or "mean +- standard deviation, min" over several; "-" without.
+std::string fid_cell(const nlohmann::json& setting);
 
 }  // namespace fm
