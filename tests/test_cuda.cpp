@@ -420,7 +420,6 @@ TEST_F(CudaParity, VersionNamesEachGpu) {
   EXPECT_NE(r.output.find(" GiB"), std::string::npos) << r.output;
 }
 
-}  // namespace
 // Rank 0 alone writes a job's checkpoint, on its own device; rank r resumes on cuda:r. The stream rank 0 drew on
 // its device is the one every rank continues (the ranks draw the same training stream), so another device index
 // must get it, not rank 0's never-used copy of that device's generator.
@@ -541,4 +540,5 @@ TEST_F(CudaParity, MeanFlowTargetGradientsAndFewStepSamples) {
   EXPECT_EQ(nfe_cpu, 2);
 }
 
+}  // namespace
 }  // namespace fm

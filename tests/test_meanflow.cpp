@@ -394,6 +394,40 @@ TEST(MeanFlowObjective, ShardsOfTheBatchAverageToTheOneProcessLoss) {
   EXPECT_THROW(obj.loss(b, nullptr), std::logic_error);
 }
 
+// fm reflow's pairs bring their own noise. Pairs whose noise is their sample have velocity x1 - x0 = 0 on every
+// row, so against a network of zero average velocity (du/dt = 0 too) the loss is exactly 0; fresh noise would give
+// each row |x1 - x0|^2 > 0. Pairs data and the pairs coupling go together, as in flow matching.
+TEST(MeanFlowObjective, PairsTrainFromTheirOwnNoise) {
+  Config c;
+  c.objective.type = ObjectiveType::meanflow;
+  c.model.mlp.second_time = true;
+  c.path.coupling = Coupling::pairs;
+  CondOTPath path;
+  MeanFlowObjective obj(c, path, {});
+  PredictMean zero = [](const torch::Tensor&, const torch::Tensor&, const torch::Tensor& x, const torch::Tensor&) {
+    return x * 0.0;
+  };
+  Batch b;
+  b.x = torch::randn({8, 2});
+  b.x0 = b.x.clone();
+  EXPECT_EQ(obj.loss_from(b, {nullptr, zero}).item<double>(), 0.0);
+  auto message = [](const MeanFlowObjective& o, const Batch& batch, const PredictMean& net) {
+    try {
+      o.loss_from(batch, {nullptr, net});
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  Batch no_pairs;
+  no_pairs.x = b.x;
+  EXPECT_NE(message(obj, no_pairs, zero).find("pairs:DIR"), std::string::npos);
+  c.path.coupling = Coupling::independent;
+  MeanFlowObjective independent(c, path, {});
+  EXPECT_EQ(message(independent, b, zero).rfind("path.coupling:", 0), 0u);
+  EXPECT_GT(independent.loss_from(no_pairs, {nullptr, zero}).item<double>(), 0.1);
+}
+
 TEST(MeanFlowObjective, GuidanceFoldsTheUnconditionalVelocityIntoTheTarget) {
   // omega v + (1 - omega) u(x, t, t | null) on the rows that kept their label; with a stand-in whose u at r = t is
   // a x (label-blind), the guided loss differs from the unguided one exactly when omega != 1.

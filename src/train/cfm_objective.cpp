@@ -35,12 +35,7 @@ torch::Tensor CfmObjective::loss(const Batch& batch, const Predict& predict, Row
   const int64_t n = batch.x.size(0);
   shard.check(n);
   auto mine = [&](const torch::Tensor& v) { return shard.of(v); };
-  // Pairs data brings its noise, and only the pairs coupling uses it: either one alone is a mistake of the config.
-  if ((path_cfg_.coupling == Coupling::pairs) != batch.x0.defined())
-    throw InputError(batch.x0.defined() ? "path.coupling: the data are fm reflow's pairs; train them with "
-                                          "path.coupling = pairs"
-                                        : "path.coupling: pairs trains on a pairs:DIR data set (fm reflow's output)");
-  auto x0 = batch.x0.defined() ? batch.x0 : torch::randn_like(batch.x);
+  auto x0 = starting_noise(path_cfg_, batch);
   auto t = sample_times(time_, n, batch.x.options()).clamp(t_lo_, t_hi_);
   Pairing p = couple(path_cfg_, x0, batch.x, batch.labels);
   auto ps = path_.sample(p.x0, p.x1, t);

@@ -50,7 +50,7 @@ MeanFlowObjective::MeanFlowObjective(const Config& cfg, const ProbPath& path, co
                                  "model.target=velocity (got \"") + name_of(cfg.model.target) + "\")");
   if (cfg.path.coupling == Coupling::sb)
     throw InputError("path.coupling: sb adds bridge noise that the MeanFlow identity does not model; use independent, "
-                     "ot or sinkhorn with objective.type meanflow");
+                     "ot, sinkhorn or pairs with objective.type meanflow");
   if (cfg.loss.type != LossType::mse)
     throw InputError(std::string("loss.type: objective.type meanflow weighs its squared error adaptively "
                                  "(objective.meanflow.norm_p); set loss.type=mse (got \"") +
@@ -105,7 +105,7 @@ torch::Tensor MeanFlowObjective::loss_from(const Batch& batch, const NetworkCall
   shard.check(n);
   auto mine = [&](const torch::Tensor& v) { return shard.of(v); };
   // Every draw is made for the global batch, in a fixed order: noise, times, coupling, label dropout.
-  auto x0 = torch::randn_like(batch.x);
+  auto x0 = starting_noise(path_cfg_, batch);
   auto times = sample_mean_flow_times(mf_, n, batch.x.options());
   auto t = path_.clamp_time(times.t), r = path_.clamp_time(times.r);
   Pairing p = couple(path_cfg_, x0, batch.x, batch.labels);

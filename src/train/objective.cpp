@@ -2,6 +2,7 @@
 
 #include "train/cfm_objective.h"
 #include "train/meanflow_objective.h"
+#include "util/error.h"
 
 namespace fm {
 
@@ -14,6 +15,14 @@ torch::Tensor RowShard::of(const torch::Tensor& v) const {
   if (!v.defined() || count == 1) return v;
   const int64_t rows = v.size(0) / count;
   return v.narrow(0, index * rows, rows);
+}
+
+torch::Tensor starting_noise(const PathConfig& path, const Batch& batch) {
+  if ((path.coupling == Coupling::pairs) != batch.x0.defined())
+    throw InputError(batch.x0.defined() ? "path.coupling: the data are fm reflow's pairs; train them with "
+                                          "path.coupling = pairs"
+                                        : "path.coupling: pairs trains on a pairs:DIR data set (fm reflow's output)");
+  return batch.x0.defined() ? batch.x0 : torch::randn_like(batch.x);
 }
 
 std::unique_ptr<Objective> make_objective(const Config& cfg, const ProbPath& path, const Conditioning& cond) {

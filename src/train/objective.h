@@ -72,6 +72,10 @@ class Objective {
   DrawSink sink_;
 };
 
+// The noise x0 of a step's rows: the batch's own with the pairs coupling (fm reflow's pairs), else a fresh draw of
+// N(0, I) for the whole global batch. Throws InputError naming path.coupling when only one of the two is pairs.
+torch::Tensor starting_noise(const PathConfig& path, const Batch& batch);
+
 // The objective `cfg` trains, on `path`, for a network conditioned as `cond`; throws InputError naming the key when
 // the combination of keys is not one it can train.
 std::unique_ptr<Objective> make_objective(const Config& cfg, const ProbPath& path, const Conditioning& cond);
