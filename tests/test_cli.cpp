@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -55,7 +56,8 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
       // Outputs that cannot be written, and a config that is a directory, are bad input too.
       {"train --config " + fm::test::source_dir() + "/configs/toy2d.json --out " + d / "plain",
        "--out " + d / "plain" + ": exists and is not a directory"},
-      {"sample --checkpoint x.pt --out /proc/fm_cannot_be_here", "--out /proc/fm_cannot_be_here: cannot create"},
+      {"sample --checkpoint " + d / "plain" + " --out /proc/fm_cannot_be_here",
+       "--out /proc/fm_cannot_be_here: cannot create"},
       {"config --config " + d.str(), d.str() + ": is a directory, not a config file"},
       // Outputs are checked before any work: here before the weights file (missing too) is read.
       {"fid-features --weights " + d / "no_weights.npz" + " --images folder:" + d.str() + " --out " +
@@ -70,6 +72,14 @@ TEST(Cli, BadUsageAndBadConfigExitWithTwoAndOneLine) {
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.output;
     EXPECT_EQ(lines(r.output), 1) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
+  }
+  // A mistyped checkpoint leaves nothing behind: not even the default --out of sample or reflow.
+  for (const std::string cmd : {"sample", "reflow --num-pairs 4 --out pairs"}) {
+    TempDir cwd;
+    auto r = run("cd " + cwd.str() + " && " + fm_cmd(cmd + " --checkpoint typo.pt"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("typo.pt: no such checkpoint file"), std::string::npos) << r.output;
+    EXPECT_TRUE(std::filesystem::is_empty(cwd.str())) << cmd;
   }
 }
 

@@ -31,8 +31,9 @@ void set_state(at::Generator gen, const torch::Tensor& state) {
 }
 
 std::string read_whole_file(const std::string& path) {
+  require_checkpoint_file(path);
   struct stat st{};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) throw file_error(path, "no such checkpoint file");
+  if (::stat(path.c_str(), &st) != 0) throw file_error(path, "no such checkpoint file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw file_error(path, std::string("cannot open checkpoint (") + std::strerror(errno) + ")");
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
@@ -41,6 +42,11 @@ std::string read_whole_file(const std::string& path) {
   return bytes;
 }
 }  // namespace
+
+void require_checkpoint_file(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) throw file_error(path, "no such checkpoint file");
+}
 
 void save_checkpoint(const std::string& path, const CheckpointContents& c) {
   torch::serialize::OutputArchive ar;

@@ -56,6 +56,9 @@ uint64_t load_sealed_archive(const std::string& path, const torch::Device& devic
 // Writes the checkpoint to `path` (atomically, sealed); throws naming `path` and the cause when the write fails.
 void save_checkpoint(const std::string& path, const CheckpointContents& c);
 
+// Throws InputError naming `path` unless it is a regular file: what a command checks before it creates its outputs.
+void require_checkpoint_file(const std::string& path);
+
 class CheckpointReader {
  public:
   // Reads `path` whole, verifies its seal (CorruptCheckpoint if it fails), then opens the archive mapping tensors to

@@ -14,7 +14,7 @@ BatchSampler::BatchSampler(const Dataset& data, bool hflip) : data_(data), hflip
 }
 
 Batch BatchSampler::next(int64_t batch_size) {
-  if (data_.is_toy()) return {sample_toy(*data_.toy, batch_size, torch::TensorOptions().device(data_.device)), {}};
+  if (data_.is_toy()) return {sample_toy(*data_.toy, batch_size, torch::TensorOptions().device(data_.device)), {}, {}};
   const auto dev = data_.device;
   const int64_t n = data_.size();
   // Batches may span an epoch boundary: take what is left, then continue in a fresh permutation.
@@ -42,7 +42,7 @@ Batch BatchSampler::next(int64_t batch_size) {
     auto flip = torch::rand({batch_size}, torch::TensorOptions().device(dev)) < 0.5;
     x = torch::where(flip.view({-1, 1, 1, 1}), x.flip({3}), x);
   }
-  Batch b{x, {}};
+  Batch b{x, {}, {}};
   if (data_.labels.defined()) b.labels = data_.labels.index_select(0, idx);
   return b;
 }

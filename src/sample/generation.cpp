@@ -85,6 +85,7 @@ void NfeTally::add(const torch::Tensor& per_batch) {
 void check_generation_out(const GenerationOptions& o, const std::vector<std::string>& outputs,
                           const std::string& earlier, const std::string& resume_keeps) {
   if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  require_checkpoint_file(o.checkpoint);  // a mistyped path leaves no --out behind
   prepare_output_dir(o.out_dir, "--out");
   dist::ShardDir(o.out_dir + "/shards").check_usable(o.resume, o.overwrite);
   for (const auto& name : outputs)

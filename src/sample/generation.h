@@ -66,8 +66,9 @@ struct NfeTally {
   double mean() const { return sum / static_cast<double>(std::max<int64_t>(1, batches)); }
 };
 
-// Checks a generation run's --out before its checkpoint is read: creatable, its shards usable with --resume or
-// --overwrite, and none of `outputs` left there by an earlier run (`earlier` says whose) unless one of them is given.
+// Checks a generation run's --out before its checkpoint is read (only that it is a file, first, so that a mistyped
+// path creates nothing): creatable, its shards usable with --resume or --overwrite, and none of `outputs` left there
+// by an earlier run (`earlier` says whose) unless one of them is given.
 void check_generation_out(const GenerationOptions& o, const std::vector<std::string>& outputs,
                           const std::string& earlier, const std::string& resume_keeps);
 
