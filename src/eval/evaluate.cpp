@@ -442,7 +442,6 @@ EvaluateResult run_evaluate(const EvaluateOptions& o) {
 
 namespace {
 
-
 std::string joined(const nlohmann::json& runs, const char* key, const char* format) {
   std::string s;
   for (const auto& r : runs) {
