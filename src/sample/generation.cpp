@@ -61,16 +61,30 @@ std::string generation_option_of(const std::string& key) {
   return "--" + key;
 }
 
-nlohmann::json read_finished_record(const std::string& json_path, const nlohmann::json& settings,
-                                    const std::function<std::string(const std::string&)>& option_of) {
-  nlohmann::json record;
-  try {
-    std::ifstream(json_path) >> record;
-  } catch (const nlohmann::json::exception&) {
-    throw file_error(json_path, "not valid JSON; start afresh with --overwrite");
+bool read_finished_run(GenerationSummary& s, const std::vector<std::string>& others, const nlohmann::json& settings,
+                       const std::function<std::string(const std::string&)>& option_of, const std::string& command) {
+  namespace fs = std::filesystem;
+  const bool npz = fs::exists(s.npz), json = fs::exists(s.json);
+  if (!npz || !json) {
+    std::string present = npz ? s.npz : json ? s.json : "";
+    for (const auto& other : others)
+      if (present.empty() && fs::exists(other)) present = other;
+    if (present.empty()) return false;
+    const std::string missing = npz ? s.json : s.npz;
+    throw InputError(fs::path(s.npz).parent_path().string() + ": holds " + fs::path(present).filename().string() +
+                     " without " + fs::path(missing).filename().string() + ", not a finished " + command +
+                     " run whose settings can be checked; pass --overwrite to replace it or choose another --out");
   }
-  dist::check_same_settings(record, settings, {"checkpoint", "class_name"}, option_of, json_path);
-  return record;
+  try {
+    std::ifstream(s.json) >> s.record;
+  } catch (const nlohmann::json::exception&) {
+    throw file_error(s.json, "not valid JSON; start afresh with --overwrite");
+  }
+  dist::check_same_settings(s.record, settings, {"checkpoint", "class_name"}, option_of, s.json);
+  s.n = s.record.at("n").get<int64_t>();
+  s.mean_nfe = s.record.at("mean_nfe").get<double>();
+  s.max_nfe = s.record.at("max_nfe").get<double>();
+  return true;
 }
 
 void NfeTally::add(const torch::Tensor& per_batch) {

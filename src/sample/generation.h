@@ -52,10 +52,22 @@ struct GenerationOptions {
 // The option a stored setting of a generation run comes from, for the message that refuses a resume.
 std::string generation_option_of(const std::string& key);
 
-// The record (samples.json, pairs.json) of a finished generation run at `json_path`, checked to hold `settings`
-// (InputError naming the option, through option_of, of the first that differs; or that the file is not JSON).
-nlohmann::json read_finished_record(const std::string& json_path, const nlohmann::json& settings,
-                                    const std::function<std::string(const std::string&)>& option_of);
+// What a generation run wrote (samples.npz or pairs.npz, and its record samples.json or pairs.json), or what a resume
+// read back from the record of a finished run.
+struct GenerationSummary {
+  int64_t n = 0;
+  double mean_nfe = 0, max_nfe = 0;  // per batch, over every batch of the run (resumed ones included)
+  double wall_s = 0;
+  std::string npz, json;
+  nlohmann::json record;  // what the record holds
+};
+
+// Reads back the finished run whose files `s` names: false when neither they nor any of `others` exist; InputError
+// when one of npz and record is missing (not a finished `command` run), when the record is not JSON, or when it holds
+// other settings than `settings` (naming the option, through option_of, of the first that differs); else fills s's
+// fields from the record and returns true.
+bool read_finished_run(GenerationSummary& s, const std::vector<std::string>& others, const nlohmann::json& settings,
+                       const std::function<std::string(const std::string&)>& option_of, const std::string& command);
 
 // The network evaluations of a run's batches, as every rank's batches reach the sink in batch order: their mean over
 // batches and their maximum.

@@ -29,24 +29,6 @@ namespace {
 
 std::string reflow_option_of(const std::string& key) { return key == "n" ? "--num-pairs" : generation_option_of(key); }
 
-// The summary of a finished run whose pairs.json records these settings (nullopt when there is none to reuse).
-std::optional<ReflowSummary> finished_pairs(const ReflowSummary& paths, const nlohmann::json& settings) {
-  const bool npz = fs::exists(paths.npz), json = fs::exists(paths.json);
-  if (!npz && !json) return std::nullopt;
-  if (!npz || !json)
-    throw InputError(fs::path(paths.npz).parent_path().string() + ": holds " +
-                     (npz ? "pairs.npz without pairs.json" : "pairs.json without pairs.npz") +
-                     ", not a finished fm reflow whose settings can be checked; pass --overwrite to replace it or "
-                     "choose another --out");
-  const auto record = read_finished_record(paths.json, settings, reflow_option_of);
-  ReflowSummary s = paths;
-  s.n = record.at("n").get<int64_t>();
-  s.mean_nfe = record.at("mean_nfe").get<double>();
-  s.max_nfe = record.at("max_nfe").get<double>();
-  s.record = record;
-  return s;
-}
-
 }  // namespace
 
 ReflowSummary run_reflow(const ReflowOptions& o, dist::World* world) {
@@ -66,11 +48,10 @@ ReflowSummary run_reflow(const ReflowOptions& o, dist::World* world) {
   const auto& shape = gen.shape();
   const bool labelled = gen.labels(0, 1).defined();
   const nlohmann::json settings = gen.settings();
-  if (o.resume && !shards.has_shards())
-    if (auto done = finished_pairs(sum, settings)) {
-      spdlog::info("{} holds the finished pairs of these settings; nothing to do", o.out_dir);
-      return *done;
-    }
+  if (o.resume && !shards.has_shards() && read_finished_run(sum, {}, settings, reflow_option_of, "fm reflow")) {
+    spdlog::info("{} holds the finished pairs of these settings; nothing to do", o.out_dir);
+    return sum;
+  }
   shards.prepare(o.resume, settings, {"checkpoint", "class_name"}, reflow_option_of, w);
   gen.load_network();
 

@@ -17,13 +17,7 @@ namespace fm {
 
 using ReflowOptions = GenerationOptions;  // n: the number of pairs; out_dir: the pairs' directory
 
-struct ReflowSummary {
-  int64_t n = 0;
-  double mean_nfe = 0, max_nfe = 0;  // per batch
-  double wall_s = 0;
-  std::string npz, json;
-  nlohmann::json record;  // what pairs.json holds
-};
+using ReflowSummary = GenerationSummary;  // npz: OUT/pairs.npz, json: OUT/pairs.json
 
 // Over the ranks of `world` (nullptr: this process alone); rank 0 writes the files. With o.resume, a finished run of
 // the same settings is kept and its summary read back.

@@ -65,31 +65,6 @@ void check_sample_out(const SampleOptions& o) {
                        "a finished fm sample run of these settings");
 }
 
-namespace {
-
-// The summary of a finished run whose samples.json records these settings (nullopt when there is none to reuse).
-std::optional<SampleSummary> finished_run(const SampleSummary& paths, const nlohmann::json& settings) {
-  const bool npz = fs::exists(paths.npz), json = fs::exists(paths.json);
-  if (!npz && !json && !fs::exists(paths.png)) return std::nullopt;
-  if (!npz || !json)
-    throw InputError(std::filesystem::path(paths.npz).parent_path().string() + ": holds " +
-                     (npz ? "samples.npz without samples.json" : json ? "samples.json without samples.npz"
-                                                                      : "samples.png without samples.npz") +
-                     ", not a finished fm sample run whose settings can be checked; pass --overwrite to replace it or "
-                     "choose another --out");
-  const auto record = read_finished_record(paths.json, settings, sample_option_of);
-  SampleSummary s = paths;
-  s.n = record.at("n").get<int64_t>();
-  s.mean_nfe = record.at("mean_nfe").get<double>();
-  s.max_nfe = record.at("max_nfe").get<double>();
-  s.straightness = record.value("mean_straightness", 0.0);
-  s.toy_metrics = record.value("toy_metrics", nlohmann::json());
-  s.record = record;
-  return s;
-}
-
-}  // namespace
-
 SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   dist::World& w = world ? *world : dist::this_process_only();
   const auto wall_t0 = std::chrono::steady_clock::now();
@@ -114,11 +89,12 @@ SampleSummary run_sampling(const SampleOptions& o, dist::World* world) {
   const auto reference = toy ? toy_reference(o, gen.checkpoint().config()) : std::nullopt;
   nlohmann::json settings = gen.settings();
   settings["straightness"] = o.straightness;
-  if (o.resume && !shards.has_shards())
-    if (auto done = finished_run(sum, settings)) {
-      spdlog::info("{} holds the finished samples of these settings; nothing to do", o.out_dir);
-      return *done;
-    }
+  if (o.resume && !shards.has_shards() && read_finished_run(sum, {sum.png}, settings, sample_option_of, "fm sample")) {
+    sum.straightness = sum.record.value("mean_straightness", 0.0);
+    sum.toy_metrics = sum.record.value("toy_metrics", nlohmann::json());
+    spdlog::info("{} holds the finished samples of these settings; nothing to do", o.out_dir);
+    return sum;
+  }
   shards.prepare(o.resume, settings, {"checkpoint", "class_name"}, sample_option_of, w);
   gen.load_network();
 

@@ -20,14 +20,10 @@ struct SampleOptions : GenerationOptions {
   std::string toy_reference;
 };
 
-struct SampleSummary {
-  int64_t n = 0;
-  double mean_nfe = 0, max_nfe = 0;  // per batch, over every batch of the run (resumed ones included)
-  double straightness = 0;           // mean over the samples solved in this run (when asked for)
-  nlohmann::json toy_metrics;        // 2-D models with a reference distribution (sample/toy_metrics.h); else null
-  double wall_s = 0;
-  std::string npz, png, json;
-  nlohmann::json record;  // what samples.json holds
+struct SampleSummary : GenerationSummary {  // npz: OUT/samples.npz, json: OUT/samples.json
+  double straightness = 0;     // mean over the samples solved in this run (when asked for)
+  nlohmann::json toy_metrics;  // 2-D models with a reference distribution (sample/toy_metrics.h); else null
+  std::string png;
 };
 
 // Over the ranks of `world` (nullptr: this process alone) each rank solves its share of the batches, with the noise
