@@ -15,6 +15,7 @@
 #include "checkpoint/phema_reconstruct.h"
 #include "checkpoint/phema_snapshot.h"
 #include "checkpoint/seal.h"
+#include "eval/ema_sweep.h"
 #include "nn/velocity_field.h"
 #include "test_util.h"
 #include "torchrun_util.h"
@@ -518,6 +519,23 @@ std::string write_tiny_unet_config(const TempDir& d) {
   std::string path = d / "tiny.json";
   std::ofstream(path) << c.dump(2);
   return path;
+}
+
+// The sweep's table from its JSON: one seed gives a plain FID; several give each length's mean +- sd, min, with the
+// number of seeds in the header.
+TEST(PhemaCli, SweepTableGivesTheSeedsSpreadWhenThereAreSeveral) {
+  auto sweep = [](const nlohmann::json& seeds, double sd) {
+    nlohmann::json dopri5 = {{"fid", 0.365}, {"fid_std", sd > 0 ? nlohmann::json(sd) : nlohmann::json()},
+                             {"fid_min", 0.348}, {"mean_nfe", 50.0}, {"seeds", seeds}};
+    return nlohmann::json{{"checkpoint", "c.pt"}, {"snapshot_dir", "phema"}, {"samples_dir", "sweep"}, {"step", 2000},
+                          {"sweep", {{{"sigma_rel", 0.05}, {"gamma", 16.97}, {"evaluate", {{"dopri5", dopri5}}}}}}};
+  };
+  const auto one = fm::ema_sweep_markdown(sweep({0}, 0));
+  EXPECT_NE(one.find("| FID | NFE |"), std::string::npos) << one;
+  EXPECT_NE(one.find("| 0.05 | 16.97 | - | 0.36 | 50 |"), std::string::npos) << one;
+  const auto two = fm::ema_sweep_markdown(sweep({0, 1}, 0.024));
+  EXPECT_NE(two.find("| FID (2 seeds: mean +- sd, min) | NFE |"), std::string::npos) << two;
+  EXPECT_NE(two.find("| 0.05 | 16.97 | - | 0.36 +- 0.02, min 0.35 | 50 |"), std::string::npos) << two;
 }
 
 TEST(PhemaDist, TwoRanksKeepTheProfilesOfOneProcess) {
